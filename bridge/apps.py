@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class BridgeConfig(AppConfig):
+    name = "bridge"
+    verbose_name = "Bridge"
+    default_auto_field = "django.db.models.BigAutoField"

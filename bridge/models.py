@@ -1,0 +1,176 @@
+"""Rooms, senders' identities, messages, API tokens and durable background tasks."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from bridge.names import room_slug_validator
+
+
+class Room(models.Model):
+    slug = models.CharField(max_length=64, unique=True, validators=[room_slug_validator])
+    title = models.CharField(max_length=200, blank=True)
+    private = models.BooleanField(
+        default=False, help_text="Private rooms are visible only to signed-in users."
+    )
+    created = models.DateTimeField(auto_now_add=True)
+    # The last seq handed out; bumped under the row lock in the same transaction as the message.
+    last_seq = models.BigIntegerField(default=0, editable=False)
+    retention_days = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Delete messages older than this; empty keeps them."
+    )
+    # Kept up to date by the room_stats task, shown on the room list.
+    message_count = models.BigIntegerField(default=0, editable=False)
+    last_message_at = models.DateTimeField(null=True, blank=True, editable=False)
+    senders_24h = models.PositiveIntegerField(default=0, editable=False)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def display_title(self) -> str:
+        return self.title or self.slug
+
+
+class Identity(models.Model):
+    """Who speaks: a web user, an MQTT device, an XMPP occupant, or the system."""
+
+    class Kind(models.TextChoices):
+        USER = "user"
+        DEVICE = "device"
+        XMPP = "xmpp"
+        SYSTEM = "system"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    name = models.CharField(max_length=128)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="identities",
+        help_text="The Django user behind this identity, where known.",
+    )
+    jid = models.CharField(max_length=320, blank=True, help_text="Real JID of an XMPP occupant.")
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "identities"
+        constraints = [models.UniqueConstraint(fields=["kind", "name"], name="identity_kind_name")]
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+    def as_sender(self) -> dict[str, str]:
+        return {"kind": self.kind, "name": self.name}
+
+
+class Message(models.Model):
+    class Origin(models.TextChoices):
+        WEB = "web"
+        API = "api"
+        MQTT = "mqtt"
+        XMPP = "xmpp"
+        SYSTEM = "system"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
+    seq = models.BigIntegerField()
+    origin = models.CharField(max_length=16, choices=Origin.choices)
+    sender = models.ForeignKey(Identity, on_delete=models.PROTECT, related_name="messages")
+    text = models.TextField(blank=True)
+    data = models.JSONField(null=True, blank=True)
+    created = models.DateTimeField(db_index=True)
+    # Scoped to the sender by the service ("<kind>:<name>:<client key>").
+    idempotency_key = models.CharField(max_length=300, null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["room", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["room", "seq"], name="message_room_seq"),
+            models.UniqueConstraint(
+                fields=["room", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="message_room_idempotency_key",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.room_id}#{self.seq}"
+
+
+def _token_key() -> str:
+    return secrets.token_hex(20)
+
+
+class ApiToken(models.Model):
+    """`Authorization: Token <key>` for scripts posting through the HTTP API."""
+
+    key = models.CharField(max_length=40, unique=True, default=_token_key, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.user} {self.name or self.key[:6]}"
+
+
+class Presence(models.Model):
+    """One row per live connection of a sender in a room, so presence works across processes."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="presences")
+    identity = models.ForeignKey(Identity, on_delete=models.CASCADE, related_name="presences")
+    connection = models.CharField(max_length=200, help_text="Channel name or edge connection id.")
+    since = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["room", "connection"], name="presence_room_connection")
+        ]
+
+
+class Task(models.Model):
+    """Work that must happen: written in the same transaction as its cause.
+
+    A channel-layer message only wakes a worker; a reconciler finds what is due
+    if a wake-up is lost or no worker was running.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    name = models.CharField(max_length=64)
+    key = models.CharField(max_length=200, help_text="At most one pending task per key.")
+    args = models.JSONField(default=dict, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    due_at = models.DateTimeField(db_index=True)
+    locked_until = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    runs = models.PositiveIntegerField(default=0, help_text="Completed executions.")
+    last_error = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["state", "due_at"], name="task_state_due")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["key"], condition=Q(state="pending"), name="task_one_pending_per_key"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.key} ({self.state})"

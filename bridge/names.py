@@ -1,0 +1,35 @@
+"""The contract's names: room slugs, device ids, origins and sender kinds."""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from django.core.validators import RegexValidator
+
+ROOM_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+DEVICE_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+room_slug_validator = RegexValidator(
+    ROOM_RE, "A room is 1-64 characters: a-z, 0-9, '_' and '-', starting with a letter or digit."
+)
+device_id_validator = RegexValidator(
+    DEVICE_RE,
+    "A device id is 1-64 characters: A-Z, a-z, 0-9, '_', '.' and '-', starting with a letter or digit.",
+)
+
+ORIGINS: Final = ("web", "api", "mqtt", "xmpp", "system")
+SENDER_KINDS: Final = ("user", "device", "xmpp", "system")
+
+
+def is_room_slug(value: object) -> bool:
+    return isinstance(value, str) and ROOM_RE.fullmatch(value) is not None
+
+
+def is_device_id(value: object) -> bool:
+    return isinstance(value, str) and DEVICE_RE.fullmatch(value) is not None
+
+
+def room_group(slug: str) -> str:
+    """The channel-layer group every edge joins to hear a room."""
+    return f"room.{slug}"

@@ -1,0 +1,50 @@
+"""Durable tasks: recorded with their cause, woken through the channel layer."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from bridge.models import Task
+
+logger = logging.getLogger(__name__)
+
+
+def task_schedule(
+    *, name: str, key: str, args: dict[str, Any] | None = None, delay: timedelta | None = None
+) -> bool:
+    """Record a task unless one with `key` is already pending. Returns whether it was new.
+
+    Call it inside the transaction of whatever caused the task, then wake the
+    workers after commit (`transaction.on_commit(tasks_wake)`).
+    """
+    if Task.objects.filter(key=key, state=Task.State.PENDING).exists():
+        return False
+    due = timezone.now() + (delay or timedelta(0))
+    try:
+        with transaction.atomic():
+            Task.objects.create(name=name, key=key, args=args or {}, due_at=due)
+    except IntegrityError:
+        return False  # another writer recorded the same pending task first
+    return True
+
+
+async def atasks_wake() -> None:
+    layer = get_channel_layer()
+    if layer is not None:
+        await layer.send(settings.BRIDGE_TASKS_CHANNEL, {"type": "tasks.wake"})
+
+
+def tasks_wake() -> None:
+    """Nudge a worker. Losing this message only delays work: the reconciler finds it."""
+    try:
+        async_to_sync(atasks_wake)()
+    except Exception:  # noqa: BLE001 - a full channel must never fail the caller's write
+        logger.warning("could not wake the task workers; the reconciler will", exc_info=True)

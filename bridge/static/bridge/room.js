@@ -1,0 +1,173 @@
+// Live chat for one room: history first, then live messages; reconnects with
+// back-off and resumes after the last seq seen, so nothing is missed.
+(function () {
+  "use strict";
+  const chat = document.getElementById("chat");
+  if (!chat) return;
+  const room = chat.dataset.room;
+  const list = document.getElementById("messages");
+  const presence = document.getElementById("presence");
+  const statusEl = document.getElementById("status");
+  const errorEl = document.getElementById("error");
+  const form = document.getElementById("compose");
+  const input = document.getElementById("text");
+
+  let lastSeq = 0;
+  let socket = null;
+  let attempt = 0;
+  let fetching = null;
+  const outbox = new Map(); // client_id -> frame, resent after a reconnect until echoed
+
+  function newId() {
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+    return Date.now().toString(36) + "-" + Math.random().toString(36).slice(2);
+  }
+
+  function setStatus(text, state) {
+    statusEl.textContent = text;
+    statusEl.dataset.state = state;
+  }
+
+  function showError(text) {
+    errorEl.textContent = text;
+    errorEl.hidden = !text;
+  }
+
+  function render(message) {
+    const li = document.createElement("li");
+    li.className = "message origin-" + message.origin;
+    li.dataset.seq = String(message.seq);
+    li.dataset.id = message.id;
+    const time = document.createElement("time");
+    time.dateTime = message.created;
+    time.textContent = new Date(message.created).toLocaleTimeString();
+    const who = document.createElement("span");
+    who.className = "sender kind-" + message.sender.kind;
+    who.textContent = message.sender.name;
+    const via = document.createElement("span");
+    via.className = "origin";
+    via.textContent = message.origin;
+    const text = document.createElement("span");
+    text.className = "text";
+    text.textContent = message.text;
+    li.append(time, " ", who, " ", via, " ", text);
+    if (message.data) {
+      const data = document.createElement("code");
+      data.className = "data";
+      data.textContent = JSON.stringify(message.data);
+      li.append(" ", data);
+    }
+    return li;
+  }
+
+  function add(message) {
+    if (message.seq <= lastSeq) return; // already shown
+    if (message.seq > lastSeq + 1 && lastSeq > 0) {
+      fillGap(); // a message went missing on the way: fetch it from history
+      return;
+    }
+    const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+    list.append(render(message));
+    lastSeq = message.seq;
+    if (atBottom) list.scrollTop = list.scrollHeight;
+  }
+
+  async function fillGap() {
+    if (fetching) return fetching;
+    fetching = (async () => {
+      try {
+        for (;;) {
+          const response = await fetch(
+            "/api/rooms/" + encodeURIComponent(room) + "/messages?after=" + lastSeq + "&limit=500",
+            { credentials: "same-origin" }
+          );
+          if (!response.ok) throw new Error("history: HTTP " + response.status);
+          const body = await response.json();
+          body.messages.forEach(function (m) { if (m.seq === lastSeq + 1) add(m); });
+          if (body.messages.length < 500) break;
+        }
+      } catch (err) {
+        showError("Could not load missed messages: " + err.message);
+      } finally {
+        fetching = null;
+      }
+    })();
+    return fetching;
+  }
+
+  function setPresence(who, state) {
+    const key = who.kind + ":" + who.name;
+    let item = presence.querySelector('[data-key="' + CSS.escape(key) + '"]');
+    if (state === "online") {
+      if (item) return;
+      item = document.createElement("li");
+      item.dataset.key = key;
+      item.className = "kind-" + who.kind;
+      item.textContent = who.name;
+      presence.append(item);
+    } else if (item) {
+      item.remove();
+    }
+  }
+
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    const url = scheme + location.host + "/ws/rooms/" + encodeURIComponent(room) + "/" +
+      (lastSeq > 0 ? "?after=" + lastSeq : "");
+    setStatus(attempt ? "reconnecting…" : "connecting…", "connecting");
+    socket = new WebSocket(url);
+    socket.onopen = function () {
+      attempt = 0;
+      setStatus("connected", "open");
+      presence.replaceChildren();
+      outbox.forEach(function (frame) { socket.send(JSON.stringify(frame)); });
+    };
+    socket.onmessage = function (event) {
+      let frame;
+      try { frame = JSON.parse(event.data); } catch (err) { return; }
+      if (frame.type === "history") {
+        frame.messages.forEach(function (m) {
+          if (lastSeq === 0 || m.seq === lastSeq + 1) {
+            list.append(render(m));
+            lastSeq = m.seq;
+          }
+        });
+        list.scrollTop = list.scrollHeight;
+      } else if (frame.type === "message") {
+        add(frame.message);
+      } else if (frame.type === "ack") {
+        outbox.delete(frame.client_id);
+      } else if (frame.type === "presence") {
+        setPresence(frame.who, frame.state);
+      } else if (frame.type === "error") {
+        showError(frame.detail + " (" + frame.code + ")");
+      }
+    };
+    socket.onclose = function (event) {
+      socket = null;
+      if (event.code >= 4400 && event.code < 4500) {
+        setStatus("closed: " + (errorEl.textContent || event.code), "closed");
+        return; // the server refused us for good (no such room, private room)
+      }
+      const delay = Math.min(30000, 500 * Math.pow(2, attempt)) * (0.5 + Math.random() / 2);
+      attempt += 1;
+      setStatus("disconnected; retrying in " + Math.round(delay / 1000) + " s", "closed");
+      setTimeout(connect, delay);
+    };
+  }
+
+  if (form) {
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      const text = input.value;
+      if (!text.trim()) return;
+      const frame = { type: "message", text: text, client_id: newId() };
+      outbox.set(frame.client_id, frame);
+      if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(frame));
+      input.value = "";
+      showError("");
+    });
+  }
+
+  connect();
+})();

@@ -1,0 +1,23 @@
+"""The task worker inside `runbridge`."""
+
+from __future__ import annotations
+
+import asyncio
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from bridge.embedded import EmbeddedContext
+from bridge.tasks.worker import BridgeWorker
+
+
+async def serve(ctx: EmbeddedContext) -> None:
+    from project.asgi import application
+
+    worker = BridgeWorker(
+        application=application,
+        channels=[settings.BRIDGE_TASKS_CHANNEL],
+        channel_layer=get_channel_layer(),
+    )
+    ctx.banner.append(f"worker: listening on channel {settings.BRIDGE_TASKS_CHANNEL}")
+    await asyncio.gather(worker.application_checker(), worker.handle())

@@ -1,0 +1,29 @@
+"""Channels' worker plus a reconciler timer, so lost wake-ups only delay work."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from channels.worker import Worker
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+
+class BridgeWorker(Worker):
+    async def handle(self) -> None:
+        reconciler = asyncio.ensure_future(self.reconcile_forever())
+        try:
+            await super().handle()
+        finally:
+            reconciler.cancel()
+
+    async def reconcile_forever(self) -> None:
+        """At start and then every BRIDGE_RECONCILE_INTERVAL seconds, ask for a sweep."""
+        channel = settings.BRIDGE_TASKS_CHANNEL
+        if channel not in self.channels:
+            return
+        while True:
+            await self.channel_layer.send(channel, {"type": "tasks.reconcile"})
+            await asyncio.sleep(settings.BRIDGE_RECONCILE_INTERVAL)

@@ -1,0 +1,125 @@
+"""The JSON HTTP API of the contract."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET
+
+from bridge.auth import api_user
+from bridge.envelope import message_envelope
+from bridge.exceptions import AuthRequired, BridgeError, InvalidInput, RoomNotFound, TooLarge
+from bridge.selectors import message_history, room_get, room_list, room_visible
+from bridge.services.identities import identity_for_user
+from bridge.services.messages import message_post
+
+logger = logging.getLogger(__name__)
+
+View = Callable[..., HttpResponse]
+
+
+def error_response(exc: BridgeError) -> JsonResponse:
+    return JsonResponse({"error": exc.as_dict()}, status=exc.status)
+
+
+def json_errors(view: View) -> View:
+    """Turn the bridge's errors into the contract's JSON errors, with a log line."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            return view(request, *args, **kwargs)
+        except BridgeError as exc:
+            logger.info("%s %s refused: %s %s", request.method, request.path, exc.code, exc.detail)
+            return error_response(exc)
+
+    return wrapper
+
+
+def _room_json(room: Any) -> dict[str, Any]:
+    return {
+        "slug": room.slug,
+        "title": room.display_title,
+        "private": room.private,
+        "last_seq": room.last_seq,
+        "message_count": room.message_count,
+        "last_message_at": room.last_message_at.isoformat() if room.last_message_at else None,
+        "senders_24h": room.senders_24h,
+    }
+
+
+@require_GET
+@json_errors
+def rooms(request: HttpRequest) -> HttpResponse:
+    user = api_user(request)
+    return JsonResponse({"rooms": [_room_json(r) for r in room_list(user=user)]})
+
+
+def _int_param(request: HttpRequest, name: str, default: int | None) -> int | None:
+    raw = request.GET.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise InvalidInput(f"'{name}' must be a whole number.", code=f"invalid_{name}") from exc
+
+
+@csrf_exempt  # session callers are CSRF-checked in api_user; token callers need no CSRF
+@json_errors
+def messages(request: HttpRequest, room: str) -> HttpResponse:
+    user = api_user(request)
+    room_obj = room_get(slug=room)
+    if not room_visible(room_obj, user):
+        raise RoomNotFound(f"No room {room!r}.")
+    if request.method == "GET":
+        history = message_history(
+            room=room_obj,
+            after=_int_param(request, "after", None),
+            before=_int_param(request, "before", None),
+            limit=_int_param(request, "limit", 50) or 50,
+        )
+        return JsonResponse({"messages": [message_envelope(m, room_slug=room_obj.slug) for m in history]})
+    if request.method != "POST":
+        raise BridgeError("Use GET or POST.", code="method_not_allowed")
+    if not user.is_authenticated:
+        raise AuthRequired("Sign in or send 'Authorization: Token <key>' to post.")
+    if len(request.body) > settings.BRIDGE_MAX_FRAME:
+        raise TooLarge(f"Bodies are limited to {settings.BRIDGE_MAX_FRAME} bytes.")
+    try:
+        body = json.loads(request.body)
+    except ValueError as exc:
+        raise InvalidInput(f"The body is not JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise InvalidInput("The body must be a JSON object.", code="invalid_json")
+    result = message_post(
+        room=room_obj,
+        sender=identity_for_user(user),
+        origin="api",
+        text=body.get("text", ""),
+        data=body.get("data"),
+        client_key=body.get("client_id"),
+    )
+    response = JsonResponse(result.envelope, status=201)
+    if not result.created:
+        response["Idempotent-Replayed"] = "true"
+    return response
+
+
+@require_GET
+def healthz(request: HttpRequest) -> HttpResponse:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception as exc:  # noqa: BLE001 - any database failure means "not ready"
+        logger.warning("health check failed: %s", exc)
+        return JsonResponse({"status": "unavailable", "database": str(exc)}, status=503)
+    return JsonResponse({"status": "ok"})

@@ -1,0 +1,62 @@
+"""One object that reads the process environment, with clear errors for bad values."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from django.core.exceptions import ImproperlyConfigured
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class Env:
+    """Typed access to environment variables; every bad value names its variable."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._environ = os.environ if environ is None else environ
+
+    def str(self, name: str, default: str | None = None) -> str:
+        value = self._environ.get(name)
+        if value is None or value == "":
+            if default is None:
+                raise ImproperlyConfigured(f"{name} must be set")
+            return default
+        return value
+
+    def optional(self, name: str) -> str | None:
+        value = self._environ.get(name, "").strip()
+        return value or None
+
+    def bool(self, name: str, default: bool = False) -> bool:
+        value = self._environ.get(name)
+        if value is None:
+            return default
+        lowered = value.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {value!r}")
+
+    def int(self, name: str, default: int, *, minimum: int | None = None) -> int:
+        value = self._environ.get(name)
+        if value is None or value.strip() == "":
+            return default
+        try:
+            number = int(value)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from exc
+        if minimum is not None and number < minimum:
+            raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {number}")
+        return number
+
+    def list(self, name: str, default: list[str]) -> list[str]:
+        value = self._environ.get(name)
+        if value is None:
+            return default
+        return [item.strip() for item in value.split(",") if item.strip()]
+
+
+env = Env()

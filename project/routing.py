@@ -1,0 +1,28 @@
+"""The protocol router: one ASGI application for every edge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from channels.auth import AuthMiddlewareStack
+from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter
+from channels.security.websocket import AllowedHostsOriginValidator
+from django.conf import settings
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+from bridge.tasks.consumer import TaskConsumer
+from protocols.websocket.routing import websocket_urlpatterns
+
+
+def build_application(django_asgi_app: Any) -> ProtocolTypeRouter:
+    return ProtocolTypeRouter(
+        {
+            "http": ASGIStaticFilesHandler(django_asgi_app),
+            "websocket": AllowedHostsOriginValidator(
+                AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+            ),
+            "channel": ChannelNameRouter(
+                {settings.BRIDGE_TASKS_CHANNEL: TaskConsumer.as_asgi()}
+            ),
+        }
+    )

@@ -1,0 +1,16 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from bridge.views import api, pages
+
+urlpatterns = [
+    path("", pages.index, name="index"),
+    path("rooms/<str:room>/", pages.room, name="room"),
+    path("api/rooms/", api.rooms, name="api-rooms"),
+    path("api/rooms/<str:room>/messages", api.messages, name="api-messages"),
+    path("healthz", api.healthz, name="healthz"),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,198 @@
+"""`ws/rooms/<room>/`: history first, then live messages and presence; posts from the page."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from bridge.envelope import Envelope, message_envelope
+from bridge.exceptions import BridgeError, Forbidden, InvalidInput, TooLarge
+from bridge.models import Identity, Room
+from bridge.names import room_group
+from bridge.selectors import MAX_HISTORY, message_history, room_get, room_visible
+from bridge.services.identities import identity_for_user
+from bridge.services.messages import amessage_post
+from bridge.services.presence import presence_join, presence_leave, presence_list
+
+logger = logging.getLogger(__name__)
+
+CLOSE_INVALID = 4400
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+
+
+def _history_after(room: Room, after: int | None) -> list[list[Envelope]]:
+    """The first frames' content: the latest messages, or every one after `after`, in chunks."""
+    if after is None:
+        batch = message_history(room=room, limit=settings.BRIDGE_HISTORY_LIMIT)
+        return [[message_envelope(m, room_slug=room.slug) for m in batch]]
+    chunks: list[list[Envelope]] = []
+    while True:
+        batch = message_history(room=room, after=after, limit=MAX_HISTORY)
+        chunks.append([message_envelope(m, room_slug=room.slug) for m in batch])
+        if len(batch) < MAX_HISTORY:
+            return chunks
+        after = batch[-1].seq
+
+
+class RoomConsumer(AsyncWebsocketConsumer):
+    room: Room | None = None
+    identity: Identity | None = None
+    last_seq = 0
+
+    # --- lifecycle ---------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Called on the handshake. Refusals are accepted first so the client can read why."""
+        slug = self.scope["url_route"]["kwargs"]["room"]
+        user = self.scope.get("user")
+        try:
+            after = self._after_param()
+            room = await database_sync_to_async(room_get)(slug=slug)
+            if not room_visible(room, user):
+                raise Forbidden("This room is private: sign in to join it.")
+        except BridgeError as exc:
+            await self.accept()
+            await self.send_error(exc)
+            close_code = {404: CLOSE_NOT_FOUND, 403: CLOSE_FORBIDDEN}.get(exc.status, CLOSE_INVALID)
+            await self.close(code=close_code)
+            return
+        self.room = room
+        # Join before reading history, so nothing stored in between is missed.
+        await self.channel_layer.group_add(room_group(room.slug), self.channel_name)
+        await self.accept()
+        await self._send_since(after)
+        await self._announce_join(user)
+
+    async def disconnect(self, code: int) -> None:
+        if self.room is None:
+            return
+        await self.channel_layer.group_discard(room_group(self.room.slug), self.channel_name)
+        gone = await database_sync_to_async(presence_leave)(
+            room=self.room, connection=self.channel_name
+        )
+        if gone is not None:
+            await self._presence(gone, "offline")
+
+    # --- from the client ---------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.room is None:
+            return
+        try:
+            frame = self._decode(text_data, bytes_data)
+            await self._handle(frame)
+        except BridgeError as exc:
+            logger.info("websocket %s refused a frame: %s %s", self.channel_name, exc.code, exc.detail)
+            await self.send_error(exc)
+
+    def _decode(self, text_data: str | None, bytes_data: bytes | None) -> dict[str, Any]:
+        if text_data is None:
+            raise InvalidInput("Send JSON text frames, not binary ones.", code="invalid_frame")
+        if len(text_data.encode("utf-8", "surrogatepass")) > settings.BRIDGE_MAX_FRAME:
+            raise TooLarge(f"Frames are limited to {settings.BRIDGE_MAX_FRAME} bytes.")
+        try:
+            frame = json.loads(text_data)
+        except ValueError as exc:
+            raise InvalidInput(f"Not JSON: {exc}", code="invalid_json") from exc
+        if not isinstance(frame, dict):
+            raise InvalidInput("A frame is a JSON object with a 'type'.", code="invalid_frame")
+        return frame
+
+    async def _handle(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        if kind != "message":
+            raise InvalidInput(f"Unknown frame type {kind!r}.", code="unknown_type")
+        assert self.room is not None
+        if self.identity is None:
+            self.identity = await database_sync_to_async(identity_for_user)(self.scope["user"])
+        result = await amessage_post(
+            room=self.room,
+            sender=self.identity,
+            origin="web",
+            text=frame.get("text", ""),
+            data=frame.get("data"),
+            client_key=frame.get("client_id"),
+        )
+        # An extension of the contract: tells the sender its message is stored.
+        ack = {"type": "ack", "client_id": frame.get("client_id"), "id": result.envelope["id"]}
+        await self.send(text_data=json.dumps({**ack, "seq": result.envelope["seq"]}))
+
+    # --- from the room group -----------------------------------------------
+
+    async def room_message(self, event: dict[str, Any]) -> None:
+        """A message stored in the room. Fills any gap from the database first."""
+        message: Envelope = event["message"]
+        seq = message["seq"]
+        if seq <= self.last_seq:
+            return
+        if seq > self.last_seq + 1:
+            await self._send_since(self.last_seq, history_frame=False)
+            return
+        self.last_seq = seq
+        await self.send(text_data=json.dumps({"type": "message", "message": message}))
+
+    async def room_presence(self, event: dict[str, Any]) -> None:
+        await self.send(
+            text_data=json.dumps({"type": "presence", "who": event["who"], "state": event["state"]})
+        )
+
+    # --- helpers -----------------------------------------------------------
+
+    def _after_param(self) -> int | None:
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        values = query.get("after")
+        if not values:
+            return None
+        try:
+            after = int(values[0])
+        except ValueError as exc:
+            raise InvalidInput("'after' must be a whole number.", code="invalid_after") from exc
+        if after < 0:
+            raise InvalidInput("'after' must not be negative.", code="invalid_after")
+        return after
+
+    async def _send_since(self, after: int | None, *, history_frame: bool = True) -> None:
+        assert self.room is not None
+        chunks = await database_sync_to_async(_history_after)(self.room, after)
+        for chunk in chunks:
+            if history_frame:
+                await self.send(text_data=json.dumps({"type": "history", "messages": chunk}))
+            else:
+                for message in chunk:
+                    if message["seq"] > self.last_seq:
+                        await self.send(text_data=json.dumps({"type": "message", "message": message}))
+            if chunk:
+                self.last_seq = max(self.last_seq, chunk[-1]["seq"])
+        if after is not None:
+            self.last_seq = max(self.last_seq, after)
+
+    async def _announce_join(self, user: Any) -> None:
+        assert self.room is not None
+        if user is not None and user.is_authenticated:
+            self.identity = await database_sync_to_async(identity_for_user)(user)
+            first = await database_sync_to_async(presence_join)(
+                room=self.room, identity=self.identity, connection=self.channel_name
+            )
+            if first:
+                await self._presence(self.identity, "online")
+        present = await database_sync_to_async(presence_list)(room=self.room)
+        for who in present:
+            if who != self.identity:
+                await self.room_presence({"who": who.as_sender(), "state": "online"})
+
+    async def _presence(self, identity: Identity, state: str) -> None:
+        assert self.room is not None
+        await self.channel_layer.group_send(
+            room_group(self.room.slug),
+            {"type": "room.presence", "who": identity.as_sender(), "state": state, "origin": "web"},
+        )
+
+    async def send_error(self, exc: BridgeError) -> None:
+        await self.send(text_data=json.dumps({"type": "error", **exc.as_dict()}))

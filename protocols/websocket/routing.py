@@ -1,0 +1,8 @@
+from django.urls import re_path
+
+from protocols.websocket.consumers import RoomConsumer
+
+# Any name is routed, so a bad or unknown room gets an error frame, not a bare refusal.
+websocket_urlpatterns = [
+    re_path(r"^ws/rooms/(?P<room>[^/]{1,200})/$", RoomConsumer.as_asgi()),
+]
