@@ -174,3 +174,24 @@ class Task(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} {self.key} ({self.state})"
+
+
+class EdgeCursor(models.Model):
+    """How far an outbound edge (MQTT publish, XMPP relay) has delivered a room's messages.
+
+    The database is the source of truth: an edge that was away, or lost a
+    channel-layer message, delivers everything after its cursor when it is back.
+    Advanced by compare-and-set, so among several processes exactly one
+    delivers a given range.
+    """
+
+    edge = models.CharField(max_length=32)
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="edge_cursors")
+    seq = models.BigIntegerField(default=0)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["edge", "room"], name="edgecursor_edge_room")]
+
+    def __str__(self) -> str:
+        return f"{self.edge}:{self.room_id}@{self.seq}"
