@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 import dj_database_url
@@ -16,8 +15,8 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env.bool("DEBUG", default=False)
 if DEBUG:
-    # Development only: a fresh key per process is fine for the quick start.
-    SECRET_KEY = env.str("SECRET_KEY", default="dev-insecure-" + secrets.token_urlsafe(32))
+    # Development only: a fixed key keeps sessions across restarts of the quick start.
+    SECRET_KEY = env.str("SECRET_KEY", default="dev-insecure-do-not-use-in-production")
 else:
     SECRET_KEY = env.str("SECRET_KEY")  # production secrets have no default
 
