@@ -15,7 +15,7 @@ def _csrf_failure(request: HttpRequest, reason: str = "") -> None:
 
 
 class _CsrfCheck(CsrfViewMiddleware):
-    def _reject(self, request: HttpRequest, reason: str) -> None:  # type: ignore[override]
+    def _reject(self, request: HttpRequest, reason: str) -> None:
         _csrf_failure(request, reason)
 
 

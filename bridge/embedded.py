@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.conf import settings
 from django.utils.module_loading import import_string
@@ -29,7 +30,7 @@ class EmbeddedContext:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-Service = Callable[[EmbeddedContext], Awaitable[None]]
+Service = Callable[[EmbeddedContext], Coroutine[Any, Any, None]]
 
 
 def embedded_services() -> list[tuple[str, Service]]:
@@ -38,7 +39,7 @@ def embedded_services() -> list[tuple[str, Service]]:
 
 async def run_embedded(ctx: EmbeddedContext, on_ready: Callable[[], None]) -> None:
     """Run every service; when one ends (Ctrl-C ends the web server), stop the others."""
-    tasks = {
+    tasks: dict[asyncio.Task[None], str] = {
         asyncio.create_task(service(ctx), name=path): path for path, service in embedded_services()
     }
     ready_waiter = asyncio.create_task(ctx.ready.wait())

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 
 from django.core.exceptions import ImproperlyConfigured
 
+Text = str  # the methods below shadow the builtin inside the class
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -14,10 +16,10 @@ _FALSE = {"0", "false", "no", "off", ""}
 class Env:
     """Typed access to environment variables; every bad value names its variable."""
 
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, environ: Mapping[Text, Text] | None = None) -> None:
         self._environ = os.environ if environ is None else environ
 
-    def str(self, name: str, default: str | None = None) -> str:
+    def str(self, name: Text, default: Text | None = None) -> Text:
         value = self._environ.get(name)
         if value is None or value == "":
             if default is None:
@@ -25,11 +27,11 @@ class Env:
             return default
         return value
 
-    def optional(self, name: str) -> str | None:
+    def optional(self, name: Text) -> Text | None:
         value = self._environ.get(name, "").strip()
         return value or None
 
-    def bool(self, name: str, default: bool = False) -> bool:
+    def bool(self, name: Text, default: bool = False) -> bool:
         value = self._environ.get(name)
         if value is None:
             return default
@@ -40,7 +42,7 @@ class Env:
             return False
         raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {value!r}")
 
-    def int(self, name: str, default: int, *, minimum: int | None = None) -> int:
+    def int(self, name: Text, default: int, *, minimum: int | None = None) -> int:
         value = self._environ.get(name)
         if value is None or value.strip() == "":
             return default
@@ -52,7 +54,7 @@ class Env:
             raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {number}")
         return number
 
-    def list(self, name: str, default: list[str]) -> list[str]:
+    def list(self, name: Text, default: list[Text]) -> list[Text]:
         value = self._environ.get(name)
         if value is None:
             return default

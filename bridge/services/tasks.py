@@ -46,5 +46,5 @@ def tasks_wake() -> None:
     """Nudge a worker. Losing this message only delays work: the reconciler finds it."""
     try:
         async_to_sync(atasks_wake)()
-    except Exception:  # noqa: BLE001 - a full channel must never fail the caller's write
+    except Exception:
         logger.warning("could not wake the task workers; the reconciler will", exc_info=True)

@@ -80,7 +80,7 @@ def _run(task: Task) -> None:
                 runs=task.runs + 1,
                 attempts=task.attempts + 1,
             )
-    except Exception as exc:  # noqa: BLE001 - a task's failure is recorded and retried, not fatal
+    except Exception as exc:
         attempts = task.attempts + 1
         failed = attempts >= MAX_ATTEMPTS
         logger.exception("task %s (%s) failed, attempt %s", task.pk, task.name, attempts)

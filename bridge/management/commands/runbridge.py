@@ -51,8 +51,8 @@ class Command(BaseCommand):
             loop.add_signal_handler(signal.SIGTERM, main.cancel)
 
         def announce() -> None:
-            layer = settings.CHANNEL_LAYERS["default"]["BACKEND"].rsplit(".", 1)[-1]
-            db = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
+            layer = str(settings.CHANNEL_LAYERS["default"]["BACKEND"]).rsplit(".", 1)[-1]
+            db = str(settings.DATABASES["default"]["ENGINE"]).rsplit(".", 1)[-1]
             self.stdout.write(self.style.SUCCESS("Bridge is running."))
             for line in ctx.banner:
                 self.stdout.write(f"  {line}")
