@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from bridge.names import room_slug_validator
+from bridge.names import device_id_validator, room_slug_validator
 
 
 class Room(models.Model):
@@ -195,3 +195,73 @@ class EdgeCursor(models.Model):
 
     def __str__(self) -> str:
         return f"{self.edge}:{self.room_id}@{self.seq}"
+
+
+class Device(models.Model):
+    """An MQTT device: who it is, which rooms it may post into, which it listens to."""
+
+    device_id = models.CharField(max_length=64, unique=True, validators=[device_id_validator])
+    identity = models.OneToOneField(Identity, on_delete=models.PROTECT, related_name="device")
+    post_rooms = models.ManyToManyField(
+        Room, blank=True, related_name="posting_devices", help_text="Rooms it may post into."
+    )
+    listen_rooms = models.ManyToManyField(
+        Room, blank=True, related_name="listening_devices", help_text="Rooms it listens to."
+    )
+    enabled = models.BooleanField(default=True)
+    status = models.CharField(max_length=16, blank=True, editable=False)
+    last_seen = models.DateTimeField(null=True, blank=True, editable=False)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["device_id"]
+
+    def __str__(self) -> str:
+        return self.device_id
+
+
+class Telemetry(models.Model):
+    """One JSON object of readings a device published on `devices/<device>/telemetry`."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="telemetry")
+    data = models.JSONField()
+    received = models.DateTimeField(db_index=True)
+    # The reading's own "id", when it has one: a redelivery stores nothing new.
+    client_key = models.CharField(max_length=200, null=True, blank=True, editable=False)
+
+    class Meta:
+        verbose_name_plural = "telemetry"
+        ordering = ["device", "received"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["device", "client_key"],
+                condition=Q(client_key__isnull=False),
+                name="telemetry_device_client_key",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.device_id}@{self.received:%Y-%m-%d %H:%M:%S}"
+
+
+class DeviceCommand(models.Model):
+    """A command for a device, from chat (`/cmd`) or the API; published once on MQTT."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="commands")
+    text = models.TextField()
+    sender = models.ForeignKey(Identity, on_delete=models.PROTECT, related_name="device_commands")
+    origin = models.CharField(max_length=16)
+    # The chat message it came from, so a re-claimed range records it once.
+    message = models.OneToOneField(
+        Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="device_command"
+    )
+    created = models.DateTimeField(auto_now_add=True)
+    # Set by the one runmqtt process whose compare-and-set wins, just before it publishes.
+    published_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["created"]
+        indexes = [models.Index(fields=["published_at"], name="devicecommand_published")]
+
+    def __str__(self) -> str:
+        return f"{self.device_id}: {self.text[:40]}"
