@@ -28,7 +28,7 @@ system-deps:
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy
+	DEBUG=1 $(BIN)/mypy
 
 ## Everything CI runs: system packages, lint, type checks, all tests with real servers.
 test: system-deps install lint

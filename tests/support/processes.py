@@ -152,3 +152,16 @@ def start_asgi(name: str, port: int, *, env: Mapping[str, str], log_dir: Path) -
     )
     wait_for_port(port, proc=proc)
     return proc
+
+
+def query(database_url: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Read a subprocess's database directly (SQLite file or PostgreSQL URL)."""
+    if database_url.startswith("sqlite:///"):
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(database_url.removeprefix("sqlite:///"), timeout=30)) as db:
+            return list(db.execute(sql, params).fetchall())
+    import psycopg
+
+    with psycopg.connect(database_url.replace("postgres://", "postgresql://", 1)) as db:
+        return list(db.execute(sql.replace("?", "%s"), params).fetchall())

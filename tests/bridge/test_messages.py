@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import pytest
+
+from bridge.exceptions import InvalidInput, RoomNotFound, TooLarge
+from bridge.models import Identity, Message, Room, Task
+from bridge.services.identities import identity_get_or_create
+from bridge.services.messages import message_store
+from bridge.services.rooms import room_create
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def room() -> Room:
+    return room_create(slug="lobby", title="Lobby")
+
+
+@pytest.fixture
+def alice() -> Identity:
+    return identity_get_or_create(kind="user", name="alice")
+
+
+def test_seq_increases_per_room(room: Room, alice: Identity) -> None:
+    other = room_create(slug="other")
+    seqs = [message_store(room=room, sender=alice, origin="web", text=f"m{i}").envelope["seq"] for i in range(3)]
+    assert seqs == [1, 2, 3]
+    assert message_store(room=other, sender=alice, origin="web", text="x").envelope["seq"] == 1
+    room.refresh_from_db()
+    assert room.last_seq == 3
+
+
+def test_envelope_follows_the_contract(room: Room, alice: Identity) -> None:
+    envelope = message_store(room="lobby", sender=alice, origin="web", text="hi", data={"t": 1}).envelope
+    assert set(envelope) == {"id", "seq", "room", "origin", "sender", "text", "data", "created"}
+    assert envelope["sender"] == {"kind": "user", "name": "alice"}
+    assert envelope["room"] == "lobby" and envelope["origin"] == "web" and envelope["data"] == {"t": 1}
+    assert "+00:00" in envelope["created"]
+
+
+def test_same_client_key_stores_once(room: Room, alice: Identity) -> None:
+    first = message_store(room=room, sender=alice, origin="web", text="hi", client_key="k1")
+    again = message_store(room=room, sender=alice, origin="api", text="hi", client_key="k1")
+    assert first.created and not again.created
+    assert again.envelope == first.envelope
+    assert Message.objects.count() == 1
+
+
+def test_client_key_is_scoped_to_the_sender(room: Room, alice: Identity) -> None:
+    bob = identity_get_or_create(kind="user", name="bob")
+    message_store(room=room, sender=alice, origin="web", text="a", client_key="same")
+    message_store(room=room, sender=bob, origin="web", text="b", client_key="same")
+    assert Message.objects.count() == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "data", "error"),
+    [
+        (123, None, InvalidInput),
+        ("", None, InvalidInput),
+        ("   ", None, InvalidInput),
+        ("x" * 4001, None, TooLarge),
+        ("bell \x07", None, InvalidInput),
+        ("ok", [1, 2], InvalidInput),
+        ("ok", {"big": "x" * 20000}, TooLarge),
+        ("ok", {"nan": float("nan")}, InvalidInput),
+    ],
+)
+def test_bad_input_is_refused_and_nothing_is_stored(room: Room, alice: Identity, text: object, data: object, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        message_store(room=room, sender=alice, origin="web", text=text, data=data)  # type: ignore[arg-type]
+    assert Message.objects.count() == 0
+    room.refresh_from_db()
+    assert room.last_seq == 0
+
+
+def test_unknown_room_is_not_created(alice: Identity) -> None:
+    with pytest.raises(RoomNotFound):
+        message_store(room="nowhere", sender=alice, origin="web", text="hi")
+    with pytest.raises(RoomNotFound):
+        message_store(room="Not A Slug", sender=alice, origin="web", text="hi")
+    assert not Room.objects.exists()
+
+
+def test_storing_records_one_pending_stats_task(room: Room, alice: Identity) -> None:
+    for i in range(5):
+        message_store(room=room, sender=alice, origin="web", text=str(i))
+    tasks = Task.objects.filter(name="room_stats")
+    assert tasks.count() == 1
+    assert tasks.get().state == Task.State.PENDING

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from bridge.models import Room, Task
+from bridge.services.identities import identity_get_or_create
+from bridge.services.messages import message_store
+from bridge.services.rooms import room_create
+from bridge.services.tasks import task_schedule
+from bridge.tasks.reconcile import reconcile
+from bridge.tasks.registry import task
+from bridge.tasks.runner import requeue_expired, run_due_tasks
+
+CALLS: list[int] = []
+
+
+@task("test_counter")
+def counter(*, n: int) -> None:
+    CALLS.append(n)
+
+
+@task("test_fails")
+def fails() -> None:
+    raise RuntimeError("boom")
+
+
+@pytest.mark.django_db
+def test_room_stats_task_updates_the_room() -> None:
+    room = room_create(slug="lobby")
+    alice = identity_get_or_create(kind="user", name="alice")
+    for i in range(3):
+        message_store(room=room, sender=alice, origin="web", text=str(i))
+    Task.objects.update(due_at=timezone.now())
+    assert run_due_tasks() == 1
+    room.refresh_from_db()
+    assert room.message_count == 3 and room.senders_24h == 1 and room.last_message_at is not None
+    assert Task.objects.get().state == Task.State.DONE
+
+
+@pytest.mark.django_db
+def test_task_not_due_yet_waits() -> None:
+    task_schedule(name="test_counter", key="later", args={"n": 1}, delay=timedelta(hours=1))
+    assert run_due_tasks() == 0
+
+
+@pytest.mark.django_db
+def test_failing_task_is_retried_then_failed() -> None:
+    task_schedule(name="test_fails", key="f")
+    for _ in range(5):
+        Task.objects.update(due_at=timezone.now())
+        run_due_tasks()
+    failed = Task.objects.get()
+    assert failed.state == Task.State.FAILED and failed.attempts == 5
+    assert "boom" in failed.last_error
+
+
+@pytest.mark.django_db
+def test_expired_lease_is_requeued() -> None:
+    task_schedule(name="test_counter", key="k", args={"n": 7})
+    Task.objects.update(state=Task.State.RUNNING, locked_until=timezone.now() - timedelta(seconds=1))
+    assert requeue_expired() == 1
+    assert Task.objects.get().state == Task.State.PENDING
+
+
+@pytest.mark.django_db
+def test_reconcile_schedules_retention_for_rooms_that_want_it() -> None:
+    Room.objects.create(slug="keep")
+    Room.objects.create(slug="short", retention_days=7)
+    reconcile()
+    assert list(Task.objects.values_list("name", "key")) == [("retention", f"retention:{Room.objects.get(slug='short').pk}")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_workers_run_each_task_once() -> None:
+    if connection.vendor == "sqlite" and "memory" in str(connection.settings_dict["NAME"]):
+        pytest.skip("needs a file database shared by threads")
+    CALLS.clear()
+    for n in range(50):
+        task_schedule(name="test_counter", key=f"c{n}", args={"n": n})
+
+    def work() -> None:
+        try:
+            run_due_tasks()
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(CALLS) == list(range(50))
+    assert set(Task.objects.values_list("runs", flat=True)) == {1}
