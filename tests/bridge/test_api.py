@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from bridge.models import ApiToken, Message, Room
+from bridge.services.rooms import room_create
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def lobby() -> Room:
+    return room_create(slug="lobby", title="Lobby")
+
+
+@pytest.fixture
+def token() -> str:
+    user = get_user_model().objects.create_user(username="script", password="pw")
+    return ApiToken.objects.create(user=user).key
+
+
+def post(client: Client, room: str, body: object, **headers: str) -> object:
+    raw = body if isinstance(body, str) else json.dumps(body)
+    return client.post(f"/api/rooms/{room}/messages", raw, content_type="application/json", headers=headers)
+
+
+def test_rooms_list_hides_private_rooms_from_anonymous(client: Client, lobby: Room) -> None:
+    room_create(slug="secret", private=True)
+    body = client.get("/api/rooms/").json()
+    assert [r["slug"] for r in body["rooms"]] == ["lobby"]
+    assert body["rooms"][0]["title"] == "Lobby"
+
+
+def test_post_with_token_and_client_id_is_idempotent(client: Client, lobby: Room, token: str) -> None:
+    first = post(client, "lobby", {"text": "hi", "client_id": "abc"}, Authorization=f"Token {token}")
+    again = post(client, "lobby", {"text": "hi", "client_id": "abc"}, Authorization=f"Token {token}")
+    assert first.status_code == 201 and again.status_code == 201  # type: ignore[attr-defined]
+    assert first.json() == again.json()  # type: ignore[attr-defined]
+    assert first.json()["sender"] == {"kind": "user", "name": "script"}  # type: ignore[attr-defined]
+    assert first.json()["origin"] == "api"  # type: ignore[attr-defined]
+    assert Message.objects.count() == 1
+
+
+def test_history_pagination(client: Client, lobby: Room, token: str) -> None:
+    for i in range(7):
+        post(client, "lobby", {"text": str(i)}, Authorization=f"Token {token}")
+    seqs = lambda q: [m["seq"] for m in client.get(f"/api/rooms/lobby/messages{q}").json()["messages"]]  # noqa: E731
+    assert seqs("") == [1, 2, 3, 4, 5, 6, 7]
+    assert seqs("?limit=3") == [5, 6, 7]
+    assert seqs("?after=2&limit=2") == [3, 4]
+    assert seqs("?before=4&limit=2") == [2, 3]
+    assert seqs("?after=7") == []
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ("not json", 400, "invalid_json"),
+        ("[1]", 400, "invalid_json"),
+        ({"text": ""}, 400, "empty_message"),
+        ({"text": 5}, 400, "invalid_text"),
+        ({"text": "x" * 5000}, 413, "too_large"),
+        ({"text": "x" * 20000}, 413, "too_large"),
+    ],
+)
+def test_bad_posts_get_json_errors_and_store_nothing(client: Client, lobby: Room, token: str, body: object, status: int, code: str) -> None:
+    response = post(client, "lobby", body, Authorization=f"Token {token}")
+    assert response.status_code == status  # type: ignore[attr-defined]
+    assert response.json()["error"]["code"] == code  # type: ignore[attr-defined]
+    assert Message.objects.count() == 0
+
+
+def test_auth_is_needed_to_post(client: Client, lobby: Room) -> None:
+    response = post(client, "lobby", {"text": "hi"})
+    assert response.status_code == 401  # type: ignore[attr-defined]
+    assert response.json()["error"]["code"] == "auth_required"  # type: ignore[attr-defined]
+    bad = post(client, "lobby", {"text": "hi"}, Authorization="Token nope")
+    assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_token"  # type: ignore[attr-defined]
+    assert Message.objects.count() == 0
+
+
+def test_unknown_room_is_404_and_not_created(client: Client, token: str) -> None:
+    response = post(client, "nowhere", {"text": "hi"}, Authorization=f"Token {token}")
+    assert response.status_code == 404  # type: ignore[attr-defined]
+    assert response.json()["error"]["code"] == "room_not_found"  # type: ignore[attr-defined]
+    assert client.get("/api/rooms/nowhere/messages").status_code == 404
+    assert not Room.objects.exists()
+
+
+def test_session_post_needs_csrf(lobby: Room) -> None:
+    get_user_model().objects.create_user(username="alice", password="pw")
+    browser = Client(enforce_csrf_checks=True)
+    assert browser.login(username="alice", password="pw")
+    refused = post(browser, "lobby", {"text": "hi"})
+    assert refused.status_code == 403  # type: ignore[attr-defined]
+    assert refused.json()["error"]["code"] == "csrf_failed"  # type: ignore[attr-defined]
+    browser.get("/rooms/lobby/")
+    csrf = browser.cookies["csrftoken"].value
+    accepted = post(browser, "lobby", {"text": "hi"}, **{"X-CSRFToken": csrf})
+    assert accepted.status_code == 201  # type: ignore[attr-defined]
+
+
+def test_healthz(client: Client) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.json()["status"] == "ok"
+
+
+def test_pages_escape_what_they_show(client: Client) -> None:
+    room_create(slug="xss", title="<script>alert(1)</script>")
+    page = client.get("/").content.decode()
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page
+    assert client.get("/rooms/xss/").status_code == 200
+    assert client.get("/rooms/nowhere/").status_code == 404

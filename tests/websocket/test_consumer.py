@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+
+from bridge.models import Message, Room
+from bridge.services.identities import identity_get_or_create
+from bridge.services.messages import message_post, message_store
+from bridge.services.rooms import room_create
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+
+@pytest.fixture
+def lobby(db: None) -> Room:
+    return room_create(slug="lobby", title="Lobby")
+
+
+async def frames_until(comm: Any, kind: str, *, limit: int = 20) -> dict[str, Any]:
+    for _ in range(limit):
+        frame = await comm.receive_json_from(timeout=3)
+        if frame["type"] == kind:
+            return frame
+    raise AssertionError(f"no {kind} frame")
+
+
+async def test_history_first_then_live_messages(ws: Any, session_for: Any, lobby: Room) -> None:
+    alice = await database_sync_to_async(identity_get_or_create)(kind="user", name="alice")
+    for i in range(3):
+        await database_sync_to_async(message_store)(room="lobby", sender=alice, origin="web", text=f"old {i}")
+    comm = ws("/ws/rooms/lobby/", cookie=await session_for("bob"))
+    connected, _ = await comm.connect()
+    assert connected
+    history = await comm.receive_json_from()
+    assert history["type"] == "history"
+    assert [m["seq"] for m in history["messages"]] == [1, 2, 3]
+    await comm.send_json_to({"type": "message", "text": "hello <b>", "client_id": "c1"})
+    ack = await frames_until(comm, "ack")
+    assert ack["client_id"] == "c1" and ack["seq"] == 4
+    live = await frames_until(comm, "message")
+    assert live["message"]["text"] == "hello <b>"
+    assert live["message"]["sender"] == {"kind": "user", "name": "bob"}
+    assert live["message"]["origin"] == "web"
+    await comm.disconnect()
+
+
+async def test_resume_after_sends_only_what_was_missed(ws: Any, lobby: Room) -> None:
+    alice = await database_sync_to_async(identity_get_or_create)(kind="user", name="alice")
+    for i in range(5):
+        await database_sync_to_async(message_store)(room="lobby", sender=alice, origin="web", text=str(i))
+    comm = ws("/ws/rooms/lobby/?after=3")
+    assert (await comm.connect())[0]
+    history = await comm.receive_json_from()
+    assert [m["seq"] for m in history["messages"]] == [4, 5]
+    await comm.disconnect()
+
+
+async def test_a_dropped_group_message_is_filled_from_the_database(ws: Any, lobby: Room) -> None:
+    comm = ws("/ws/rooms/lobby/")
+    assert (await comm.connect())[0]
+    assert (await comm.receive_json_from())["messages"] == []
+    alice = await database_sync_to_async(identity_get_or_create)(kind="user", name="alice")
+    # Stored but never fanned out: as if the channel layer dropped it.
+    await database_sync_to_async(message_store)(room="lobby", sender=alice, origin="web", text="lost")
+    await database_sync_to_async(message_post)(room="lobby", sender=alice, origin="web", text="next")
+    first = await comm.receive_json_from()
+    second = await comm.receive_json_from()
+    assert [first["message"]["text"], second["message"]["text"]] == ["lost", "next"]
+    await comm.disconnect()
+
+
+async def test_presence_of_signed_in_users(ws: Any, session_for: Any, lobby: Room) -> None:
+    watcher = ws("/ws/rooms/lobby/")
+    assert (await watcher.connect())[0]
+    await watcher.receive_json_from()
+    alice = ws("/ws/rooms/lobby/", cookie=await session_for("alice"))
+    assert (await alice.connect())[0]
+    online = await watcher.receive_json_from()
+    assert online == {"type": "presence", "who": {"kind": "user", "name": "alice"}, "state": "online"}
+    await alice.disconnect()
+    offline = await watcher.receive_json_from()
+    assert offline["state"] == "offline" and offline["who"]["name"] == "alice"
+    await watcher.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("not json", "invalid_json"),
+        ("[1, 2]", "invalid_frame"),
+        (json.dumps({"type": "dance"}), "unknown_type"),
+        (json.dumps({"type": "message", "text": "x" * 20000}), "too_large"),
+        (json.dumps({"type": "message", "text": "y" * 4001}), "too_large"),
+        (json.dumps({"type": "message", "text": ""}), "empty_message"),
+        (json.dumps({"type": "message", "text": "hi", "client_id": 5}), "invalid_client_id"),
+    ],
+)
+async def test_bad_frames_get_error_frames_and_the_socket_stays_open(ws: Any, session_for: Any, lobby: Room, frame: str, code: str) -> None:
+    comm = ws("/ws/rooms/lobby/", cookie=await session_for("mallory"))
+    assert (await comm.connect())[0]
+    await comm.receive_json_from()
+    await comm.send_to(text_data=frame)
+    error = await frames_until(comm, "error")
+    assert error["code"] == code and error["detail"]
+    await comm.send_json_to({"type": "message", "text": "still here"})
+    assert (await frames_until(comm, "message"))["message"]["text"] == "still here"
+    assert await database_sync_to_async(Message.objects.count)() == 1
+    await comm.disconnect()
+
+
+async def test_binary_frames_are_refused(ws: Any, lobby: Room) -> None:
+    comm = ws("/ws/rooms/lobby/")
+    assert (await comm.connect())[0]
+    await comm.receive_json_from()
+    await comm.send_to(bytes_data=b"\x00\x01")
+    assert (await comm.receive_json_from())["code"] == "invalid_frame"
+    await comm.disconnect()
+
+
+async def test_anonymous_cannot_post(ws: Any, lobby: Room) -> None:
+    comm = ws("/ws/rooms/lobby/")
+    assert (await comm.connect())[0]
+    await comm.receive_json_from()
+    await comm.send_json_to({"type": "message", "text": "hi"})
+    assert (await comm.receive_json_from())["code"] == "auth_required"
+    assert await database_sync_to_async(Message.objects.count)() == 0
+    await comm.disconnect()
+
+
+@pytest.mark.parametrize(("path", "code", "close"), [("/ws/rooms/nowhere/", "room_not_found", 4404), ("/ws/rooms/BAD%20NAME/", "room_not_found", 4404)])
+async def test_unknown_room_gets_an_error_and_a_close(ws: Any, lobby: Room, path: str, code: str, close: int) -> None:
+    comm = ws(path)
+    connected, _ = await comm.connect()
+    assert connected
+    assert (await comm.receive_json_from())["code"] == code
+    assert (await comm.receive_output())["code"] == close
+    assert not await database_sync_to_async(Room.objects.filter(slug="nowhere").exists)()
+
+
+async def test_private_room_needs_sign_in(ws: Any, session_for: Any, db: None) -> None:
+    await database_sync_to_async(room_create)(slug="secret", private=True)
+    comm = ws("/ws/rooms/secret/")
+    assert (await comm.connect())[0]
+    assert (await comm.receive_json_from())["code"] == "forbidden"
+    assert (await comm.receive_output())["code"] == 4403
+    member = ws("/ws/rooms/secret/", cookie=await session_for("alice"))
+    assert (await member.connect())[0]
+    assert (await member.receive_json_from())["type"] == "history"
+    await member.disconnect()
+
+
+async def test_foreign_origin_is_refused_at_the_handshake(ws: Any, lobby: Room) -> None:
+    comm = ws("/ws/rooms/lobby/", origin="http://evil.example")
+    connected, _ = await comm.connect()
+    assert not connected
+
+
+async def test_bad_after_is_an_error(ws: Any, lobby: Room) -> None:
+    comm = ws("/ws/rooms/lobby/?after=abc")
+    assert (await comm.connect())[0]
+    assert (await comm.receive_json_from())["code"] == "invalid_after"
