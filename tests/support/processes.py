@@ -117,6 +117,8 @@ def bridge_env(tmp: Path, **overrides: str) -> dict[str, str]:
     """Environment for a `manage.py` subprocess: its own SQLite file unless told otherwise."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "MQTT_", "XMPP_", "DATABASE_"))}
     env.update(
+        # Not the test run's settings module, which forces the in-memory layer.
+        DJANGO_SETTINGS_MODULE="project.settings",
         DEBUG="1",
         SECRET_KEY="tests-only-not-secret",
         DATABASE_URL=f"sqlite:///{tmp / 'bridge.sqlite3'}",
