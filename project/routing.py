@@ -11,6 +11,7 @@ from django.conf import settings
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
 from bridge.tasks.consumer import TaskConsumer
+from protocols.mqtt.routing import mqtt_application
 from protocols.websocket.routing import websocket_urlpatterns
 
 
@@ -21,6 +22,8 @@ def build_application(django_asgi_app: Any) -> ProtocolTypeRouter:
             "websocket": AllowedHostsOriginValidator(
                 AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
             ),
+            # The MQTT protocol server (runmqtt) opens one instance per broker connection.
+            "mqtt": mqtt_application,
             "channel": ChannelNameRouter(
                 {settings.BRIDGE_TASKS_CHANNEL: TaskConsumer.as_asgi()}
             ),

@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     # bridge first: its runworker (with the reconciler) overrides channels'.
     "bridge",
+    "protocols.mqtt",
     "channels",
 ]
 
@@ -146,6 +147,34 @@ BRIDGE_EMBEDDED_SERVICES = env.list(
     default=["protocols.websocket.embedded.serve", "bridge.tasks.embedded.serve"],
 )
 
+# --- MQTT -------------------------------------------------------------------
+
+# mqtt://user:password@host:1883/?client_id=bridge-1 (mqtts:// for TLS); unset: the embedded broker.
+MQTT_URL = env.optional("MQTT_URL")
+MQTT_CLIENT_ID = env.str("MQTT_CLIENT_ID", default="")  # overrides the URL's client_id
+MQTT_PROTOCOL = env.str("MQTT_PROTOCOL", default="auto")  # auto (5, else 3.1.1), 5, 3.1.1
+if MQTT_PROTOCOL not in {"auto", "5", "3.1.1"}:
+    raise ImproperlyConfigured(f"MQTT_PROTOCOL must be auto, 5 or 3.1.1, got {MQTT_PROTOCOL!r}")
+MQTT_TOPIC_PREFIX = env.str("MQTT_TOPIC_PREFIX", default="").strip("/")
+MQTT_QOS = env.int("MQTT_QOS", 1, minimum=0)  # for what the bridge publishes
+if MQTT_QOS > 2:
+    raise ImproperlyConfigured(f"MQTT_QOS must be 0, 1 or 2, got {MQTT_QOS}")
+# Several runmqtt processes split the incoming stream through $share/<group>/; empty: no sharing.
+MQTT_SHARED_GROUP = env.str("MQTT_SHARED_GROUP", default="bridge")
+MQTT_SESSION_EXPIRY = env.int("MQTT_SESSION_EXPIRY", 86400, minimum=0)  # seconds
+MQTT_KEEPALIVE = env.int("MQTT_KEEPALIVE", 30, minimum=5)  # seconds
+MQTT_RECONNECT_MAX = env.int("MQTT_RECONNECT_MAX", 30, minimum=1)  # back-off ceiling, seconds
+MQTT_MAX_PAYLOAD = env.int("MQTT_MAX_PAYLOAD", 16384, minimum=256)  # bytes from a device
+MQTT_SWEEP_INTERVAL = env.int("MQTT_SWEEP_INTERVAL", 10, minimum=1)  # lost wake-ups, new rooms
+# What a device the bridge does not know gets: refused, or registered (development).
+MQTT_UNKNOWN_DEVICES = env.str("MQTT_UNKNOWN_DEVICES", default="register" if DEBUG else "refuse")
+if MQTT_UNKNOWN_DEVICES not in {"refuse", "register"}:
+    raise ImproperlyConfigured(
+        f"MQTT_UNKNOWN_DEVICES must be refuse or register, got {MQTT_UNKNOWN_DEVICES!r}"
+    )
+# A mosquitto password file the bridge manages (`devices add --password`); unset: not managed.
+MQTT_PASSWD_FILE = env.optional("MQTT_PASSWD_FILE")
+
 # --- Logging ----------------------------------------------------------------
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
@@ -163,6 +192,7 @@ LOGGING = {
         "django.channels.server": {"level": "WARNING"},
         "slixmpp": {"level": "WARNING"},
         "amqtt": {"level": "WARNING"},
+        "paho": {"level": "WARNING"},
         "transitions": {"level": "WARNING"},
     },
 }

@@ -1,0 +1,207 @@
+"""Devices: provisioning, what they may do, their status, telemetry and commands sent to them."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from bridge.exceptions import Forbidden, InvalidInput, NotFound, TooLarge
+from bridge.models import Device, DeviceCommand, Identity, Message, Room, Telemetry
+from bridge.names import is_device_id
+from bridge.selectors import room_get
+from bridge.services.identities import identity_get_or_create
+from bridge.services.messages import MAX_CLIENT_KEY, MAX_DATA_BYTES
+from bridge.services.presence import presence_join, presence_leave
+
+logger = logging.getLogger(__name__)
+
+STATUSES = ("online", "offline")
+COMMAND_PREFIX = "/cmd "
+
+
+def _checked_device_id(device_id: str) -> str:
+    if not is_device_id(device_id):
+        raise InvalidInput(
+            f"{device_id!r} is not a device id: 1-64 of A-Z a-z 0-9 _ . -, "
+            "starting with a letter or digit.",
+            code="invalid_device",
+        )
+    return device_id
+
+
+def device_register(
+    *,
+    device_id: str,
+    post_rooms: Iterable[str | Room] = (),
+    listen_rooms: Iterable[str | Room] | None = None,
+) -> Device:
+    """Create a device or add rooms to it (idempotent). Listen rooms default to the post rooms."""
+    _checked_device_id(device_id)
+    posts = [r if isinstance(r, Room) else room_get(slug=r) for r in post_rooms]
+    listens = posts if listen_rooms is None else [
+        r if isinstance(r, Room) else room_get(slug=r) for r in listen_rooms
+    ]
+    with transaction.atomic():
+        identity = identity_get_or_create(kind=Identity.Kind.DEVICE, name=device_id)
+        device, _ = Device.objects.get_or_create(device_id=device_id, defaults={"identity": identity})
+        device.post_rooms.add(*posts)
+        device.listen_rooms.add(*listens)
+    return device
+
+
+def device_for_message(*, device_id: str) -> Device:
+    """The device behind a topic, per MQTT_UNKNOWN_DEVICES: refused, or registered on first use."""
+    _checked_device_id(device_id)
+    device = Device.objects.select_related("identity").filter(device_id=device_id).first()
+    if device is None:
+        if settings.MQTT_UNKNOWN_DEVICES != "register":
+            raise NotFound(f"Unknown device {device_id!r}.", code="unknown_device")
+        device = device_register(device_id=device_id)
+        logger.info("registered unknown device %s (MQTT_UNKNOWN_DEVICES=register)", device_id)
+    if not device.enabled:
+        raise Forbidden(f"Device {device_id!r} is disabled.", code="device_disabled")
+    return device
+
+
+def device_room_for_post(*, device: Device, room: str) -> Room:
+    """The room a device posts into, if it may; in register mode an unknown device gets it."""
+    room_obj = room_get(slug=room)
+    if device.post_rooms.filter(pk=room_obj.pk).exists():
+        return room_obj
+    if settings.MQTT_UNKNOWN_DEVICES == "register" and not device.post_rooms.exists():
+        # A development device registered on first use may post where it first posts.
+        device.post_rooms.add(room_obj)
+        device.listen_rooms.add(room_obj)
+        return room_obj
+    raise Forbidden(f"Device {device.device_id!r} may not post into {room!r}.", code="forbidden_room")
+
+
+def device_rooms(*, device: Device) -> list[Room]:
+    """Every room a device belongs to (posts into or listens to), by slug."""
+    rooms = {r.pk: r for r in device.post_rooms.all()}
+    rooms.update({r.pk: r for r in device.listen_rooms.all()})
+    return sorted(rooms.values(), key=lambda r: r.slug)
+
+
+def device_status_set(*, device: Device, status: str) -> list[Room]:
+    """Record `online`/`offline`; returns the rooms where the device's presence changed."""
+    if status not in STATUSES:
+        raise InvalidInput(f"Status must be 'online' or 'offline', not {status!r}.", code="invalid_status")
+    changed: list[Room] = []
+    connection = f"mqtt:{device.device_id}"
+    with transaction.atomic():
+        Device.objects.filter(pk=device.pk).update(status=status, last_seen=timezone.now())
+        for room in device_rooms(device=device):
+            if status == "online":
+                if presence_join(room=room, identity=device.identity, connection=connection):
+                    changed.append(room)
+            elif presence_leave(room=room, connection=connection) is not None:
+                changed.append(room)
+    device.status = status
+    return changed
+
+
+def telemetry_store(*, device: Device, data: object) -> tuple[Telemetry, bool]:
+    """Store one reading; the same `id` inside it twice stores one row. (row, created)."""
+    if not isinstance(data, dict):
+        raise InvalidInput("Telemetry is a JSON object of readings.", code="invalid_telemetry")
+    if len(json.dumps(data)) > MAX_DATA_BYTES:
+        raise TooLarge(f"Telemetry is larger than {MAX_DATA_BYTES} bytes.")
+    key = data.get("id")
+    if key is not None and (not isinstance(key, str) or not key or len(key) > MAX_CLIENT_KEY):
+        raise InvalidInput(
+            f"'id' must be a non-empty string of at most {MAX_CLIENT_KEY} characters.",
+            code="invalid_id",
+        )
+    if key is not None:
+        existing = Telemetry.objects.filter(device=device, client_key=key).first()
+        if existing is not None:
+            return existing, False
+    try:
+        with transaction.atomic():
+            row = Telemetry.objects.create(
+                device=device, data=data, received=timezone.now(), client_key=key
+            )
+    except IntegrityError:
+        return Telemetry.objects.get(device=device, client_key=key), False
+    return row, True
+
+
+@dataclass(frozen=True)
+class CommandOut:
+    """A command claimed for publishing: where it goes and what it says."""
+
+    id: int
+    device_id: str
+    payload: dict[str, Any]
+
+
+def device_command_create(
+    *, device_id: str, text: str, sender: Identity, origin: str, message: Message | None = None
+) -> DeviceCommand:
+    """Record a command for a device; a runmqtt process publishes it once."""
+    _checked_device_id(device_id)
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInput("A command needs 'text'.", code="empty_command")
+    if len(text) > settings.BRIDGE_MAX_TEXT:
+        raise TooLarge(f"A command is at most {settings.BRIDGE_MAX_TEXT} characters.")
+    device = Device.objects.filter(device_id=device_id).first()
+    if device is None:
+        raise NotFound(f"Unknown device {device_id!r}.", code="unknown_device")
+    if message is not None:
+        existing = DeviceCommand.objects.filter(message=message).first()
+        if existing is not None:
+            return existing
+    return DeviceCommand.objects.create(
+        device=device, text=text, sender=sender, origin=origin, message=message
+    )
+
+
+def parse_chat_command(text: str) -> tuple[str, str] | None:
+    """`/cmd <device> <text>` in a room: (device id, text), or None for an ordinary message."""
+    if not text.startswith(COMMAND_PREFIX):
+        return None
+    device_id, _, command = text[len(COMMAND_PREFIX):].strip().partition(" ")
+    if not device_id or not command.strip():
+        return None
+    return device_id, command.strip()
+
+
+def device_commands_claim(*, ids: Iterable[int] | None = None, limit: int = 100) -> list[CommandOut]:
+    """Claim unpublished commands: each row is claimed by exactly one caller (compare-and-set).
+
+    Claim-then-publish, like the room cursor: a crash between the two loses
+    the command rather than sending it twice (a command may act on the world).
+    """
+    pending = DeviceCommand.objects.filter(published_at__isnull=True).select_related(
+        "device", "sender"
+    ).order_by("pk")
+    if ids is not None:
+        pending = pending.filter(pk__in=list(ids))
+    claimed: list[CommandOut] = []
+    for command in pending[:limit]:
+        won = DeviceCommand.objects.filter(pk=command.pk, published_at__isnull=True).update(
+            published_at=timezone.now()
+        )
+        if won:
+            claimed.append(
+                CommandOut(
+                    id=command.pk,
+                    device_id=command.device.device_id,
+                    payload={
+                        "id": command.pk,
+                        "text": command.text,
+                        "sender": command.sender.as_sender(),
+                        "origin": command.origin,
+                        "created": command.created.isoformat(),
+                    },
+                )
+            )
+    return claimed

@@ -1,0 +1,107 @@
+"""The base class of MQTT consumers: dispatch by event type, like Channels' WebSocket consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from channels.consumer import AsyncConsumer
+
+from protocols.mqtt.events import (
+    ConnectEvent,
+    DisconnectEvent,
+    MessageEvent,
+    PublishEvent,
+    SubscribeEvent,
+    UnsubscribeEvent,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class MqttConsumer(AsyncConsumer):
+    """One instance per broker connection of the protocol server (it outlives reconnects).
+
+    Subclasses implement the hooks `connect`, `receive` and `disconnect`.
+    Events run one at a time in arrival order, so messages from one device are
+    handled in the order the broker delivered them. A message is acknowledged
+    after `receive` returns; if `receive` raises, it is not, and the broker
+    redelivers it after the next reconnect.
+    """
+
+    _background: set[asyncio.Task[None]]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self._background = set()
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            for task in self._background:
+                task.cancel()
+
+    # --- events from the server ---------------------------------------------
+
+    async def mqtt_connect(self, event: ConnectEvent) -> None:
+        await self.connect(event)
+
+    async def mqtt_message(self, event: MessageEvent) -> None:
+        await self.receive(event)
+        if event["ack_id"] is not None:
+            await self.send({"type": "mqtt.ack", "ack_id": event["ack_id"]})
+
+    async def mqtt_disconnect(self, event: DisconnectEvent) -> None:
+        await self.disconnect(event)
+
+    # --- hooks ----------------------------------------------------------------
+
+    async def connect(self, event: ConnectEvent) -> None:
+        """Called after every (re)connection to the broker; subscribe here."""
+
+    async def receive(self, message: MessageEvent) -> None:
+        """Called for each PUBLISH, in order. Returning means: safe to acknowledge."""
+
+    async def disconnect(self, event: DisconnectEvent) -> None:
+        """Called when the broker connection drops; the server is already reconnecting."""
+
+    # --- replies --------------------------------------------------------------
+
+    async def publish(
+        self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False
+    ) -> None:
+        data = payload.encode("utf-8") if isinstance(payload, str) else payload
+        event: PublishEvent = {
+            "type": "mqtt.publish", "topic": topic, "payload": data, "qos": qos, "retain": retain
+        }
+        await self.send(event)
+
+    async def subscribe(self, topics: list[str], *, qos: int = 1) -> None:
+        event: SubscribeEvent = {"type": "mqtt.subscribe", "topics": topics, "qos": qos}
+        await self.send(event)
+
+    async def unsubscribe(self, topics: list[str]) -> None:
+        event: UnsubscribeEvent = {"type": "mqtt.unsubscribe", "topics": topics}
+        await self.send(event)
+
+    # --- background work ------------------------------------------------------
+
+    def start_background(self, coro: Coroutine[Any, Any, None], *, name: str) -> None:
+        """Run `coro` beside the event loop of this instance; cancelled when it ends.
+
+        A background task that fails is logged and ends the instance, so the
+        server stops rather than running half-broken.
+        """
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        owner = asyncio.current_task()
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._background.discard(finished)
+            if finished.cancelled() or finished.exception() is None:
+                return
+            logger.error("%s failed", name, exc_info=finished.exception())
+            if owner is not None:
+                owner.cancel()
+
+        task.add_done_callback(done)

@@ -1,0 +1,88 @@
+"""The MQTT edge's ASGI contract: the `mqtt` scope and every event, as TypedDicts.
+
+The protocol server (server.py) holds the broker connection and is the only
+code that speaks MQTT; an application instance sees these events only.
+
+Server to application (`receive`):
+- `mqtt.connect`: the broker accepted the connection (first time and after
+  every reconnect). The application subscribes here.
+- `mqtt.message`: one PUBLISH. QoS 1/2 messages stay unacknowledged until the
+  application sends `mqtt.ack` with the message's `ack_id`, so whatever it did
+  before acknowledging (a database commit) survives a crash: the broker
+  redelivers.
+- `mqtt.disconnect`: the connection is gone; the server reconnects by itself
+  and sends `mqtt.connect` again.
+
+Application to server (`send`):
+- `mqtt.publish`, `mqtt.subscribe`, `mqtt.unsubscribe`, and `mqtt.ack` (an
+  extension Channels' protocols do not need: acknowledgement after work).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NotRequired, TypedDict
+
+
+class MqttScope(TypedDict):
+    type: Literal["mqtt"]
+    asgi: dict[str, str]
+    client_id: str
+    # "host:port" of the broker, for logs.
+    broker: str
+    # 5 or 4 (MQTT 3.1.1), as negotiated.
+    protocol: int
+
+
+class ConnectEvent(TypedDict):
+    type: Literal["mqtt.connect"]
+    # The broker still had our persistent session: subscriptions and queued messages.
+    session_present: bool
+    protocol: int
+
+
+class MessageEvent(TypedDict):
+    type: Literal["mqtt.message"]
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    # The broker redelivered it (DUP flag).
+    dup: bool
+    # MQTT 5 PUBLISH properties by name (ContentType, UserProperty, ...); {} on 3.1.1.
+    properties: dict[str, Any]
+    # Pass back in `mqtt.ack` once the message is safe; None for QoS 0.
+    ack_id: int | None
+
+
+class DisconnectEvent(TypedDict):
+    type: Literal["mqtt.disconnect"]
+    reason: str
+
+
+class PublishEvent(TypedDict):
+    type: Literal["mqtt.publish"]
+    topic: str
+    payload: bytes
+    qos: int
+    retain: NotRequired[bool]
+    properties: NotRequired[dict[str, Any]]
+
+
+class SubscribeEvent(TypedDict):
+    type: Literal["mqtt.subscribe"]
+    topics: list[str]
+    qos: int
+
+
+class UnsubscribeEvent(TypedDict):
+    type: Literal["mqtt.unsubscribe"]
+    topics: list[str]
+
+
+class AckEvent(TypedDict):
+    type: Literal["mqtt.ack"]
+    ack_id: int
+
+
+IncomingEvent = ConnectEvent | MessageEvent | DisconnectEvent
+OutgoingEvent = PublishEvent | SubscribeEvent | UnsubscribeEvent | AckEvent

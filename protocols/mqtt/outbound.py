@@ -1,0 +1,90 @@
+"""What the MQTT edge publishes: room messages and device commands, each claimed once.
+
+These run in a database thread. Claim-then-publish: the compare-and-set on the
+room's `EdgeCursor` (edge "mqtt") or the command's `published_at` decides which
+runmqtt process publishes; the winner publishes once. A crash between claim
+and publish loses that range on MQTT (subscribers see a `seq` gap and fetch it
+from the history API), never publishes it twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from bridge.envelope import Envelope, message_envelope
+from bridge.exceptions import BridgeError
+from bridge.models import DeviceCommand, Message, Room
+from bridge.services.cursors import edge_cursor_claim, edge_cursor_get
+from bridge.services.devices import (
+    CommandOut,
+    device_command_create,
+    device_commands_claim,
+    parse_chat_command,
+)
+
+logger = logging.getLogger(__name__)
+
+EDGE = "mqtt"
+CLAIM_LIMIT = 500
+
+
+@dataclass
+class Claimed:
+    envelopes: list[Envelope] = field(default_factory=list)
+    commands: list[CommandOut] = field(default_factory=list)
+    # More may be waiting (a full batch was claimed).
+    more: bool = False
+
+
+def rooms_track(*, known: set[str], started: datetime) -> list[str]:
+    """Every room's slug, making sure each has an MQTT cursor before anything is claimed.
+
+    Rooms created after this process started begin at 0 (nothing in them is
+    older than us); older rooms begin at their end (history is not replayed).
+    """
+    slugs = []
+    for room in Room.objects.only("id", "slug", "created"):
+        if room.slug not in known:
+            edge_cursor_get(edge=EDGE, room=room, start_at_end=room.created < started)
+        slugs.append(room.slug)
+    return slugs
+
+
+def room_claim(*, slug: str) -> Claimed:
+    """Claim the room's unpublished messages, and the commands some of them give devices."""
+    room = Room.objects.filter(slug=slug).first()
+    claimed = Claimed()
+    if room is None:
+        return claimed
+    messages = edge_cursor_claim(edge=EDGE, room=room, limit=CLAIM_LIMIT)
+    claimed.more = len(messages) == CLAIM_LIMIT
+    command_ids = [c.pk for c in (_command_from(m) for m in messages) if c is not None]
+    claimed.envelopes = [message_envelope(m, room_slug=slug) for m in messages]
+    if command_ids:
+        claimed.commands = device_commands_claim(ids=command_ids)
+    return claimed
+
+
+def _command_from(message: Message) -> DeviceCommand | None:
+    parsed = parse_chat_command(message.text)
+    if parsed is None:
+        return None
+    device_id, text = parsed
+    try:
+        return device_command_create(
+            device_id=device_id,
+            text=text,
+            sender=message.sender,
+            origin=message.origin,
+            message=message,
+        )
+    except BridgeError as exc:
+        logger.info("room %s #%s: no command for %s: %s", message.room.slug, message.seq, device_id, exc.detail)
+        return None
+
+
+def commands_claim() -> list[CommandOut]:
+    """Commands recorded by the API (or missed by a crashed process) that nobody published yet."""
+    return device_commands_claim()

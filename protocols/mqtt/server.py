@@ -1,0 +1,218 @@
+"""The MQTT protocol server: one broker connection, mapped onto one ASGI application instance.
+
+paho-mqtt's network thread owns the socket (keep-alive, reconnect with
+back-off). Its callbacks only enqueue onto the asyncio loop with
+`call_soon_threadsafe`; everything else, the application included, runs on the
+loop. Every reply from the application goes through `_send`, the one place
+that talks back to paho.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import ssl
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from protocols.mqtt.config import MqttConfig
+from protocols.mqtt.events import IncomingEvent, MessageEvent, MqttScope
+
+logger = logging.getLogger(__name__)
+
+Application = Callable[[Any, Any, Any], Coroutine[Any, Any, None]]
+
+# CONNACK codes meaning "this broker does not speak MQTT 5" (v5: 0x84; 3.1.1: 1).
+UNSUPPORTED_PROTOCOL = {132, 1}
+
+
+class MqttServerError(Exception):
+    """The server cannot go on (the application failed or gave an impossible reply)."""
+
+
+class MqttServer:
+    """Connect, run the application instance, reconnect on its own; `run` until cancelled."""
+
+    def __init__(self, application: Application, config: MqttConfig) -> None:
+        self.application = application
+        self.config = config
+        self.connected = asyncio.Event()
+        self._protocol = paho.MQTTv311 if config.protocol == "3.1.1" else paho.MQTTv5
+        self._generation = 0
+        self._ack_ids = itertools.count(1)
+        # ack_id -> (connection generation, mid, qos): an ack for a message of an
+        # earlier connection is dropped; the broker redelivers it on the new one.
+        self._unacked: dict[int, tuple[int, int, int]] = {}
+        self._queue: asyncio.Queue[IncomingEvent] = asyncio.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: paho.Client | None = None
+        self._fallback: asyncio.Task[None] | None = None
+
+    # --- lifecycle -----------------------------------------------------------
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        scope: MqttScope = {
+            "type": "mqtt",
+            "asgi": {"version": "3.0"},
+            "client_id": self.config.client_id,
+            "broker": self.config.broker,
+            "protocol": 5 if self._protocol == paho.MQTTv5 else 4,
+        }
+        app: asyncio.Task[None] = asyncio.create_task(self.application(scope, self._queue.get, self._send))
+        self._start_client()
+        try:
+            await app
+        finally:
+            app.cancel()
+            await self._stop_client()
+        raise MqttServerError("the MQTT application instance ended")
+
+    def _start_client(self) -> None:
+        config = self.config
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=config.client_id,
+            protocol=self._protocol,
+            # Acknowledged by the application after its commit, not on receipt.
+            manual_ack=True,
+            # Persistent session on 3.1.1 (5 uses clean_start below).
+            clean_session=None if self._protocol == paho.MQTTv5 else False,
+            reconnect_on_failure=True,
+        )
+        client.enable_logger(logging.getLogger("paho"))
+        if config.username is not None:
+            client.username_pw_set(config.username, config.password)
+        if config.tls:
+            client.tls_set_context(ssl.create_default_context())
+        client.reconnect_delay_set(min_delay=1, max_delay=config.reconnect_max)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        properties = None
+        kwargs: dict[str, Any] = {}
+        if self._protocol == paho.MQTTv5:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = config.session_expiry
+            kwargs["clean_start"] = False
+        client.connect_async(
+            config.host, config.port, keepalive=config.keepalive, properties=properties, **kwargs
+        )
+        client.loop_start()
+        self._client = client
+        logger.info("connecting to %s as %s", config.broker, config.client_id)
+
+    async def _stop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        client.disconnect()
+        # loop_stop joins paho's thread: not on the event loop.
+        await asyncio.to_thread(client.loop_stop)
+
+    async def _fall_back_to_311(self) -> None:
+        logger.warning("%s does not speak MQTT 5; using MQTT 3.1.1", self.config.broker)
+        await self._stop_client()
+        self._protocol = paho.MQTTv311
+        self._start_client()
+
+    # --- paho's thread: only enqueue --------------------------------------------
+
+    def _call(self, func: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(func, *args)
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            if reason.value in UNSUPPORTED_PROTOCOL and self.config.protocol == "auto" and (
+                self._protocol == paho.MQTTv5
+            ):
+                self._call(self._schedule_fallback)
+                return
+            logger.error("broker %s refused the connection: %s", self.config.broker, reason)
+            return
+        self._generation += 1
+        protocol = 5 if self._protocol == paho.MQTTv5 else 4
+        logger.info(
+            "connected to %s (MQTT %s, session present: %s)",
+            self.config.broker, "5" if protocol == 5 else "3.1.1", flags.session_present,
+        )
+        self._call(
+            self._enqueue,
+            {"type": "mqtt.connect", "session_present": bool(flags.session_present), "protocol": protocol},
+        )
+        self._call(self.connected.set)
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
+    ) -> None:
+        logger.warning("disconnected from %s: %s; reconnecting", self.config.broker, reason)
+        self._call(self.connected.clear)
+        self._call(self._enqueue, {"type": "mqtt.disconnect", "reason": str(reason)})
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        props = message.properties
+        event: MessageEvent = {
+            "type": "mqtt.message",
+            "topic": message.topic,
+            "payload": bytes(message.payload),
+            "qos": message.qos,
+            "retain": bool(message.retain),
+            "dup": bool(message.dup),
+            "properties": props.json() if props is not None and props.names else {},
+            "ack_id": None,
+        }
+        self._call(self._enqueue_message, event, self._generation, message.mid)
+
+    # --- the loop's side ------------------------------------------------------------
+
+    def _schedule_fallback(self) -> None:
+        if self._fallback is None:
+            self._fallback = asyncio.create_task(self._fall_back_to_311())
+
+    def _enqueue(self, event: IncomingEvent) -> None:
+        self._queue.put_nowait(event)
+
+    def _enqueue_message(self, event: MessageEvent, generation: int, mid: int) -> None:
+        if event["qos"] > 0:
+            ack_id = next(self._ack_ids)
+            self._unacked[ack_id] = (generation, mid, event["qos"])
+            event["ack_id"] = ack_id
+        self._queue.put_nowait(event)
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        """Every reply of the application: checked here, then handed to paho."""
+        client = self._client
+        kind = event.get("type")
+        if kind == "mqtt.ack":
+            generation, mid, qos = self._unacked.pop(event["ack_id"])
+            if client is not None and generation == self._generation:
+                client.ack(mid, qos)
+            return
+        if client is None:
+            logger.warning("dropping %s: the broker client is being replaced", kind)
+            return
+        if kind == "mqtt.publish":
+            info = client.publish(
+                event["topic"], event["payload"], qos=event["qos"], retain=event.get("retain", False)
+            )
+            # Not connected: paho keeps QoS 1/2 messages and sends them after reconnecting.
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                raise MqttServerError(f"cannot publish on {event['topic']}: {paho.error_string(info.rc)}")
+        elif kind == "mqtt.subscribe":
+            rc, _ = client.subscribe([(topic, event["qos"]) for topic in event["topics"]])
+            if rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+                logger.info("not connected; subscriptions are made again on connect")
+        elif kind == "mqtt.unsubscribe":
+            client.unsubscribe(event["topics"])
+        else:
+            raise MqttServerError(f"the application sent an unknown event type {kind!r}")
