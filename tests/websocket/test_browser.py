@@ -1,0 +1,121 @@
+"""A real browser (Debian's chromium through Playwright) against `runbridge`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.processes import free_port, manage, require_binary, start_manage, wait_for_port
+from tests.support.stack import provision
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+@pytest.fixture
+def bridge(tmp_path: Path) -> Iterator[str]:
+    stack = provision(tmp_path)
+    manage(["demo", "--username", "bob", "--password", "bob"], env=stack.env)
+    port = free_port()
+    proc = start_manage("runbridge", ["runbridge", f"127.0.0.1:{port}", "--mqtt-port", str(free_port())], env=stack.env, log_dir=tmp_path)
+    try:
+        wait_for_port(port, proc=proc, timeout=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    executable = require_binary("chromium", "/usr/bin/chromium")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def signed_in_page(browser: Any, base: str, user: str) -> Any:
+    page = browser.new_context().new_page()
+    page.goto(f"{base}/")
+    page.get_by_role("link", name="Log in").click()
+    page.fill("#id_username", user)
+    page.fill("#id_password", user)
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("link", name="lobby").click()
+    page.wait_for_selector('#status[data-state="open"]')
+    return page
+
+
+def say(page: Any, text: str) -> None:
+    page.fill("#text", text)
+    page.press("#text", "Enter")
+
+
+def texts(page: Any) -> list[str]:
+    return list(page.locator("#messages .text").all_text_contents())
+
+
+def wait_for_text(page: Any, text: str) -> None:
+    page.locator("#messages .text", has_text=re.compile(f"^{re.escape(text)}$")).first.wait_for(timeout=15000)
+
+
+def test_two_pages_chat_live_and_a_cut_off_page_catches_up(bridge: str, browser: Any) -> None:
+    alice = signed_in_page(browser, bridge, "demo")
+    bob = signed_in_page(browser, bridge, "bob")
+
+    say(alice, "hello from alice <script>window.pwned=1</script>")
+    wait_for_text(bob, "hello from alice <script>window.pwned=1</script>")
+    assert bob.evaluate("window.pwned") is None  # shown as text, never run
+    say(bob, "hi alice")
+    wait_for_text(alice, "hi alice")
+    assert bob.locator("#presence li", has_text="demo").count() == 1
+
+    # Cut bob's WebSocket and refuse reconnects while alice keeps talking.
+    state = {"offline": False, "sockets": []}
+
+    def route(ws: Any) -> None:
+        if state["offline"]:
+            ws.close(code=1001, reason="cut off by the test")
+            return
+        ws.connect_to_server()
+        state["sockets"].append(ws)
+
+    bob.route_web_socket(re.compile(r".*/ws/rooms/.*"), route)
+    bob.reload()
+    bob.wait_for_selector('#status[data-state="open"]')
+    assert texts(bob)[-2:] == ["hello from alice <script>window.pwned=1</script>", "hi alice"]
+
+    state["offline"] = True
+    for ws in state["sockets"]:
+        ws.close(code=1001, reason="cut off by the test")
+    bob.wait_for_selector('#status[data-state="closed"]')
+    missed = [f"while you were away {i}" for i in range(5)]
+    for text in missed:
+        say(alice, text)
+    wait_for_text(alice, missed[-1])
+    assert not any(t.startswith("while you were away") for t in texts(bob))
+
+    state["offline"] = False
+    wait_for_text(bob, missed[-1])
+    shown = texts(bob)
+    assert shown[-5:] == missed
+    assert len(shown) == len(set(shown))  # nothing twice
+    seqs = [int(s) for s in bob.locator("#messages li").evaluate_all("els => els.map(e => e.dataset.seq)")]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no hole
+
+    # A reload shows the history from the database.
+    alice.reload()
+    wait_for_text(alice, missed[-1])
+    assert texts(alice)[-5:] == missed
