@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -24,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 STATUSES = ("online", "offline")
 COMMAND_PREFIX = "/cmd "
+# The channel-layer group of every process that publishes device commands (runmqtt).
+DEVICE_COMMANDS_GROUP = "device-commands"
 
 
 def _checked_device_id(device_id: str) -> str:
@@ -162,6 +166,17 @@ def device_command_create(
     return DeviceCommand.objects.create(
         device=device, text=text, sender=sender, origin=origin, message=message
     )
+
+
+async def adevice_commands_wake() -> None:
+    """Nudge the MQTT edge. Losing this only delays the command: its sweep finds it."""
+    layer = get_channel_layer()
+    if layer is not None:
+        await layer.group_send(DEVICE_COMMANDS_GROUP, {"type": "devices.command"})
+
+
+def device_commands_wake() -> None:
+    async_to_sync(adevice_commands_wake)()
 
 
 def parse_chat_command(text: str) -> tuple[str, str] | None:

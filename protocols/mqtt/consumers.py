@@ -15,6 +15,7 @@ from django.utils import timezone
 from bridge.exceptions import BridgeError, InvalidInput, TooLarge
 from bridge.names import room_group
 from bridge.services.devices import (
+    DEVICE_COMMANDS_GROUP,
     device_for_message,
     device_room_for_post,
     device_status_set,
@@ -28,8 +29,6 @@ from protocols.mqtt.topics import Topics
 
 logger = logging.getLogger(__name__)
 
-# Every runmqtt process joins it: "there are commands to publish".
-EDGE_GROUP = "mqtt-edge"
 
 
 def decode_text(payload: bytes) -> str:
@@ -92,7 +91,7 @@ class BridgeConsumer(MqttConsumer):
             self._rooms, self._dirty, self._wake = set(), set(), asyncio.Event()
             self._commands_due = True
             self._started = timezone.now()
-            await self.channel_layer.group_add(EDGE_GROUP, self.channel_name)
+            await self.channel_layer.group_add(DEVICE_COMMANDS_GROUP, self.channel_name)
             # Cursors exist before the first device message is stored (see rooms_track).
             await self._track_rooms()
             self.start_background(self._publisher(), name="mqtt publisher")

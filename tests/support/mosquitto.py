@@ -6,6 +6,7 @@ from deploy/mosquitto/mosquitto.conf. Restarting keeps persistent sessions.
 
 from __future__ import annotations
 
+import getpass
 import re
 import subprocess
 from dataclasses import dataclass, field
@@ -61,7 +62,8 @@ def mosquitto_config(directory: Path, port: int) -> str:
         "/mosquitto/data/", f"{directory}/data/"
     )
     replaced = re.sub(r"(?m)^log_dest stdout$", "log_dest stderr", replaced)
-    return replaced
+    # Run as root, mosquitto would switch to its own user, who cannot write our temp dir.
+    return replaced + f"\nuser {getpass.getuser()}\n"
 
 
 def mosquitto_server(directory: Path, users: dict[str, str] | None = None) -> Mosquitto:

@@ -1,0 +1,55 @@
+"""`POST /api/devices/<device>/commands`: send a command to an MQTT device."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from django.conf import settings
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from bridge.auth import api_user
+from bridge.exceptions import AuthRequired, InvalidInput, TooLarge
+from bridge.services.devices import device_command_create, device_commands_wake
+from bridge.services.identities import identity_for_user
+from bridge.views.api import json_errors
+
+logger = logging.getLogger(__name__)
+
+
+@csrf_exempt  # session callers are CSRF-checked in api_user; token callers need no CSRF
+@require_POST
+@json_errors
+def commands(request: HttpRequest, device: str) -> HttpResponse:
+    """Body `{"text": "..."}`; 202: recorded, published once on devices/<device>/commands."""
+    user = api_user(request)
+    if not user.is_authenticated:
+        raise AuthRequired("Sign in or send 'Authorization: Token <key>' to command a device.")
+    if len(request.body) > settings.BRIDGE_MAX_FRAME:
+        raise TooLarge(f"Bodies are limited to {settings.BRIDGE_MAX_FRAME} bytes.")
+    try:
+        body = json.loads(request.body)
+    except ValueError as exc:
+        raise InvalidInput(f"The body is not JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise InvalidInput("The body must be a JSON object.", code="invalid_json")
+    with transaction.atomic():
+        command = device_command_create(
+            device_id=device, text=body.get("text", ""), sender=identity_for_user(user), origin="api"
+        )
+        transaction.on_commit(device_commands_wake)
+    logger.info("command %s for %s recorded by %s", command.pk, device, user)
+    return JsonResponse(
+        {
+            "command": {
+                "id": command.pk,
+                "device": device,
+                "text": command.text,
+                "created": command.created.isoformat(),
+            }
+        },
+        status=202,
+    )
