@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 from typing import Any
 
@@ -69,6 +71,12 @@ class MqttCommunicator(ApplicationCommunicator):
 
     async def disconnect(self, reason: str = "test") -> None:
         await self.send_input({"type": "mqtt.disconnect", "reason": reason})
+
+    async def close(self) -> None:
+        """End the application instance (as the server does on shutdown); re-raise its failure."""
+        self.future.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.future
 
     async def receive_publish(self, *, topic: str | None = None, timeout: float = 5) -> dict[str, Any]:  # noqa: ASYNC109
         """The next publish (on `topic`, if given), removed from `published`."""

@@ -1,0 +1,179 @@
+"""The MQTT consumer in-process, through the project's router, with MqttCommunicator."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.test import override_settings
+
+from bridge.models import DeviceCommand, Identity, Message, Telemetry
+from bridge.services.messages import amessage_post
+from project.asgi import application
+from protocols.mqtt.testing import MqttCommunicator
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _messages(room: str = "lobby") -> list[tuple[str, str, str]]:
+    return list(
+        Message.objects.filter(room__slug=room)
+        .order_by("seq")
+        .values_list("sender__name", "origin", "text")
+    )
+
+
+async def test_subscribes_to_every_device_topic_through_the_shared_group(
+    bridge: MqttCommunicator,
+) -> None:
+    assert bridge.subscribed == ["$share/bridge/devices/#"]
+
+
+async def test_text_from_a_device_is_stored_and_published_on_the_room_topic(
+    bridge: MqttCommunicator,
+) -> None:
+    await bridge.deliver("devices/sensor-1/rooms/lobby", "hello from the sensor")
+
+    assert await database_sync_to_async(_messages)() == [("sensor-1", "mqtt", "hello from the sensor")]
+    published = await bridge.receive_publish(topic="rooms/lobby/messages")
+    envelope = json.loads(published["payload"])
+    assert envelope["sender"] == {"kind": "device", "name": "sensor-1"}
+    assert envelope["text"] == "hello from the sensor"
+    assert envelope["seq"] == 1
+    assert published["qos"] == 1
+
+
+async def test_the_same_json_id_twice_stores_one_message(bridge: MqttCommunicator) -> None:
+    payload = json.dumps({"text": "once", "id": "m-1", "data": {"t": 21.5}})
+    await bridge.deliver("devices/sensor-1/rooms/lobby", payload)
+    await bridge.deliver("devices/sensor-1/rooms/lobby", payload)
+
+    rows = await database_sync_to_async(
+        lambda: list(Message.objects.values_list("text", "data"))
+    )()
+    assert rows == [("once", {"t": 21.5})]
+
+
+async def test_every_room_message_is_published_once_whoever_posted_it(
+    bridge: MqttCommunicator,
+) -> None:
+    alice = await database_sync_to_async(Identity.objects.create)(kind="user", name="alice")
+    await amessage_post(room="lobby", sender=alice, origin="web", text="hi devices")
+
+    published = await bridge.receive_publish(topic="rooms/lobby/messages")
+    assert json.loads(published["payload"])["sender"] == {"kind": "user", "name": "alice"}
+    await bridge.receive_nothing(timeout=0.3)
+    assert not [e for e in bridge.published if e["topic"] == "rooms/lobby/messages"]
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "code"),
+    [
+        ("devices/sensor-1/rooms/lobby", b"\xff\xfe not utf-8", "invalid_utf8"),
+        ("devices/sensor-1/rooms/lobby", b'{"text": "unterminated', "invalid_json"),
+        ("devices/sensor-1/rooms/lobby", b"x" * 20000, "too_large"),
+        ("devices/sensor-1/rooms/nowhere", b"hello", "room_not_found"),
+        ("devices/sensor-1/rooms/vault", b"hello", "forbidden_room"),
+        ("devices/stranger/rooms/lobby", b"hello", "unknown_device"),
+        ("devices/sensor-1/rooms/lobby/extra", b"hello", "invalid_topic"),
+        ("devices/sensor-1/telemetry", b"[1, 2]", "invalid_telemetry"),
+        ("devices/sensor-1/status", b"sleeping", "invalid_status"),
+    ],
+)
+async def test_refused_input_gets_an_error_on_the_devices_error_topic(
+    bridge: MqttCommunicator, topic: str, payload: bytes, code: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await bridge.deliver(topic, payload)
+
+    device = topic.split("/")[1]
+    error = await bridge.receive_publish(topic=f"devices/{device}/errors")
+    assert json.loads(error["payload"]) == {
+        "code": code, "detail": json.loads(error["payload"])["detail"], "topic": topic
+    }
+    assert any(code in record.getMessage() for record in caplog.records)
+    # Refused, acknowledged, and the consumer carries on.
+    await bridge.deliver("devices/sensor-1/rooms/lobby", "still here")
+    assert await database_sync_to_async(_messages)() == [("sensor-1", "mqtt", "still here")]
+
+
+async def test_a_topic_naming_no_valid_device_is_logged_and_acknowledged(
+    bridge: MqttCommunicator, caplog: pytest.LogCaptureFixture
+) -> None:
+    await bridge.deliver("devices/bad id!/rooms/lobby", "hello")
+    assert any("invalid_topic" in r.getMessage() for r in caplog.records)
+    assert not bridge.published
+
+
+async def test_telemetry_is_stored_once_per_id(bridge: MqttCommunicator) -> None:
+    await bridge.deliver("devices/sensor-1/telemetry", '{"id": "r1", "temperature": 21.5}')
+    await bridge.deliver("devices/sensor-1/telemetry", '{"id": "r1", "temperature": 21.5}')
+    await bridge.deliver("devices/sensor-1/telemetry", '{"humidity": 40}')
+
+    rows = await database_sync_to_async(lambda: list(Telemetry.objects.values_list("data", flat=True)))()
+    assert rows == [{"id": "r1", "temperature": 21.5}, {"humidity": 40}]
+
+
+async def test_status_and_last_will_become_presence_in_the_devices_rooms(
+    bridge: MqttCommunicator,
+) -> None:
+    layer = get_channel_layer()
+    listener = await layer.new_channel()
+    await layer.group_add("room.kitchen", listener)
+
+    await bridge.deliver("devices/sensor-1/status", "online", retain=True)
+    online = await layer.receive(listener)
+    await bridge.deliver("devices/sensor-1/status", "offline")
+    offline = await layer.receive(listener)
+
+    assert online == {
+        "type": "room.presence", "who": {"kind": "device", "name": "sensor-1"},
+        "state": "online", "origin": "mqtt",
+    }
+    assert offline["state"] == "offline"
+
+
+async def test_cmd_in_a_room_is_published_to_the_device(bridge: MqttCommunicator) -> None:
+    alice = await database_sync_to_async(Identity.objects.create)(kind="user", name="alice")
+    await amessage_post(room="lobby", sender=alice, origin="web", text="/cmd sensor-1 reboot now")
+
+    command = await bridge.receive_publish(topic="devices/sensor-1/commands")
+    body = json.loads(command["payload"])
+    assert body["text"] == "reboot now"
+    assert body["sender"] == {"kind": "user", "name": "alice"}
+    # The chat message itself is an ordinary room message too.
+    await bridge.receive_publish(topic="rooms/lobby/messages")
+    assert await database_sync_to_async(DeviceCommand.objects.count)() == 1
+
+
+async def test_a_topic_prefix_applies_to_every_topic(transactional_db: None) -> None:
+    from tests.mqtt.conftest import _setup
+
+    await database_sync_to_async(_setup)()
+    with override_settings(MQTT_TOPIC_PREFIX="acme/site1", MQTT_SHARED_GROUP=""):
+        communicator = MqttCommunicator(application)
+        assert await communicator.connect() == ["acme/site1/devices/#"]
+        await communicator.deliver("acme/site1/devices/sensor-1/rooms/lobby", "prefixed")
+        published = await communicator.receive_publish()
+        assert published["topic"] == "acme/site1/rooms/lobby/messages"
+        await communicator.close()
+
+
+async def test_mqtt_311_subscribes_without_a_shared_group(transactional_db: None) -> None:
+    communicator = MqttCommunicator(application, protocol=4)
+    assert await communicator.connect() == ["devices/#"]
+    await communicator.close()
+
+
+async def test_an_unknown_device_is_registered_in_development_mode(transactional_db: None) -> None:
+    from tests.mqtt.conftest import _setup
+
+    await database_sync_to_async(_setup)()
+    with override_settings(MQTT_UNKNOWN_DEVICES="register"):
+        communicator = MqttCommunicator(application)
+        await communicator.connect()
+        await communicator.deliver("devices/newcomer/rooms/kitchen", "hi, I am new")
+        await communicator.receive_publish(topic="rooms/kitchen/messages")
+        await communicator.close()
+    assert await database_sync_to_async(_messages)("kitchen") == [("newcomer", "mqtt", "hi, I am new")]
