@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     # bridge first: its runworker (with the reconciler) overrides channels'.
     "bridge",
     "protocols.mqtt",
+    "protocols.xmpp",
     "channels",
 ]
 
@@ -88,32 +89,46 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Channel layer ----------------------------------------------------------
 
 REDIS_URL = env.optional("REDIS_URL")
+# "core" (lists, per-channel capacity) or "pubsub" (Redis PUBLISH: measured ~3.5x cheaper
+# group_send, see benchmarks/channel_layers.py). Both are at-most-once; the bridge
+# tolerates that by design (seq gaps are filled from the database).
+REDIS_CHANNEL_LAYER = env.str("REDIS_CHANNEL_LAYER", default="core")
+if REDIS_CHANNEL_LAYER not in {"core", "pubsub"}:
+    raise ImproperlyConfigured(
+        f"REDIS_CHANNEL_LAYER must be 'core' or 'pubsub', got {REDIS_CHANNEL_LAYER!r}"
+    )
 if REDIS_URL:
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                "hosts": [
-                    {
-                        "address": REDIS_URL,
-                        # redis-py's default read timeout equals channels-redis's 5 s
-                        # blocking pop: after 5 idle seconds the receive loop would die
-                        # with TimeoutError. Keep the socket timeout well above it.
-                        "socket_timeout": env.int("REDIS_SOCKET_TIMEOUT", 30, minimum=10),
-                        "socket_connect_timeout": 5,
-                        "socket_keepalive": True,
-                        "health_check_interval": 30,
-                        # The pool default (100) fails group_add under a burst of
-                        # WebSocket handshakes with "Too many connections".
-                        "max_connections": env.int("REDIS_MAX_CONNECTIONS", 2000, minimum=10),
-                    }
-                ],
-                "capacity": env.int("CHANNEL_CAPACITY", 1000, minimum=10),
-                "expiry": 60,
-                "group_expiry": 86400,
-            },
-        }
+    _redis_host = {
+        "address": REDIS_URL,
+        # redis-py's default read timeout equals channels-redis's 5 s blocking pop:
+        # after 5 idle seconds the receive loop would die with TimeoutError.
+        "socket_timeout": env.int("REDIS_SOCKET_TIMEOUT", 30, minimum=10),
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "health_check_interval": 30,
+        # The pool default (100) fails group_add under a burst of WebSocket
+        # handshakes with "Too many connections".
+        "max_connections": env.int("REDIS_MAX_CONNECTIONS", 2000, minimum=10),
     }
+    if REDIS_CHANNEL_LAYER == "pubsub":
+        CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+                "CONFIG": {"hosts": [_redis_host]},
+            }
+        }
+    else:
+        CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                "CONFIG": {
+                    "hosts": [_redis_host],
+                    "capacity": env.int("CHANNEL_CAPACITY", 1000, minimum=10),
+                    "expiry": 60,
+                    "group_expiry": 86400,
+                },
+            }
+        }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
@@ -144,7 +159,11 @@ BRIDGE_RETENTION_DAYS = env.int("BRIDGE_RETENTION_DAYS", 0, minimum=0)  # 0 keep
 # What `runbridge` runs in one process (see bridge/embedded.py).
 BRIDGE_EMBEDDED_SERVICES = env.list(
     "BRIDGE_EMBEDDED_SERVICES",
-    default=["protocols.websocket.embedded.serve", "bridge.tasks.embedded.serve"],
+    default=[
+        "protocols.websocket.embedded.serve",
+        "bridge.tasks.embedded.serve",
+        "protocols.xmpp.embedded.serve",
+    ],
 )
 
 # --- MQTT -------------------------------------------------------------------
@@ -174,6 +193,20 @@ if MQTT_UNKNOWN_DEVICES not in {"refuse", "register"}:
     )
 # A mosquitto password file the bridge manages (`devices add --password`); unset: not managed.
 MQTT_PASSWD_FILE = env.optional("MQTT_PASSWD_FILE")
+
+# --- XMPP -------------------------------------------------------------------
+
+# XMPP is off unless the domain, component, secret, server host and MUC service are all set.
+XMPP_DOMAIN = env.optional("XMPP_DOMAIN")  # the users' domain, e.g. localhost
+XMPP_COMPONENT_JID = env.optional("XMPP_COMPONENT_JID")  # the bridge, e.g. bridge.localhost
+XMPP_COMPONENT_SECRET = env.optional("XMPP_COMPONENT_SECRET")  # shared with the server
+XMPP_SERVER_HOST = env.optional("XMPP_SERVER_HOST")  # where the server's component port is
+XMPP_SERVER_PORT = env.int("XMPP_SERVER_PORT", 5347, minimum=1)  # its component port (XEP-0114)
+XMPP_MUC_SERVICE = env.optional("XMPP_MUC_SERVICE")  # e.g. conference.localhost
+XMPP_BRIDGE_NICK = env.str("XMPP_BRIDGE_NICK", default="bridge")  # the relay's nick in each room
+# Messages per second an XMPP occupant may send into the bridge, and the burst allowed.
+XMPP_RATE = float(env.int("XMPP_RATE", 2, minimum=1))
+XMPP_BURST = env.int("XMPP_BURST", 10, minimum=1)
 
 # --- Logging ----------------------------------------------------------------
 

@@ -19,9 +19,12 @@ from tests.support.stack import Stack, provision
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def stack(tmp_path: Path, redis_url: str) -> Iterator[Stack]:
-    stack = provision(tmp_path, rooms=("lobby", "ops", "garden"), REDIS_URL=redis_url, BRIDGE_RECONCILE_INTERVAL="1")
+@pytest.fixture(params=["core", "pubsub"])
+def stack(request: pytest.FixtureRequest, tmp_path: Path, redis_url: str) -> Iterator[Stack]:
+    stack = provision(
+        tmp_path, rooms=("lobby", "ops", "garden"), REDIS_URL=redis_url,
+        REDIS_CHANNEL_LAYER=request.param, BRIDGE_RECONCILE_INTERVAL="1",
+    )
     try:
         yield stack
     finally:
