@@ -13,6 +13,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from bridge.tasks.consumer import TaskConsumer
 from protocols.mqtt.routing import mqtt_application
 from protocols.websocket.routing import websocket_urlpatterns
+from protocols.xmpp.routing import xmpp_application
 
 
 def build_application(django_asgi_app: Any) -> ProtocolTypeRouter:
@@ -24,6 +25,8 @@ def build_application(django_asgi_app: Any) -> ProtocolTypeRouter:
             ),
             # The MQTT protocol server (runmqtt) opens one instance per broker connection.
             "mqtt": mqtt_application,
+            # The XMPP protocol server (runxmpp) opens one instance per component connection.
+            "xmpp": xmpp_application,
             "channel": ChannelNameRouter(
                 {settings.BRIDGE_TASKS_CHANNEL: TaskConsumer.as_asgi()}
             ),

@@ -1,0 +1,87 @@
+-- Prosody for the bridge: one XMPP domain with local accounts, a MUC service
+-- whose rooms are archived (XEP-0313), and the bridge as an external component
+-- (XEP-0114). Every value comes from an environment variable with a default,
+-- so the tests (free loopback ports, a temporary data directory) and
+-- docker compose use this same file:
+--
+--   PROSODY_DATA_DIR        data directory (accounts, rooms, archives)
+--   PROSODY_INTERFACE       address to listen on (default 127.0.0.1)
+--   PROSODY_C2S_PORT        client port (default 5222)
+--   PROSODY_COMPONENT_PORT  component port, XEP-0114 (default 5347)
+--   XMPP_DOMAIN             the users' domain (default localhost)
+--   XMPP_MUC_SERVICE        the MUC service (default conference.<domain>)
+--   XMPP_COMPONENT_JID      the bridge's component (default bridge.<domain>)
+--   XMPP_COMPONENT_SECRET   the component's shared secret (required)
+--   PROSODY_RUN_AS_ROOT     "1" lets root run it (containers, tests)
+--   PROSODY_LOG_LEVEL       minimum level logged to the console (default info)
+
+local domain = ENV_XMPP_DOMAIN or "localhost"
+local muc_service = ENV_XMPP_MUC_SERVICE or ("conference." .. domain)
+local component = ENV_XMPP_COMPONENT_JID or ("bridge." .. domain)
+local secret = ENV_XMPP_COMPONENT_SECRET
+if not secret or secret == "" then
+	error("XMPP_COMPONENT_SECRET must be set", 0)
+end
+
+run_as_root = ENV_PROSODY_RUN_AS_ROOT == "1"
+daemonize = false
+local data_dir = ENV_PROSODY_DATA_DIR or "/var/lib/prosody"
+data_path = data_dir
+pidfile = data_dir .. "/prosody.pid"
+log = { { levels = { min = ENV_PROSODY_LOG_LEVEL or "info" }, to = "console" } }
+
+interfaces = { ENV_PROSODY_INTERFACE or "127.0.0.1" }
+c2s_ports = { tonumber(ENV_PROSODY_C2S_PORT or "5222") }
+component_interfaces = { ENV_PROSODY_INTERFACE or "127.0.0.1" }
+component_ports = { tonumber(ENV_PROSODY_COMPONENT_PORT or "5347") }
+-- No federation, no HTTP: a local stack for the bridge and its users.
+s2s_ports = {}
+http_ports = {}
+https_ports = {}
+c2s_direct_tls_ports = {}
+
+-- The bridge creates and owns the rooms: only admins may create rooms, and the
+-- component's own domain is an admin, so its relay occupant owns every room.
+admins = { component }
+
+modules_enabled = {
+	"roster"; "saslauth"; "disco"; "ping"; "time"; "version";
+	"register"; "carbons"; "mam"; "limits";
+}
+modules_disabled = { "s2s"; "offline" }
+
+authentication = "internal_hashed"
+storage = "internal"
+certificates = data_dir .. "/certs"
+
+-- Local development and tests run without certificates: plain connections on
+-- loopback. Put TLS in front (or give Prosody certificates) anywhere else.
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+allow_registration = false
+
+-- Stanza size and rate limits for clients: a flood or a huge stanza from one
+-- account cannot starve the others (and the bridge refuses bodies it cannot store).
+c2s_stanza_size_limit = 256 * 1024
+limits = {
+	c2s = { rate = "50kb/s"; burst = "2s" };
+}
+
+VirtualHost (domain)
+
+Component (muc_service) "muc"
+	modules_enabled = { "muc_mam" }
+	name = "Bridge rooms"
+	restrict_room_creation = true
+	muc_room_locking = false
+	muc_room_default_public = true
+	muc_room_default_persistent = true
+	muc_room_default_history_length = 20
+	max_history_messages = 100
+	muc_log_by_default = true
+	muc_log_all_rooms = true
+	muc_log_expires_after = "never"
+	max_archive_query_results = 500
+
+Component (component)
+	component_secret = secret

@@ -1,0 +1,107 @@
+"""The XMPP edge's ASGI contract: the scope and every event, in and out.
+
+One scope per component connection to the XMPP server. The protocol server
+only translates: stanzas become `xmpp.*` events on the application's queue,
+and the application's `xmpp.*` events become stanzas. JIDs travel as strings.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NotRequired, TypedDict
+
+
+class XmppScope(TypedDict):
+    type: Literal["xmpp"]
+    # The component's own domain: every address the bridge speaks from is on it.
+    component: str
+    muc_service: str
+    domain: str
+
+
+# --- server to application ---------------------------------------------------
+
+
+class XmppConnectEvent(TypedDict):
+    """The component is accepted by the server (again, after a reconnect)."""
+
+    type: Literal["xmpp.connect"]
+
+
+class XmppDisconnectEvent(TypedDict):
+    """The stream is gone; nothing sent from now until the next connect arrives."""
+
+    type: Literal["xmpp.disconnect"]
+    reason: str
+
+
+class XmppMessageEvent(TypedDict):
+    type: Literal["xmpp.message"]
+    id: str
+    sender: str  # the stanza's 'from'
+    to: str
+    message_type: str  # groupchat, chat, normal, headline, error
+    body: str
+    # XEP-0359: the stanza-id the room assigned (with the room as 'by'), and the sender's origin-id.
+    stanza_id: str
+    origin_id: str
+    # XEP-0203: present on history a room replays on join.
+    delayed: bool
+    # Empty unless message_type is "error".
+    error_condition: str
+    subject: str | None  # None: no <subject/>; "" an empty one (ends the join history)
+
+
+class XmppPresenceEvent(TypedDict):
+    type: Literal["xmpp.presence"]
+    sender: str
+    to: str
+    presence_type: str  # "available", "unavailable", "error", ...
+    # XEP-0045 muc#user: status codes (110 = this is you), and what the room shows.
+    status_codes: list[int]
+    real_jid: str
+    nick: str  # a new nick on a nick change (303)
+    affiliation: str
+    role: str
+    error_condition: str
+
+
+# --- application to server ---------------------------------------------------
+
+
+class XmppSendMessageEvent(TypedDict):
+    type: Literal["xmpp.message"]
+    sender: str
+    to: str
+    message_type: str
+    body: str
+    id: NotRequired[str]
+    # Sent as the XEP-0359 origin-id as well, so a room's echo and archive carry it.
+    origin_id: NotRequired[str]
+
+
+class XmppSendPresenceEvent(TypedDict):
+    type: Literal["xmpp.presence"]
+    sender: str
+    to: str
+    presence_type: NotRequired[str]  # "unavailable"; absent means available
+    status: NotRequired[str]
+    # With join, the presence carries XEP-0045's <x/>: how many history stanzas to replay.
+    join: NotRequired[bool]
+    history: NotRequired[int]
+
+
+class XmppSendErrorEvent(TypedDict):
+    """An error reply to a stanza the application refuses."""
+
+    type: Literal["xmpp.error"]
+    sender: str
+    to: str
+    stanza: Literal["message", "presence"]
+    id: str
+    condition: str  # RFC 6120 defined condition: bad-request, not-acceptable, item-not-found, ...
+    error_type: str  # modify, cancel, wait, auth
+    text: str
+
+
+XmppIncoming = XmppConnectEvent | XmppDisconnectEvent | XmppMessageEvent | XmppPresenceEvent
+XmppOutgoing = XmppSendMessageEvent | XmppSendPresenceEvent | XmppSendErrorEvent

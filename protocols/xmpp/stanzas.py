@@ -1,0 +1,116 @@
+"""Stanzas to events and events to stanzas: the only place that reads or builds XML."""
+
+from __future__ import annotations
+
+from slixmpp import Message, Presence
+from slixmpp.componentxmpp import ComponentXMPP
+from slixmpp.plugins.xep_0045 import stanza as muc_stanza
+from slixmpp.plugins.xep_0203 import stanza as delay_stanza
+from slixmpp.plugins.xep_0359 import stanza as sid_stanza
+from slixmpp.xmlstream import register_stanza_plugin
+
+from protocols.xmpp.events import (
+    XmppMessageEvent,
+    XmppPresenceEvent,
+    XmppSendErrorEvent,
+    XmppSendMessageEvent,
+    XmppSendPresenceEvent,
+)
+
+NS_SID = "urn:xmpp:sid:0"
+NS_DELAY = "urn:xmpp:delay"
+NS_MUC_USER = "http://jabber.org/protocol/muc#user"
+
+
+def register_stanza_plugins() -> None:
+    """Declare the XEP-0045, XEP-0203 and XEP-0359 elements without their client-side handlers."""
+    muc_stanza.register_plugins()
+    sid_stanza.register_plugins()
+    register_stanza_plugin(Message, delay_stanza.Delay)
+    register_stanza_plugin(Presence, delay_stanza.Delay)
+
+
+def _room_stanza_id(msg: Message) -> str:
+    """The stanza-id the room itself assigned: others ('by' someone else) are not trusted."""
+    by = msg["from"].bare
+    for element in msg.xml.findall(f"{{{NS_SID}}}stanza-id"):
+        if element.get("by") == by:
+            return element.get("id", "")
+    return ""
+
+
+def message_event(msg: Message) -> XmppMessageEvent:
+    message_type = msg.xml.get("type") or "normal"
+    subject_element = msg.xml.find(f"{{{msg.namespace}}}subject")
+    origin = msg.xml.find(f"{{{NS_SID}}}origin-id")
+    return {
+        "type": "xmpp.message",
+        "id": msg["id"],
+        "sender": str(msg["from"]),
+        "to": str(msg["to"]),
+        "message_type": message_type,
+        "body": msg["body"],
+        "stanza_id": _room_stanza_id(msg),
+        "origin_id": origin.get("id", "") if origin is not None else "",
+        "delayed": msg.xml.find(f"{{{NS_DELAY}}}delay") is not None,
+        "error_condition": msg["error"]["condition"] if message_type == "error" else "",
+        "subject": None if subject_element is None else (subject_element.text or ""),
+    }
+
+
+def presence_event(pres: Presence) -> XmppPresenceEvent:
+    presence_type = pres.xml.get("type") or "available"
+    event: XmppPresenceEvent = {
+        "type": "xmpp.presence",
+        "sender": str(pres["from"]),
+        "to": str(pres["to"]),
+        "presence_type": presence_type,
+        "status_codes": [],
+        "real_jid": "",
+        "nick": "",
+        "affiliation": "",
+        "role": "",
+        "error_condition": pres["error"]["condition"] if presence_type == "error" else "",
+    }
+    # Reading pres["muc"] would create the element: look first.
+    if pres.xml.find(f"{{{NS_MUC_USER}}}x") is not None:
+        muc = pres["muc"]
+        event["status_codes"] = sorted(muc["status_codes"])
+        event["real_jid"] = str(muc["jid"]) if muc["jid"] else ""
+        event["nick"] = muc["item"]["nick"] if muc["item"]["nick"] else ""
+        event["affiliation"] = muc["affiliation"] or ""
+        event["role"] = muc["role"] or ""
+    return event
+
+
+def build_message(xmpp: ComponentXMPP, event: XmppSendMessageEvent) -> Message:
+    msg = xmpp.make_message(mto=event["to"], mfrom=event["sender"], mbody=event["body"])
+    msg["type"] = event["message_type"]
+    if "id" in event:
+        msg["id"] = event["id"]
+    if "origin_id" in event:
+        msg["origin_id"]["id"] = event["origin_id"]
+    return msg
+
+
+def build_presence(xmpp: ComponentXMPP, event: XmppSendPresenceEvent) -> Presence:
+    pres = xmpp.make_presence(pto=event["to"], pfrom=event["sender"], pstatus=event.get("status"))
+    if event.get("presence_type"):
+        pres["type"] = event["presence_type"]
+    if event.get("join"):
+        pres.enable("muc_join")
+        pres["muc_join"]["history"]["maxstanzas"] = str(event.get("history", 0))
+    return pres
+
+
+def build_error(xmpp: ComponentXMPP, event: XmppSendErrorEvent) -> Message | Presence:
+    stanza: Message | Presence
+    if event["stanza"] == "presence":
+        stanza = xmpp.make_presence(pto=event["to"], pfrom=event["sender"], ptype="error")
+    else:
+        stanza = xmpp.make_message(mto=event["to"], mfrom=event["sender"], mtype="error")
+    stanza["id"] = event["id"]
+    stanza["error"]["type"] = event["error_type"]
+    stanza["error"]["condition"] = event["condition"]
+    stanza["error"]["text"] = event["text"]
+    return stanza

@@ -1,0 +1,120 @@
+"""A standard XMPP client for tests: slixmpp logged in as a normal user, joining rooms.
+
+Its handlers only enqueue; tests await what they expect with a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from slixmpp import ClientXMPP, Message, Presence
+
+from protocols.xmpp.stanzas import register_stanza_plugins
+
+
+@dataclass
+class Seen:
+    kind: str  # "groupchat", "chat", "error", "presence", ...
+    sender: str
+    body: str
+    delayed: bool
+    stanza_id: str
+    error: str
+    presence_type: str = ""
+
+
+class XmppTestClient:
+    def __init__(self, jid: str, password: str, *, port: int) -> None:
+        register_stanza_plugins()
+        self.port = port
+        self.xmpp = ClientXMPP(jid, password)
+        self.xmpp.enable_starttls = False
+        self.xmpp.enable_direct_tls = False
+        self.xmpp.enable_plaintext = True
+        self.xmpp["feature_mechanisms"].unencrypted_plain = True
+        self.xmpp.whitespace_keepalive = False
+        self.inbox: asyncio.Queue[Seen] = asyncio.Queue()
+        self.session = asyncio.Event()
+        self.gone = asyncio.Event()
+        self.xmpp.add_event_handler("session_start", lambda _: self.session.set())
+        self.xmpp.add_event_handler("disconnected", lambda _: self.gone.set())
+        self.xmpp.add_event_handler("message", self._on_message)
+        self.xmpp.add_event_handler("presence", self._on_presence)
+
+    def _on_message(self, msg: Message) -> None:
+        sid = msg.xml.find("{urn:xmpp:sid:0}stanza-id")
+        self.inbox.put_nowait(Seen(
+            kind=msg.xml.get("type") or "normal",
+            sender=str(msg["from"]),
+            body=msg["body"],
+            delayed=msg.xml.find("{urn:xmpp:delay}delay") is not None,
+            stanza_id=sid.get("id", "") if sid is not None else "",
+            error=msg["error"]["condition"] if msg.xml.get("type") == "error" else "",
+        ))
+
+    def _on_presence(self, pres: Presence) -> None:
+        self.inbox.put_nowait(Seen(
+            kind="presence", sender=str(pres["from"]), body="", delayed=False, stanza_id="",
+            error=pres["error"]["condition"] if pres.xml.get("type") == "error" else "",
+            presence_type=pres.xml.get("type") or "available",
+        ))
+
+    async def start(self, timeout: float = 15) -> None:
+        self.session.clear()
+        self.gone.clear()
+        self.xmpp.connect("127.0.0.1", self.port)
+        await asyncio.wait_for(self.session.wait(), timeout)
+        self.xmpp.send_presence()
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.xmpp.disconnect(wait=1)
+            await asyncio.wait_for(self.gone.wait(), 5)
+
+    def join(self, room: str, nick: str, *, history: int = 0) -> None:
+        pres = self.xmpp.make_presence(pto=f"{room}/{nick}")
+        pres.enable("muc_join")
+        pres["muc_join"]["history"]["maxstanzas"] = str(history)
+        pres.send()
+
+    def say(self, room: str, body: str, *, origin_id: str | None = None) -> None:
+        msg = self.xmpp.make_message(mto=room, mbody=body, mtype="groupchat")
+        if origin_id:
+            msg["id"] = origin_id
+            msg["origin_id"]["id"] = origin_id
+        msg.send()
+
+    def tell(self, to: str, body: str) -> None:
+        self.xmpp.make_message(mto=to, mbody=body, mtype="chat").send()
+
+    async def expect(self, predicate: object, *, timeout: float = 15) -> Seen:
+        """The next stanza matching `predicate` (a callable on Seen); others are kept aside."""
+        assert callable(predicate)
+        kept: list[Seen] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TimeoutError(f"no matching stanza in {timeout} s; saw {kept[-10:]}")
+                seen = await asyncio.wait_for(self.inbox.get(), remaining)
+                if predicate(seen):
+                    return seen
+                kept.append(seen)
+        finally:
+            for item in kept:
+                self.inbox.put_nowait(item)
+
+
+@contextlib.asynccontextmanager
+async def xmpp_client(jid: str, password: str, *, port: int) -> AsyncIterator[XmppTestClient]:
+    client = XmppTestClient(jid, password, port=port)
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.stop()
