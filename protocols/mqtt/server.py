@@ -46,6 +46,7 @@ class MqttServer:
         self.connected = asyncio.Event()
         self._protocol = paho.MQTTv311 if config.protocol == "3.1.1" else paho.MQTTv5
         self._generation = 0
+        self.received = 0
         self._ack_ids = itertools.count(1)
         # ack_id -> (connection generation, mid, qos): an ack for a message of an
         # earlier connection is dropped; the broker redelivers it on the new one.
@@ -73,6 +74,7 @@ class MqttServer:
         finally:
             app.cancel()
             await self._stop_client()
+            logger.info("stopped: %s messages received", self.received)
         raise MqttServerError("the MQTT application instance ended")
 
     def _start_client(self) -> None:
@@ -96,6 +98,7 @@ class MqttServer:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         properties = None
         kwargs: dict[str, Any] = {}
         if self._protocol == paho.MQTTv5:
@@ -159,6 +162,15 @@ class MqttServer:
         self._call(self.connected.clear)
         self._call(self._enqueue, {"type": "mqtt.disconnect", "reason": str(reason)})
 
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: list[ReasonCode], properties: Any
+    ) -> None:
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            logger.error("the broker refused a subscription (mid %s): %s", mid, ", ".join(refused))
+        else:
+            logger.info("subscribed (mid %s)", mid)
+
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         props = message.properties
         event: MessageEvent = {
@@ -183,6 +195,7 @@ class MqttServer:
         self._queue.put_nowait(event)
 
     def _enqueue_message(self, event: MessageEvent, generation: int, mid: int) -> None:
+        self.received += 1
         if event["qos"] > 0:
             ack_id = next(self._ack_ids)
             self._unacked[ack_id] = (generation, mid, event["qos"])
