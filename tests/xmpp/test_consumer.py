@@ -1,0 +1,204 @@
+"""The XMPP consumer in-process, through the project's router, with XmppCommunicator."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+
+from bridge.models import EdgeCursor, Message
+from bridge.services.identities import identity_get_or_create
+from bridge.services.messages import amessage_post
+from bridge.services.rooms import room_create
+from project.asgi import application
+from protocols.xmpp.testing import XmppCommunicator
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ROOM = "lobby@conference.localhost"
+RELAY = "bridge.localhost/bridge"
+ALICE = "user~alice@bridge.localhost/bridge"
+
+
+def _messages() -> list[tuple[str, str, str, str]]:
+    return list(
+        Message.objects.order_by("seq").values_list("sender__kind", "sender__name", "origin", "text")
+    )
+
+
+def _cursor() -> int:
+    cursor = EdgeCursor.objects.filter(edge="xmpp", room__slug="lobby").first()
+    return cursor.seq if cursor else -1
+
+
+async def _ready(comm: XmppCommunicator) -> None:
+    """Connect and complete the relay's join as a MUC service would."""
+    await comm.connect()
+    join = await comm.sent()
+    assert join == {"type": "xmpp.presence", "sender": RELAY, "to": f"{ROOM}/bridge", "join": True,
+                    "history": 50}
+    await comm.presence(sender=f"{ROOM}/bridge", to=RELAY, status_codes=[110, 201],
+                        real_jid=RELAY, affiliation="owner", role="moderator")
+    update = await comm.sent()
+    assert update["type"] == "xmpp.presence" and "join" not in update
+    await comm.presence(sender=f"{ROOM}/bridge", to=RELAY, status_codes=[110], real_jid=RELAY)
+
+
+async def _post_as_web(text: str, name: str = "alice") -> Any:
+    sender = await database_sync_to_async(identity_get_or_create)(kind="user", name=name)
+    return await amessage_post(room="lobby", sender=sender, origin="web", text=text)
+
+
+@pytest.fixture
+async def comm(transactional_db: None) -> AsyncIterator[XmppCommunicator]:
+    await database_sync_to_async(room_create)(slug="lobby")
+    communicator = XmppCommunicator(application)
+    try:
+        yield communicator
+    finally:
+        await communicator.close()
+
+
+async def test_a_web_message_is_said_by_the_senders_own_occupant(comm: XmppCommunicator) -> None:
+    await _ready(comm)
+    posted = await _post_as_web("hello xmpp")
+
+    join = await comm.sent()
+    assert join == {"type": "xmpp.presence", "sender": ALICE, "to": f"{ROOM}/alice", "join": True,
+                    "history": 0}
+    await comm.presence(sender=f"{ROOM}/alice", to=ALICE, status_codes=[110])
+    said = await comm.sent()
+    message_id = f"bridge-{posted.envelope['id']}"
+    assert said == {"type": "xmpp.message", "sender": ALICE, "to": ROOM, "body": "hello xmpp",
+                    "message_type": "groupchat", "id": message_id, "origin_id": message_id}
+    assert await database_sync_to_async(_cursor)() == 0
+
+    # The room's echo confirms it: the cursor moves, and nothing is stored from it.
+    await comm.message(sender=f"{ROOM}/alice", to=RELAY, id=message_id, origin_id=message_id,
+                       body="hello xmpp", stanza_id="room-1")
+    await comm.nothing_sent()
+    assert await database_sync_to_async(_cursor)() == 1
+    assert await database_sync_to_async(_messages)() == [("user", "alice", "web", "hello xmpp")]
+
+
+async def test_a_taken_nick_gets_the_senders_edge_as_suffix(comm: XmppCommunicator) -> None:
+    await _ready(comm)
+    await _post_as_web("hi")
+    await comm.sent()
+    await comm.presence(sender=f"{ROOM}/alice", to=ALICE, presence_type="error",
+                        error_condition="conflict")
+    retry = await comm.sent()
+    assert retry["to"] == f"{ROOM}/alice (web)" and retry["join"] is True
+
+
+async def test_an_occupants_message_is_stored_once_under_its_nick(comm: XmppCommunicator) -> None:
+    await _ready(comm)
+    await comm.presence(sender=f"{ROOM}/carol", to=RELAY, real_jid="carol@localhost/phone")
+    for _ in range(2):  # redelivered: same origin-id
+        await comm.message(sender=f"{ROOM}/carol", to=RELAY, id="c1", origin_id="c1",
+                           stanza_id="room-7", body="hi from xmpp")
+    # Without an origin-id, the room's stanza-id keys it.
+    for _ in range(2):
+        await comm.message(sender=f"{ROOM}/carol", to=RELAY, id="x", stanza_id="room-8",
+                           body="second")
+    await comm.nothing_sent()
+    assert await database_sync_to_async(_messages)() == [
+        ("xmpp", "carol", "xmpp", "hi from xmpp"),
+        ("xmpp", "carol", "xmpp", "second"),
+    ]
+    jid = await database_sync_to_async(
+        lambda: identity_get_or_create(kind="xmpp", name="carol").jid
+    )()
+    assert jid == "carol@localhost"
+
+
+async def test_history_replayed_on_join_is_not_stored(comm: XmppCommunicator) -> None:
+    await _ready(comm)
+    await comm.message(sender=f"{ROOM}/carol", to=RELAY, id="old", body="from yesterday",
+                       delayed=True)
+    await comm.nothing_sent()
+    assert await database_sync_to_async(_messages)() == []
+
+
+@pytest.mark.parametrize(
+    ("body", "condition"),
+    [("x" * 5000, "policy-violation"), ("bell \x07", "not-acceptable")],
+)
+async def test_a_refused_body_gets_an_error_to_the_sender(
+    comm: XmppCommunicator, body: str, condition: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _ready(comm)
+    await comm.presence(sender=f"{ROOM}/carol", to=RELAY, real_jid="carol@localhost/phone")
+    await comm.message(sender=f"{ROOM}/carol", to=RELAY, id="bad-1", body=body)
+    error = await comm.sent()
+    assert error["type"] == "xmpp.error"
+    assert (error["to"], error["id"], error["condition"]) == ("carol@localhost/phone", "bad-1", condition)
+    assert "refused a message of carol" in caplog.text
+    assert await database_sync_to_async(_messages)() == []
+
+
+async def test_a_message_to_an_unknown_address_gets_item_not_found(comm: XmppCommunicator) -> None:
+    await _ready(comm)
+    await comm.message(sender="carol@localhost/phone", to="nosuchroom@bridge.localhost",
+                       message_type="chat", id="m1", body="anyone?")
+    error = await comm.sent()
+    assert (error["type"], error["condition"], error["to"]) == (
+        "xmpp.error", "item-not-found", "carol@localhost/phone"
+    )
+
+
+async def test_a_direct_message_to_the_bridge_answers_help_with_the_rooms(
+    comm: XmppCommunicator,
+) -> None:
+    await _ready(comm)
+    await comm.message(sender="carol@localhost/phone", to="bridge.localhost",
+                       message_type="chat", id="m1", body="help")
+    reply = await comm.sent()
+    assert reply["type"] == "xmpp.message" and reply["message_type"] == "chat"
+    assert reply["to"] == "carol@localhost/phone"
+    assert ROOM in reply["body"] and "help" in reply["body"]
+
+
+async def test_after_a_drop_unconfirmed_messages_are_sent_again_unless_the_room_has_them(
+    comm: XmppCommunicator,
+) -> None:
+    await _ready(comm)
+    first = await _post_as_web("one")
+    await comm.sent()  # puppet join
+    await comm.presence(sender=f"{ROOM}/alice", to=ALICE, status_codes=[110])
+    await comm.sent()  # "one", never echoed
+    second = await _post_as_web("two")
+    await comm.sent()  # "two", never echoed
+    await comm.drop()
+    assert await database_sync_to_async(_cursor)() == 0
+
+    await comm.connect()
+    assert (await comm.sent())["join"] is True
+    await comm.presence(sender=f"{ROOM}/bridge", to=RELAY, status_codes=[110], real_jid=RELAY)
+    await comm.sent()  # presence update
+    # The room's replayed history shows "one" arrived before the drop.
+    one_id = f"bridge-{first.envelope['id']}"
+    await comm.presence(sender=f"{ROOM}/alice", to=RELAY, real_jid=ALICE)
+    await comm.message(sender=f"{ROOM}/alice", to=RELAY, id=one_id, origin_id=one_id, body="one",
+                       delayed=True)
+    await comm.presence(sender=f"{ROOM}/bridge", to=RELAY, status_codes=[110], real_jid=RELAY)
+
+    rejoin = await comm.sent()
+    assert rejoin["sender"] == ALICE and rejoin["join"] is True
+    await comm.presence(sender=f"{ROOM}/alice", to=ALICE, status_codes=[110])
+    resent = await comm.sent()
+    assert resent["body"] == "two" and resent["id"] == f"bridge-{second.envelope['id']}"
+    await comm.message(sender=f"{ROOM}/alice", to=RELAY, id=resent["id"], origin_id=resent["id"],
+                       body="two")
+    await comm.nothing_sent()
+    assert await database_sync_to_async(_cursor)() == 2
+
+
+async def test_messages_from_xmpp_are_not_echoed_back(comm: XmppCommunicator) -> None:
+    await _ready(comm)
+    await comm.presence(sender=f"{ROOM}/carol", to=RELAY, real_jid="carol@localhost/phone")
+    await comm.message(sender=f"{ROOM}/carol", to=RELAY, id="c1", origin_id="c1", body="hi")
+    assert await comm.nothing_sent(0.5)
+    assert await database_sync_to_async(_cursor)() == 1
