@@ -85,3 +85,18 @@ def test_tasks_recorded_while_no_worker_runs_are_run_once_later(stack: Stack) ->
     assert counts == [("garden", 4), ("lobby", 4), ("ops", 4)]
     rooms = request(f"{base}/api/rooms/")[1]["rooms"]
     assert {r["slug"]: r["message_count"] for r in rooms} == {"garden": 4, "lobby": 4, "ops": 4}
+
+
+async def test_a_burst_of_handshakes_all_join_the_group(stack: Stack) -> None:
+    # A burst of handshakes, more than redis-py's default pool of 100 connections.
+    base = stack.asgi("asgi")
+    sockets = await asyncio.gather(*[websockets.connect(ws_url(base, "lobby"), additional_headers={"Origin": base}) for _ in range(300)])
+    try:
+        for sock in sockets:
+            assert (await next_frame(sock, "history"))["messages"] == []
+        status, _ = request(f"{base}/api/rooms/lobby/messages", method="POST", body={"text": "to all"}, headers={"Authorization": f"Token {stack.token}"})
+        assert status == 201
+        texts = await asyncio.gather(*[next_frame(sock, "message") for sock in sockets])
+        assert {t["message"]["text"] for t in texts} == {"to all"}
+    finally:
+        await asyncio.gather(*[sock.close() for sock in sockets])
