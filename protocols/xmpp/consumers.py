@@ -256,10 +256,9 @@ class BridgeXmppConsumer(XmppConsumer):
             await self._refuse(link, nick, event, exc)
 
     async def _refuse(self, link: RoomLink, nick: str, event: XmppMessageEvent, exc: BridgeError) -> None:
-        condition = {
-            "too_large": "policy-violation",
-            "rate_limited": "resource-constraint",
-        }.get(exc.code, "not-acceptable")
+        # RFC 6120 would allow policy-violation for size, but slixmpp (and older clients) only
+        # know the RFC 3920 set: not-acceptable, with the reason in the text.
+        condition = "resource-constraint" if exc.code == "rate_limited" else "not-acceptable"
         text = f"Not bridged ({exc.code}): {exc.detail}"
         real = link.real_jid(nick)
         if real:

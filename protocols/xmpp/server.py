@@ -16,6 +16,9 @@ from typing import Any
 
 from slixmpp import Message, Presence
 from slixmpp.componentxmpp import ComponentXMPP
+from slixmpp.xmlstream import StanzaBase
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
 
 from protocols.xmpp.config import XmppConfig
 from protocols.xmpp.events import XmppIncoming, XmppOutgoing, XmppScope
@@ -51,7 +54,12 @@ class XmppServer:
         self.xmpp.add_event_handler("session_start", self._on_session_start)
         self.xmpp.add_event_handler("disconnected", self._on_disconnected)
         self.xmpp.add_event_handler("connection_failed", self._on_connection_failed)
-        self.xmpp.add_event_handler("message", self._on_message)
+        # slixmpp's 'message' event skips messages without a body (and errors go elsewhere):
+        # one handler for every message stanza instead.
+        self.xmpp.register_handler(
+            Callback("bridge message", MatchXPath(f"{{{self.xmpp.default_ns}}}message"),
+                     self._on_message)
+        )
         self.xmpp.add_event_handler("presence", self._on_presence)
 
     @property
@@ -144,7 +152,8 @@ class XmppServer:
                        reason)
         self._gone.set()
 
-    def _on_message(self, msg: Message) -> None:
+    def _on_message(self, msg: StanzaBase) -> None:
+        assert isinstance(msg, Message)
         self._enqueue(message_event(msg))
 
     def _on_presence(self, pres: Presence) -> None:

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from slixmpp import ClientXMPP, Message, Presence
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
 
 from protocols.xmpp.stanzas import register_stanza_plugins
 
@@ -34,14 +36,17 @@ class XmppTestClient:
         self.xmpp.enable_starttls = False
         self.xmpp.enable_direct_tls = False
         self.xmpp.enable_plaintext = True
-        self.xmpp["feature_mechanisms"].unencrypted_plain = True
+        self.xmpp.plugin["feature_mechanisms"].unencrypted_plain = True
         self.xmpp.whitespace_keepalive = False
+        self.xmpp.register_plugin("xep_0313")
         self.inbox: asyncio.Queue[Seen] = asyncio.Queue()
         self.session = asyncio.Event()
         self.gone = asyncio.Event()
         self.xmpp.add_event_handler("session_start", lambda _: self.session.set())
         self.xmpp.add_event_handler("disconnected", lambda _: self.gone.set())
-        self.xmpp.add_event_handler("message", self._on_message)
+        self.xmpp.register_handler(
+            Callback("test messages", MatchXPath(f"{{{self.xmpp.default_ns}}}message"), self._on_message)
+        )
         self.xmpp.add_event_handler("presence", self._on_presence)
 
     def _on_message(self, msg: Message) -> None:
@@ -86,6 +91,16 @@ class XmppTestClient:
             msg["id"] = origin_id
             msg["origin_id"]["id"] = origin_id
         msg.send()
+
+    async def archive(self, room: str) -> list[tuple[str, str, str]]:
+        """The room's archive (XEP-0313), oldest first: (nick, body, origin-id) of each message."""
+        found: list[tuple[str, str, str]] = []
+        async for result in self.xmpp.plugin["xep_0313"].iterate(jid=room, rsm={"max": 100}):
+            inner = result["mam_result"]["forwarded"]["stanza"]
+            origin = inner.xml.find("{urn:xmpp:sid:0}origin-id")
+            found.append((inner["from"].resource, inner["body"],
+                          origin.get("id", "") if origin is not None else ""))
+        return found
 
     def tell(self, to: str, body: str) -> None:
         self.xmpp.make_message(mto=to, mbody=body, mtype="chat").send()

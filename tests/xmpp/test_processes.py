@@ -1,0 +1,315 @@
+"""The XMPP edge as it runs: a real Prosody, real runxmpp and ASGI processes, a real client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+from tests.support.http import login_cookie, request
+from tests.support.processes import Proc, query, start_manage
+from tests.support.prosody import Prosody
+from tests.support.stack import Stack, provision
+from tests.xmpp.client import Seen, xmpp_client
+
+pytestmark = pytest.mark.slow
+
+PASSWORD = "carol-pw"
+
+
+def wait_until(condition: Callable[[], bool], *, timeout: float = 30, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what or condition}")
+        time.sleep(0.05)
+
+
+def bridging(proc: Proc, room: str, *, times: int = 1) -> bool:
+    return proc.output().count(f"bridging {room}") >= times
+
+
+def runxmpp(stack: Stack, prosody: Prosody) -> Proc:
+    proc = start_manage("runxmpp", ["runxmpp"], env=stack.env, log_dir=stack.tmp)
+    stack.procs.append(proc)
+    wait_until(lambda: bridging(proc, f"lobby@{prosody.muc}") or proc.popen.poll() is not None,
+               what="runxmpp bridging the lobby")
+    assert proc.popen.poll() is None, proc.output()
+    return proc
+
+
+def cursor(stack: Stack) -> int:
+    rows = query(stack.database_url, "SELECT c.seq FROM bridge_edgecursor c JOIN bridge_room r "
+                 "ON r.id = c.room_id WHERE c.edge = 'xmpp' AND r.slug = 'lobby'")
+    return int(rows[0][0]) if rows else -1  # type: ignore[call-overload]
+
+
+def history(base: str) -> list[dict[str, Any]]:
+    status, body = request(f"{base}/api/rooms/lobby/messages?limit=500")
+    assert status == 200, body
+    return list(body["messages"])
+
+
+def ws_url(base: str) -> str:
+    return base.replace("http://", "ws://") + "/ws/rooms/lobby/"
+
+
+async def ws_frame(sock: Any, kind: str, *, timeout: float = 15) -> dict[str, Any]:
+    while True:
+        frame = json.loads(await asyncio.wait_for(sock.recv(), timeout=timeout))
+        if frame["type"] == kind:
+            return frame
+
+
+def groupchat_from(room: str, nick: str, body: str | None = None) -> Callable[[Seen], bool]:
+    return lambda s: (s.kind == "groupchat" and s.sender == f"{room}/{nick}" and not s.delayed
+                      and (body is None or s.body == body))
+
+
+def occupant(room: str, nick: str) -> Callable[[Seen], bool]:
+    return lambda s: s.kind == "presence" and s.sender == f"{room}/{nick}" and s.presence_type == "available"
+
+
+@pytest.fixture
+def prosody(tmp_path: Path) -> Iterator[Prosody]:
+    server = Prosody(base=tmp_path)
+    server.register("carol", PASSWORD)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def xmpp_stack(tmp_path: Path, prosody: Prosody, redis_url: str) -> Iterator[tuple[Stack, str, Proc]]:
+    stack = provision(tmp_path, REDIS_URL=redis_url, **prosody.bridge_settings())
+    try:
+        base = stack.asgi("web")
+        proc = runxmpp(stack, prosody)
+        yield stack, base, proc
+    finally:
+        stack.stop()
+
+
+# --- the three edges ---------------------------------------------------------------
+
+
+async def test_web_mqtt_and_xmpp_each_reach_the_other_two_exactly_once(
+    tmp_path: Path, prosody: Prosody, redis_url: str
+) -> None:
+    from tests.support.mosquitto import mosquitto_server
+    from tests.support.mqtt_device import TestDevice
+
+    broker = mosquitto_server(tmp_path / "mosquitto", {"sensor-1": "pw-sensor-1"})
+    stack = provision(tmp_path, REDIS_URL=redis_url, MQTT_URL=broker.bridge_url,
+                      MQTT_UNKNOWN_DEVICES="refuse", MQTT_SWEEP_INTERVAL="1",
+                      **prosody.bridge_settings())
+    room = f"lobby@{prosody.muc}"
+    device = None
+    try:
+        from tests.support.processes import manage
+
+        manage(["devices", "add", "sensor-1", "--room", "lobby"], env=stack.env)
+        base = stack.asgi("web")
+        mqtt = start_manage("runmqtt", ["runmqtt", "--client-id", "bridge-x"], env=stack.env,
+                            log_dir=tmp_path)
+        stack.procs.append(mqtt)
+        wait_until(lambda: "subscribed (mid" in mqtt.output(), what="runmqtt subscribed")
+        runxmpp(stack, prosody)
+
+        device = TestDevice(broker.port, "sensor-1", "pw-sensor-1")
+        device.subscribe("rooms/lobby/messages")
+        device.publish("devices/sensor-1/status", "online", retain=True)
+        cookie = await asyncio.to_thread(login_cookie, base, "demo", "demo")
+        async with websockets.connect(  # type: ignore[arg-type]
+            ws_url(base), origin=base, additional_headers={"Cookie": cookie}
+        ) as sock, xmpp_client(f"carol@{prosody.domain}", PASSWORD, port=prosody.c2s_port) as carol:
+            await ws_frame(sock, "history")
+            carol.join(room, "carol")
+            # The browser user and the device are occupants, each under their own name.
+            await carol.expect(occupant(room, "demo"))
+            await carol.expect(occupant(room, "sensor-1"))
+
+            ws_texts: list[str] = []
+            xmpp_texts: list[str] = []
+            device_texts: list[str] = []
+
+            async def ws_message(text: str) -> dict[str, Any]:
+                while True:
+                    frame = await ws_frame(sock, "message")
+                    ws_texts.append(frame["message"]["text"])
+                    if frame["message"]["text"] == text:
+                        return dict(frame["message"])
+
+            async def device_message(text: str) -> dict[str, Any]:
+                while True:
+                    envelope = json.loads(await asyncio.to_thread(device.expect, "rooms/lobby/messages"))
+                    device_texts.append(envelope["text"])
+                    if envelope["text"] == text:
+                        return dict(envelope)
+
+            carol.say(room, "from xmpp", origin_id="carol-1")
+            carol_sender = {"kind": "xmpp", "name": "carol"}
+            assert (await ws_message("from xmpp"))["sender"] == carol_sender
+            assert (await device_message("from xmpp"))["sender"] == carol_sender
+
+            await sock.send(json.dumps({"type": "message", "text": "from web", "client_id": "w-1"}))
+            await carol.expect(groupchat_from(room, "demo", "from web"))
+            assert (await device_message("from web"))["sender"] == {"kind": "user", "name": "demo"}
+
+            device.publish("devices/sensor-1/rooms/lobby", "from device")
+            await carol.expect(groupchat_from(room, "sensor-1", "from device"))
+            assert (await ws_message("from device"))["sender"] == {"kind": "device", "name": "sensor-1"}
+
+            # Exactly once: let anything late arrive, then count everything each one got.
+            await asyncio.sleep(2)
+            while True:
+                try:
+                    frame = json.loads(await asyncio.wait_for(sock.recv(), 0.3))
+                except TimeoutError:
+                    break
+                if frame["type"] == "message":
+                    ws_texts.append(frame["message"]["text"])
+            # carol's client kept every groupchat stanza it did not wait for in its inbox.
+            xmpp_texts = ["from web", "from device"]
+            while not carol.inbox.empty():
+                seen = carol.inbox.get_nowait()
+                if seen.kind == "groupchat" and seen.body and not seen.delayed:
+                    xmpp_texts.append(seen.body)
+        while not device.messages.empty():
+            _, payload = device.messages.get_nowait()
+            device_texts.append(json.loads(payload)["text"])
+        everything = Counter({"from xmpp": 1, "from web": 1, "from device": 1})
+        assert Counter(ws_texts) == everything, ws_texts
+        assert Counter(xmpp_texts) == everything, xmpp_texts  # "from xmpp": the room's reflection
+        assert Counter(device_texts) == everything, device_texts
+        stored = [(m["origin"], m["text"]) for m in history(base)]
+        assert stored == [("xmpp", "from xmpp"), ("web", "from web"), ("mqtt", "from device")]
+    finally:
+        if device is not None:
+            device.close()
+        stack.stop()
+        broker.stop()
+
+
+# --- faults ------------------------------------------------------------------------------
+
+
+def _post_many(base: str, token: str, count: int, posted: list[int]) -> None:
+    for i in range(count):
+        status, body = request(f"{base}/api/rooms/lobby/messages", method="POST",
+                               body={"text": f"m {i}", "client_id": f"m-{i}"},
+                               headers={"Authorization": f"Token {token}"})
+        assert status == 201, body
+        posted.append(i)
+
+
+def _log_time(line_re: str, text: str, nth: int) -> float:
+    stamps = re.findall(r"^(\S+ \S+) .*" + line_re, text, flags=re.M)
+    return datetime.strptime(stamps[nth], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+async def test_prosody_restart_during_500_messages_loses_none_and_repeats_none(
+    xmpp_stack: tuple[Stack, str, Proc], prosody: Prosody, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack, base, bridge = xmpp_stack
+    room = f"lobby@{prosody.muc}"
+    total = 500
+    live: list[str] = []
+    async with xmpp_client(f"carol@{prosody.domain}", PASSWORD, port=prosody.c2s_port) as carol:
+        carol.join(room, "carol")
+        await carol.expect(occupant(room, "carol"))
+        posted: list[int] = []
+        poster = threading.Thread(target=_post_many, args=(base, stack.token, total, posted))
+        poster.start()
+        await asyncio.to_thread(wait_until, lambda: len(posted) >= 150, what="150 posted")
+        prosody.kill()
+        killed_at = time.time()
+        await asyncio.sleep(1)
+        prosody.start()
+        restarted_at = time.time()
+        # The bridge is back by itself: the relay has rejoined the room.
+        await asyncio.to_thread(wait_until, lambda: bridging(bridge, room, times=2), timeout=30,
+                                what="runxmpp back in the room")
+        back_at = _log_time(f"bridging {re.escape(room)}", bridge.output(), 1)
+        while not carol.inbox.empty():
+            seen = carol.inbox.get_nowait()
+            if seen.kind == "groupchat" and seen.sender == f"{room}/demo" and not seen.delayed:
+                live.append(seen.body)
+        await asyncio.to_thread(poster.join, 120)
+    await asyncio.to_thread(wait_until, lambda: cursor(stack) >= total, timeout=120,
+                            what="all 500 delivered to the room")
+    async with xmpp_client(f"carol@{prosody.domain}", PASSWORD, port=prosody.c2s_port) as carol:
+        archived = [body for nick, body, _ in await carol.archive(room) if nick == "demo"]
+    expected = [f"m {i}" for i in range(total)]
+    assert archived == expected, (len(archived), [b for b, n in Counter(archived).items() if n > 1][:5])
+    assert len(live) == len(set(live))
+    with capsys.disabled():
+        print(f"\nxmpp restart: killed->restarted {restarted_at - killed_at:.1f} s, "
+              f"restarted->bridging {back_at - restarted_at:.2f} s, "
+              f"killed->bridging {back_at - killed_at:.2f} s; {len(live)} live before the kill, "
+              f"{len(archived)} in the archive")
+    assert back_at - restarted_at < 30
+
+
+async def test_an_occupants_message_redelivered_is_stored_once(
+    xmpp_stack: tuple[Stack, str, Proc], prosody: Prosody
+) -> None:
+    _, base, _ = xmpp_stack
+    room = f"lobby@{prosody.muc}"
+    async with xmpp_client(f"carol@{prosody.domain}", PASSWORD, port=prosody.c2s_port) as carol:
+        carol.join(room, "carol")
+        await carol.expect(occupant(room, "carol"))
+        for _ in range(3):
+            carol.say(room, "only once", origin_id="same-origin-id")
+        carol.say(room, "after")
+        await asyncio.to_thread(wait_until, lambda: len(history(base)) >= 2, what="stored")
+        await asyncio.sleep(1)
+    assert [(m["sender"]["name"], m["text"]) for m in history(base)] == [
+        ("carol", "only once"), ("carol", "after")
+    ]
+
+
+async def test_bad_stanzas_get_errors_and_the_bridge_keeps_running(
+    xmpp_stack: tuple[Stack, str, Proc], prosody: Prosody
+) -> None:
+    _, base, bridge = xmpp_stack
+    room = f"lobby@{prosody.muc}"
+    async with xmpp_client(f"carol@{prosody.domain}", PASSWORD, port=prosody.c2s_port) as carol:
+        carol.join(room, "carol")
+        await carol.expect(occupant(room, "carol"))
+
+        carol.say(room, "x" * 20000)
+        error = await carol.expect(lambda s: s.kind == "error" and s.sender == prosody.component)
+        assert error.error == "not-acceptable"
+
+        carol.tell(f"nosuchroom@{prosody.component}", "hello?")
+        error = await carol.expect(lambda s: s.kind == "error" and s.sender.startswith("nosuchroom@"))
+        assert error.error == "item-not-found"
+
+        # A room that does not exist on the MUC service: the server refuses to create it.
+        carol.join(f"nosuchroom@{prosody.muc}", "carol")
+        refused = await carol.expect(lambda s: s.sender.startswith(f"nosuchroom@{prosody.muc}"))
+        assert refused.error in {"not-allowed", "item-not-found"}, refused
+
+        carol.tell(prosody.component, "help")
+        help_reply = await carol.expect(lambda s: s.kind == "chat" and s.sender == prosody.component)
+        assert room in help_reply.body
+
+        carol.say(room, "still here")
+        await asyncio.to_thread(wait_until, lambda: len(history(base)) >= 1, what="stored")
+    assert bridge.popen.poll() is None
+    assert [m["text"] for m in history(base)] == ["still here"]
+    assert "refused a message of carol" in bridge.output()
+    assert "unknown address" in bridge.output()
