@@ -76,7 +76,7 @@ Component (muc_service) "muc"
 	muc_room_locking = false
 	muc_room_default_public = true
 	muc_room_default_persistent = true
-	muc_room_default_history_length = 20
+	muc_room_default_history_length = 50
 	max_history_messages = 100
 	muc_log_by_default = true
 	muc_log_all_rooms = true
