@@ -27,10 +27,13 @@ class MqttConsumer(AsyncConsumer):
     Subclasses implement the hooks `connect`, `receive` and `disconnect`.
     Events run one at a time in arrival order, so messages from one device are
     handled in the order the broker delivered them. A message is acknowledged
-    after `receive` returns; if `receive` raises, it is not, and the broker
-    redelivers it after the next reconnect.
+    after `receive` returns (or, with `auto_ack = False`, when the subclass
+    calls `ack`); if `receive` raises, it is not, and the broker redelivers it
+    after the next reconnect.
     """
 
+    # False: the subclass calls `ack` itself once a message is safe (batching writers).
+    auto_ack = True
     _background: set[asyncio.Task[None]]
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -48,8 +51,8 @@ class MqttConsumer(AsyncConsumer):
 
     async def mqtt_message(self, event: MessageEvent) -> None:
         await self.receive(event)
-        if event["ack_id"] is not None:
-            await self.send({"type": "mqtt.ack", "ack_id": event["ack_id"]})
+        if self.auto_ack:
+            await self.ack(event)
 
     async def mqtt_disconnect(self, event: DisconnectEvent) -> None:
         await self.disconnect(event)
@@ -75,6 +78,11 @@ class MqttConsumer(AsyncConsumer):
             "type": "mqtt.publish", "topic": topic, "payload": data, "qos": qos, "retain": retain
         }
         await self.send(event)
+
+    async def ack(self, message: MessageEvent) -> None:
+        """Tell the broker the message is safe; QoS 0 messages need nothing."""
+        if message["ack_id"] is not None:
+            await self.send({"type": "mqtt.ack", "ack_id": message["ack_id"]})
 
     async def subscribe(self, topics: list[str], *, qos: int = 1) -> None:
         event: SubscribeEvent = {"type": "mqtt.subscribe", "topics": topics, "qos": qos}

@@ -12,71 +12,33 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
-from bridge.exceptions import BridgeError, InvalidInput, TooLarge
+from bridge.exceptions import BridgeError
 from bridge.names import room_group
-from bridge.services.devices import (
-    DEVICE_COMMANDS_GROUP,
-    device_for_message,
-    device_room_for_post,
-    device_status_set,
-    telemetry_store,
-)
-from bridge.services.messages import PostResult, message_fanout, message_store
+from bridge.services.devices import DEVICE_COMMANDS_GROUP
+from bridge.services.messages import message_fanout
 from protocols.mqtt import outbound
 from protocols.mqtt.consumer import MqttConsumer
 from protocols.mqtt.events import ConnectEvent, MessageEvent
+from protocols.mqtt.ingest import Outcome, ingest_batch
 from protocols.mqtt.topics import Topics
 
 logger = logging.getLogger(__name__)
 
-
-
-def decode_text(payload: bytes) -> str:
-    if len(payload) > settings.MQTT_MAX_PAYLOAD:
-        raise TooLarge(f"Payloads are limited to {settings.MQTT_MAX_PAYLOAD} bytes.")
-    try:
-        return payload.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"The payload is not UTF-8: {exc}", code="invalid_utf8") from exc
-
-
-def decode_json(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise InvalidInput(f"Malformed JSON: {exc}", code="invalid_json") from exc
-
-
-def store_post(*, device_id: str, room: str, text: str) -> PostResult:
-    """A device's chat message, stored once: one database round trip per message.
-
-    UTF-8 text, or JSON `{"text", "id", "data"}` where `id` makes redeliveries
-    store nothing new.
-    """
-    client_key, data = None, None
-    if text.lstrip().startswith("{"):
-        body = decode_json(text)
-        if not isinstance(body, dict):
-            raise InvalidInput("A JSON message is an object.", code="invalid_json")
-        text, data, client_key = body.get("text", ""), body.get("data"), body.get("id")
-        if isinstance(client_key, int) and not isinstance(client_key, bool):
-            client_key = str(client_key)
-    device = device_for_message(device_id=device_id)
-    room_obj = device_room_for_post(device=device, room=room)
-    return message_store(
-        room=room_obj,
-        sender=device.identity,
-        origin="mqtt",
-        text=text,
-        data=data,
-        client_key=client_key,
-    )
+# Messages stored per transaction, at most.
+BATCH = 200
+# Seconds the writer and the publisher wait after a wake-up for more of a burst to arrive.
+# Each database round trip costs a connection and a commit; under load this turns
+# hundreds of them per second into a few. It adds at most this much latency.
+LINGER = 0.01
 
 
 class BridgeConsumer(MqttConsumer):
     """Stores what devices send, publishes every room message and every device command."""
 
+    auto_ack = False
     topics: Topics
+    _inbox: list[MessageEvent]
+    _inbox_ready: asyncio.Event
     _rooms: set[str]
     _dirty: set[str]
     _wake: asyncio.Event
@@ -89,11 +51,13 @@ class BridgeConsumer(MqttConsumer):
                 shared_group=settings.MQTT_SHARED_GROUP if event["protocol"] == 5 else "",
             )
             self._rooms, self._dirty, self._wake = set(), set(), asyncio.Event()
+            self._inbox, self._inbox_ready = [], asyncio.Event()
             self._commands_due = True
             self._started = timezone.now()
             await self.channel_layer.group_add(DEVICE_COMMANDS_GROUP, self.channel_name)
             # Cursors exist before the first device message is stored (see rooms_track).
             await self._track_rooms()
+            self.start_background(self._writer(), name="mqtt writer")
             self.start_background(self._publisher(), name="mqtt publisher")
         await self.subscribe(self.topics.inbound_filters(), qos=1)
         self._wake.set()  # publish what piled up while we were away
@@ -101,39 +65,39 @@ class BridgeConsumer(MqttConsumer):
     # --- devices in -----------------------------------------------------------
 
     async def receive(self, message: MessageEvent) -> None:
-        topic = message["topic"]
-        try:
-            kind, device_id, room = self.topics.parse(topic)
-            if kind == "bridge":
-                return  # our own commands/errors, seen through devices/#
-            text = decode_text(message["payload"])
-            if kind == "post":
-                assert room is not None
-                result = await database_sync_to_async(store_post)(
-                    device_id=device_id, room=room, text=text
-                )
-                await message_fanout(result.envelope)
-                return
-            device = await database_sync_to_async(device_for_message)(device_id=device_id)
-            if kind == "telemetry":
-                await database_sync_to_async(telemetry_store)(device=device, data=decode_json(text))
-            else:
-                await self._status(device, text.strip())
-        except BridgeError as exc:
-            await self._refuse(topic, exc)
+        """Queue it for the writer; it is acknowledged after the writer's commit."""
+        self._inbox.append(message)
+        self._inbox_ready.set()
 
-    async def _status(self, device: Any, status: str) -> None:
-        rooms = await database_sync_to_async(device_status_set)(device=device, status=status)
-        for room in rooms:
-            await self.channel_layer.group_send(
-                room_group(room.slug),
-                {
-                    "type": "room.presence",
-                    "who": device.identity.as_sender(),
-                    "state": status,
-                    "origin": "mqtt",
-                },
+    async def _writer(self) -> None:
+        """Store what arrived, in arrival order, a batch per transaction; then ack and tell."""
+        while True:
+            await self._inbox_ready.wait()
+            if len(self._inbox) < BATCH:
+                await asyncio.sleep(LINGER)  # let a burst gather: one commit for many
+            batch, self._inbox = self._inbox[:BATCH], self._inbox[BATCH:]
+            if not self._inbox:
+                self._inbox_ready.clear()
+            outcomes = await database_sync_to_async(ingest_batch)(
+                topics=self.topics, messages=[(m["topic"], m["payload"]) for m in batch]
             )
+            for message in batch:
+                await self.ack(message)
+            for outcome in outcomes:
+                await self._tell(outcome)
+
+    async def _tell(self, outcome: Outcome) -> None:
+        if outcome.error is not None:
+            await self._refuse(outcome.topic, outcome.error)
+        if outcome.envelope is not None:
+            await message_fanout(outcome.envelope)
+        if outcome.presence is not None:
+            rooms, who, state = outcome.presence
+            for slug in rooms:
+                await self.channel_layer.group_send(
+                    room_group(slug),
+                    {"type": "room.presence", "who": who, "state": state, "origin": "mqtt"},
+                )
 
     async def _refuse(self, topic: str, exc: BridgeError) -> None:
         device = self.topics.device_of(topic)
@@ -170,6 +134,7 @@ class BridgeConsumer(MqttConsumer):
                 await self._track_rooms()
                 self._dirty |= self._rooms
                 self._commands_due = True
+            await asyncio.sleep(LINGER)  # let wake-ups coalesce: one claim for many messages
             self._wake.clear()
             try:
                 await self._publish_due()

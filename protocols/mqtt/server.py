@@ -31,6 +31,7 @@ Application = Callable[[Any, Any, Any], Coroutine[Any, Any, None]]
 
 # CONNACK codes meaning "this broker does not speak MQTT 5" (v5: 0x84; 3.1.1: 1).
 UNSUPPORTED_PROTOCOL = {132, 1}
+RECEIVE_MAXIMUM = 1000
 
 
 class MqttServerError(Exception):
@@ -104,6 +105,8 @@ class MqttServer:
         if self._protocol == paho.MQTTv5:
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = config.session_expiry
+            # Unacknowledged messages the broker may send ahead: room for full write batches.
+            properties.ReceiveMaximum = RECEIVE_MAXIMUM
             kwargs["clean_start"] = False
         client.connect_async(
             config.host, config.port, keepalive=config.keepalive, properties=properties, **kwargs

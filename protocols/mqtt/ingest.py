@@ -1,0 +1,128 @@
+"""What devices send, decoded and handed to the services: a batch in one transaction.
+
+One database round trip (and one commit) for many messages is what lets one
+runmqtt keep up: per-message transactions spent most of their time opening
+connections and committing. Each message has its own savepoint, so a refused
+one leaves the others alone; the batch is acknowledged only after the commit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from bridge.envelope import Envelope, Sender
+from bridge.exceptions import BridgeError, InvalidInput, TooLarge
+from bridge.models import Device, Room
+from bridge.services.devices import (
+    device_for_message,
+    device_room_for_post,
+    device_status_set,
+    telemetry_store,
+)
+from bridge.services.messages import message_store
+from protocols.mqtt.topics import Topics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """What one message led to, for the consumer to tell the world after the commit."""
+
+    topic: str
+    envelope: Envelope | None = None
+    # (room slugs, who, state) when a status changed someone's presence.
+    presence: tuple[list[str], Sender, str] | None = None
+    error: BridgeError | None = None
+
+
+def decode_text(payload: bytes) -> str:
+    if len(payload) > settings.MQTT_MAX_PAYLOAD:
+        raise TooLarge(f"Payloads are limited to {settings.MQTT_MAX_PAYLOAD} bytes.")
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"The payload is not UTF-8: {exc}", code="invalid_utf8") from exc
+
+
+def decode_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidInput(f"Malformed JSON: {exc}", code="invalid_json") from exc
+
+
+class _Lookups:
+    """Devices and their rooms, looked up once per batch (a batch is mostly a few devices)."""
+
+    def __init__(self) -> None:
+        self.devices: dict[str, Device] = {}
+        self.rooms: dict[tuple[str, str], Room] = {}
+
+    def device(self, device_id: str) -> Device:
+        if device_id not in self.devices:
+            self.devices[device_id] = device_for_message(device_id=device_id)
+        return self.devices[device_id]
+
+    def room(self, device: Device, room: str) -> Room:
+        key = (device.device_id, room)
+        if key not in self.rooms:
+            self.rooms[key] = device_room_for_post(device=device, room=room)
+        return self.rooms[key]
+
+
+def ingest_batch(*, topics: Topics, messages: list[tuple[str, bytes]]) -> list[Outcome]:
+    """Handle (topic, payload) pairs in order, in one transaction; one Outcome each."""
+    outcomes = []
+    lookups = _Lookups()
+    with transaction.atomic():
+        for topic, payload in messages:
+            outcome = Outcome(topic=topic)
+            try:
+                with transaction.atomic():
+                    _ingest_one(topics, lookups, topic, payload, outcome)
+            except BridgeError as exc:
+                outcome.error = exc
+            outcomes.append(outcome)
+    return outcomes
+
+
+def _ingest_one(topics: Topics, lookups: _Lookups, topic: str, payload: bytes, outcome: Outcome) -> None:
+    kind, device_id, room = topics.parse(topic)
+    if kind == "bridge":
+        return  # our own commands/errors, seen through devices/#
+    text = decode_text(payload)
+    device = lookups.device(device_id)
+    if kind == "post":
+        assert room is not None
+        outcome.envelope = _store_post(device, lookups.room(device, room), text)
+    elif kind == "telemetry":
+        telemetry_store(device=device, data=decode_json(text))
+    else:
+        status = text.strip()
+        rooms = device_status_set(device=device, status=status)
+        if rooms:
+            who: Sender = {"kind": device.identity.kind, "name": device.identity.name}
+            outcome.presence = ([r.slug for r in rooms], who, status)
+
+
+def _store_post(device: Device, room: Room, text: str) -> Envelope:
+    """UTF-8 text, or JSON `{"text", "id", "data"}`: the same `id` again stores nothing new."""
+    client_key, data = None, None
+    if text.lstrip().startswith("{"):
+        body = decode_json(text)
+        if not isinstance(body, dict):
+            raise InvalidInput("A JSON message is an object.", code="invalid_json")
+        text, data, client_key = body.get("text", ""), body.get("data"), body.get("id")
+        if isinstance(client_key, int) and not isinstance(client_key, bool):
+            client_key = str(client_key)
+    result = message_store(
+        room=room, sender=device.identity, origin="mqtt", text=text, data=data, client_key=client_key
+    )
+    return result.envelope
