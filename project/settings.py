@@ -163,6 +163,7 @@ BRIDGE_EMBEDDED_SERVICES = env.list(
         "protocols.websocket.embedded.serve",
         "bridge.tasks.embedded.serve",
         "protocols.xmpp.embedded.serve",
+        "protocols.mqtt.embedded.serve",
     ],
 )
 

@@ -56,6 +56,7 @@ class MqttServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: paho.Client | None = None
         self._fallback: asyncio.Task[None] | None = None
+        self._stopping = False
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -79,6 +80,7 @@ class MqttServer:
         raise MqttServerError("the MQTT application instance ended")
 
     def _start_client(self) -> None:
+        self._stopping = False
         config = self.config
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -119,6 +121,7 @@ class MqttServer:
         client, self._client = self._client, None
         if client is None:
             return
+        self._stopping = True
         client.disconnect()
         # loop_stop joins paho's thread: not on the event loop.
         await asyncio.to_thread(client.loop_stop)
@@ -161,6 +164,9 @@ class MqttServer:
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
     ) -> None:
+        if self._stopping:
+            logger.info("disconnected from %s", self.config.broker)
+            return
         logger.warning("disconnected from %s: %s; reconnecting", self.config.broker, reason)
         self._call(self.connected.clear)
         self._call(self._enqueue, {"type": "mqtt.disconnect", "reason": str(reason)})
