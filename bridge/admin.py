@@ -1,6 +1,19 @@
+from typing import Any
+
 from django.contrib import admin
 
-from bridge.models import ApiToken, Identity, Message, Presence, Room, Task
+from bridge.models import (
+    ApiToken,
+    Device,
+    DeviceCommand,
+    Identity,
+    Message,
+    Presence,
+    Room,
+    Task,
+    Telemetry,
+)
+from bridge.services.identities import identity_get_or_create
 
 
 @admin.register(Room)
@@ -45,3 +58,34 @@ class TaskAdmin(admin.ModelAdmin):
     list_display = ("name", "key", "state", "due_at", "attempts", "runs", "finished_at")
     list_filter = ("state", "name")
     search_fields = ("key",)
+
+
+@admin.register(Device)
+class DeviceAdmin(admin.ModelAdmin):
+    list_display = ("device_id", "enabled", "status", "last_seen", "created")
+    list_filter = ("enabled", "status")
+    search_fields = ("device_id",)
+    filter_horizontal = ("post_rooms", "listen_rooms")
+    readonly_fields = ("identity", "status", "last_seen", "created")
+
+    def save_model(self, request: Any, obj: Device, form: Any, change: bool) -> None:
+        if not change and obj.identity_id is None:
+            # The device speaks as Identity(kind=device, name=<device id>).
+            obj.identity = identity_get_or_create(kind=Identity.Kind.DEVICE, name=obj.device_id)
+        super().save_model(request, obj, form, change)
+
+
+@admin.register(Telemetry)
+class TelemetryAdmin(admin.ModelAdmin):
+    list_display = ("device", "received", "data")
+    list_filter = ("device",)
+    list_select_related = ("device",)
+    readonly_fields = ("device", "data", "received", "client_key")
+
+
+@admin.register(DeviceCommand)
+class DeviceCommandAdmin(admin.ModelAdmin):
+    list_display = ("device", "text", "sender", "origin", "created", "published_at")
+    list_filter = ("origin",)
+    list_select_related = ("device", "sender")
+    readonly_fields = ("device", "text", "sender", "origin", "message", "created", "published_at")
