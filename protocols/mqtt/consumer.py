@@ -38,8 +38,14 @@ class MqttConsumer(AsyncConsumer):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         self._background = set()
+        self._failure: BaseException | None = None
         try:
             await super().__call__(scope, receive, send)
+        except asyncio.CancelledError:
+            if self._failure is not None:
+                # A background task failed: the server must see a failure, not a shutdown.
+                raise self._failure from None
+            raise
         finally:
             for task in self._background:
                 task.cancel()
@@ -109,6 +115,7 @@ class MqttConsumer(AsyncConsumer):
             if finished.cancelled() or finished.exception() is None:
                 return
             logger.error("%s failed", name, exc_info=finished.exception())
+            self._failure = finished.exception()
             if owner is not None:
                 owner.cancel()
 

@@ -18,7 +18,7 @@ from bridge.services.devices import DEVICE_COMMANDS_GROUP
 from bridge.services.messages import message_fanout
 from protocols.mqtt import outbound
 from protocols.mqtt.consumer import MqttConsumer
-from protocols.mqtt.events import ConnectEvent, MessageEvent
+from protocols.mqtt.events import ConnectEvent, DisconnectEvent, MessageEvent
 from protocols.mqtt.ingest import Outcome, ingest_batch
 from protocols.mqtt.topics import Topics
 
@@ -39,6 +39,7 @@ class BridgeConsumer(MqttConsumer):
     topics: Topics
     _inbox: list[MessageEvent]
     _inbox_ready: asyncio.Event
+    _online: asyncio.Event
     _rooms: set[str]
     _dirty: set[str]
     _wake: asyncio.Event
@@ -52,6 +53,7 @@ class BridgeConsumer(MqttConsumer):
             )
             self._rooms, self._dirty, self._wake = set(), set(), asyncio.Event()
             self._inbox, self._inbox_ready = [], asyncio.Event()
+            self._online = asyncio.Event()
             self._commands_due = True
             self._started = timezone.now()
             await self.channel_layer.group_add(DEVICE_COMMANDS_GROUP, self.channel_name)
@@ -60,7 +62,12 @@ class BridgeConsumer(MqttConsumer):
             self.start_background(self._writer(), name="mqtt writer")
             self.start_background(self._publisher(), name="mqtt publisher")
         await self.subscribe(self.topics.inbound_filters(), qos=1)
+        self._online.set()
         self._wake.set()  # publish what piled up while we were away
+
+    async def disconnect(self, event: DisconnectEvent) -> None:
+        # Claim nothing while offline: a process that is connected publishes it instead.
+        self._online.clear()
 
     # --- devices in -----------------------------------------------------------
 
@@ -135,6 +142,7 @@ class BridgeConsumer(MqttConsumer):
                 self._dirty |= self._rooms
                 self._commands_due = True
             await asyncio.sleep(LINGER)  # let wake-ups coalesce: one claim for many messages
+            await self._online.wait()
             self._wake.clear()
             try:
                 await self._publish_due()

@@ -177,3 +177,36 @@ async def test_an_unknown_device_is_registered_in_development_mode(transactional
         await communicator.receive_publish(topic="rooms/kitchen/messages")
         await communicator.close()
     assert await database_sync_to_async(_messages)("kitchen") == [("newcomer", "mqtt", "hi, I am new")]
+
+
+async def test_nothing_is_claimed_for_publishing_while_the_broker_is_away(
+    bridge: MqttCommunicator,
+) -> None:
+    await bridge.disconnect()
+    alice = await database_sync_to_async(Identity.objects.create)(kind="user", name="alice")
+    await amessage_post(room="lobby", sender=alice, origin="web", text="while away")
+    await bridge.receive_nothing(timeout=0.3)
+
+    await bridge.connect(session_present=True)
+    published = await bridge.receive_publish(topic="rooms/lobby/messages")
+    assert json.loads(published["payload"])["text"] == "while away"
+
+
+async def test_a_database_failure_ends_the_instance_unacknowledged(
+    transactional_db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.db import OperationalError
+
+    from protocols.mqtt import consumers
+
+    def broken(**kwargs: object) -> None:
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(consumers, "ingest_batch", broken)
+    communicator = MqttCommunicator(application)
+    await communicator.connect()
+    # The failure surfaces as the instance's exception (the server exits non-zero) ...
+    with pytest.raises(OperationalError):
+        await communicator.deliver("devices/sensor-1/rooms/lobby", "lost?", timeout=1)
+    # ... and the message was never acknowledged: the broker sends it again.
+    assert not communicator.acked
