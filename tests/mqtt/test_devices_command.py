@@ -1,0 +1,60 @@
+"""`devices add` / `devices list`: provisioning devices from scripts."""
+
+from __future__ import annotations
+
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.test import override_settings
+
+from bridge.models import Device
+from bridge.services.rooms import room_create
+
+pytestmark = pytest.mark.django_db
+
+
+def run(*args: str) -> str:
+    out = StringIO()
+    call_command("devices", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_add_and_list() -> None:
+    room_create(slug="lobby")
+    room_create(slug="garden")
+
+    assert run("add", "thermo-1", "--room", "lobby", "--listen", "garden") == "device thermo-1 ready\n"
+    run("add", "thermo-1", "--room", "lobby")  # idempotent
+
+    device = Device.objects.get(device_id="thermo-1")
+    assert list(device.post_rooms.values_list("slug", flat=True)) == ["lobby"]
+    assert sorted(device.listen_rooms.values_list("slug", flat=True)) == ["garden", "lobby"]
+    assert run("list") == "thermo-1\tposts: lobby\tlistens: garden,lobby\tnever seen\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["add", "bad id!", "--room", "lobby"], "not a device id"),
+        (["add", "thermo-1", "--room", "nowhere"], "No room 'nowhere'"),
+        (["add", "thermo-1", "--room", "lobby", "--password", "pw"], "MQTT_PASSWD_FILE"),
+    ],
+)
+def test_bad_input_is_a_clear_error(args: list[str], error: str) -> None:
+    room_create(slug="lobby")
+    with pytest.raises(CommandError, match=error):
+        run(*args)
+
+
+def test_password_goes_to_the_brokers_password_file(tmp_path: Path) -> None:
+    room_create(slug="lobby")
+    passwd = tmp_path / "passwd"
+    with override_settings(MQTT_PASSWD_FILE=str(passwd)):
+        run("add", "thermo-1", "--room", "lobby", "--password", "s3cret")
+        run("add", "thermo-2", "--room", "lobby", "--password", "other")
+    users = [line.split(":", 1)[0] for line in passwd.read_text().splitlines()]
+    assert users == ["thermo-1", "thermo-2"]
+    assert "s3cret" not in passwd.read_text()
