@@ -45,17 +45,22 @@ class BridgeConsumer(MqttConsumer):
     _wake: asyncio.Event
     _commands_due: bool
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._started_up = False
+        self._rooms, self._dirty, self._wake = set(), set(), asyncio.Event()
+        self._inbox, self._inbox_ready = [], asyncio.Event()
+        self._online = asyncio.Event()
+        self._commands_due = True
+        self._started = timezone.now()
+
     async def connect(self, event: ConnectEvent) -> None:
-        if not hasattr(self, "topics"):
+        if not self._started_up:
+            self._started_up = True
             self.topics = Topics(
                 prefix=settings.MQTT_TOPIC_PREFIX,
                 shared_group=settings.MQTT_SHARED_GROUP if event["protocol"] == 5 else "",
             )
-            self._rooms, self._dirty, self._wake = set(), set(), asyncio.Event()
-            self._inbox, self._inbox_ready = [], asyncio.Event()
-            self._online = asyncio.Event()
-            self._commands_due = True
-            self._started = timezone.now()
             await self.channel_layer.group_add(DEVICE_COMMANDS_GROUP, self.channel_name)
             # Cursors exist before the first device message is stored (see rooms_track).
             await self._track_rooms()

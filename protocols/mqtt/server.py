@@ -56,7 +56,6 @@ class MqttServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: paho.Client | None = None
         self._fallback: asyncio.Task[None] | None = None
-        self._stopping = False
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -75,12 +74,13 @@ class MqttServer:
             await app
         finally:
             app.cancel()
+            if self._fallback is not None:
+                self._fallback.cancel()
             await self._stop_client()
             logger.info("stopped: %s messages received", self.received)
         raise MqttServerError("the MQTT application instance ended")
 
     def _start_client(self) -> None:
-        self._stopping = False
         config = self.config
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -113,15 +113,15 @@ class MqttServer:
         client.connect_async(
             config.host, config.port, keepalive=config.keepalive, properties=properties, **kwargs
         )
-        client.loop_start()
+        # Set before paho's thread starts: callbacks from any other (replaced) client are ignored.
         self._client = client
+        client.loop_start()
         logger.info("connecting to %s as %s", config.broker, config.client_id)
 
     async def _stop_client(self) -> None:
         client, self._client = self._client, None
         if client is None:
             return
-        self._stopping = True
         client.disconnect()
         # loop_stop joins paho's thread: not on the event loop.
         await asyncio.to_thread(client.loop_stop)
@@ -141,6 +141,8 @@ class MqttServer:
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
     ) -> None:
+        if client is not self._client:
+            return
         if reason.is_failure:
             if reason.value in UNSUPPORTED_PROTOCOL and self.config.protocol == "auto" and (
                 self._protocol == paho.MQTTv5
@@ -164,7 +166,7 @@ class MqttServer:
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
     ) -> None:
-        if self._stopping:
+        if client is not self._client:
             logger.info("disconnected from %s", self.config.broker)
             return
         logger.warning("disconnected from %s: %s; reconnecting", self.config.broker, reason)
@@ -181,6 +183,8 @@ class MqttServer:
             logger.info("subscribed (mid %s)", mid)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        if client is not self._client:
+            return  # unacknowledged: the broker sends it again on the current connection
         props = message.properties
         event: MessageEvent = {
             "type": "mqtt.message",
