@@ -2,8 +2,9 @@
 
 One database round trip (and one commit) for many messages is what lets one
 runmqtt keep up: per-message transactions spent most of their time opening
-connections and committing. Each message has its own savepoint, so a refused
-one leaves the others alone; the batch is acknowledged only after the commit.
+connections and committing. Each service call is atomic on its own (a
+savepoint inside the batch), so a refused message leaves the others alone; the
+batch is acknowledged only after the commit.
 """
 
 from __future__ import annotations
@@ -85,8 +86,9 @@ def ingest_batch(*, topics: Topics, messages: list[tuple[str, bytes]]) -> list[O
         for topic, payload in messages:
             outcome = Outcome(topic=topic)
             try:
-                with transaction.atomic():
-                    _ingest_one(topics, lookups, topic, payload, outcome)
+                # No savepoint of our own: each service call is atomic (a savepoint
+                # here), and a refusal leaves nothing half-written that matters.
+                _ingest_one(topics, lookups, topic, payload, outcome)
             except BridgeError as exc:
                 outcome.error = exc
             outcomes.append(outcome)
