@@ -58,3 +58,18 @@ def test_password_goes_to_the_brokers_password_file(tmp_path: Path) -> None:
     users = [line.split(":", 1)[0] for line in passwd.read_text().splitlines()]
     assert users == ["thermo-1", "thermo-2"]
     assert "s3cret" not in passwd.read_text()
+
+
+def test_acl_lets_each_device_read_only_its_listen_rooms() -> None:
+    room_create(slug="lobby")
+    room_create(slug="garden")
+    run("add", "thermo-1", "--room", "lobby", "--listen", "garden")
+    run("add", "pump-7", "--room", "garden")
+
+    acl = run("acl")
+
+    assert "user bridge\ntopic read devices/#\ntopic write rooms/#\n" in acl
+    assert "user pump-7\ntopic read rooms/garden/messages\n\n" in acl
+    assert "user thermo-1\ntopic read rooms/garden/messages\ntopic read rooms/lobby/messages\n" in acl
+    assert acl.endswith("pattern read devices/%u/errors\n")
+    assert "pattern read rooms" not in acl

@@ -15,7 +15,7 @@ import pytest
 import websockets
 
 from tests.support.http import login_cookie, request
-from tests.support.mosquitto import Mosquitto, mosquitto_server
+from tests.support.mosquitto import BRIDGE_PASSWORD, Mosquitto, mosquitto_server
 from tests.support.mqtt_device import TestDevice
 from tests.support.processes import Proc, manage, query, start_manage
 from tests.support.stack import Stack, provision
@@ -318,3 +318,21 @@ def test_after_a_broker_restart_the_bridge_reconnects_and_gets_what_the_broker_k
         assert bridge.output().count("connected to") >= 2
     finally:
         stack.stop()
+
+
+def test_a_generated_acl_lets_a_device_read_only_the_rooms_it_listens_to(tmp_path: Path) -> None:
+    stack = provision(tmp_path, rooms=("lobby", "vault"))
+    manage(["devices", "add", "sensor-1", "--room", "lobby"], env=stack.env)
+    acl = manage(["devices", "acl"], env=stack.env)
+    broker = mosquitto_server(tmp_path / "acl-broker", {"sensor-1": "pw"}, acl=acl)
+    try:
+        device = TestDevice(broker.port, "sensor-1", "pw")
+        device.subscribe("rooms/+/messages")
+        bridge = TestDevice(broker.port, "bridge", BRIDGE_PASSWORD)
+        bridge.publish_all([("rooms/vault/messages", "secret"), ("rooms/lobby/messages", "hello")])
+        # In order from one publisher: had vault's come through, it would be first.
+        assert device.messages.get(timeout=10) == ("rooms/lobby/messages", b"hello")
+        device.close()
+        bridge.close()
+    finally:
+        broker.stop()

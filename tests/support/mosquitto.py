@@ -66,13 +66,18 @@ def mosquitto_config(directory: Path, port: int) -> str:
     return replaced + f"\nuser {getpass.getuser()}\n"
 
 
-def mosquitto_server(directory: Path, users: dict[str, str] | None = None) -> Mosquitto:
-    """Started, with the bridge's account and `users` (name: password) in its password file."""
+def mosquitto_server(
+    directory: Path, users: dict[str, str] | None = None, *, acl: str | None = None
+) -> Mosquitto:
+    """Started, with the bridge's account and `users` (name: password) in its password file.
+
+    `acl` replaces the repo's ACL (e.g. the output of `devices acl`).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "data").mkdir(exist_ok=True)
     port = free_port()
     (directory / "mosquitto.conf").write_text(mosquitto_config(directory, port))
-    (directory / "acl").write_text((REPO / "deploy" / "mosquitto" / "acl").read_text())
+    (directory / "acl").write_text(acl or (REPO / "deploy" / "mosquitto" / "acl").read_text())
     (directory / "passwd").write_text("")
     broker = Mosquitto(directory=directory, port=port)
     broker.add_user(BRIDGE_USER, BRIDGE_PASSWORD)
