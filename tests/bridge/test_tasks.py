@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from bridge.models import Room, Task
@@ -74,25 +72,5 @@ def test_reconcile_schedules_retention_for_rooms_that_want_it() -> None:
     reconcile()
     assert list(Task.objects.values_list("name", "key")) == [("retention", f"retention:{Room.objects.get(slug='short').pk}")]
 
-
-@pytest.mark.django_db(transaction=True)
-def test_concurrent_workers_run_each_task_once() -> None:
-    if connection.vendor == "sqlite" and "memory" in str(connection.settings_dict["NAME"]):
-        pytest.skip("needs a file database shared by threads")
-    CALLS.clear()
-    for n in range(50):
-        task_schedule(name="test_counter", key=f"c{n}", args={"n": n})
-
-    def work() -> None:
-        try:
-            run_due_tasks()
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(CALLS) == list(range(50))
-    assert set(Task.objects.values_list("runs", flat=True)) == {1}
+# Several workers side by side: tests/websocket/test_redis_processes.py runs two
+# runworker processes over the same tasks.
