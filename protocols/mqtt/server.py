@@ -92,7 +92,11 @@ class MqttServer:
             clean_session=None if self._protocol == paho.MQTTv5 else False,
             reconnect_on_failure=True,
         )
-        client.enable_logger(logging.getLogger("paho"))
+        paho_logger = logging.getLogger("paho")
+        if paho_logger.isEnabledFor(logging.DEBUG):
+            # Only for debugging: at other levels paho logs a spurious ERROR on every clean
+            # shutdown, and everything an operator needs is logged by this server.
+            client.enable_logger(paho_logger)
         if config.username is not None:
             client.username_pw_set(config.username, config.password)
         if config.tls:
