@@ -140,19 +140,22 @@ class BridgeConsumer(MqttConsumer):
         dropped the event) and finds rooms created since the last one.
         """
         while True:
+            sweep = False
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=settings.MQTT_SWEEP_INTERVAL)
             except TimeoutError:
-                await self._track_rooms()
-                self._dirty |= self._rooms
-                self._commands_due = True
+                sweep = True
             await asyncio.sleep(LINGER)  # let wake-ups coalesce: one claim for many messages
             await self._online.wait()
             self._wake.clear()
             try:
+                if sweep:
+                    await self._track_rooms()
+                    self._dirty |= self._rooms
+                    self._commands_due = True
                 await self._publish_due()
             except DatabaseError:
-                # The next wake-up or sweep tries again; nothing was claimed.
+                # A claim commits whole or not at all: the next wake-up or sweep tries again.
                 logger.exception("could not claim messages to publish; retrying at the next sweep")
 
     async def _publish_due(self) -> None:

@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from django.db import transaction
+
 from bridge.envelope import Envelope, message_envelope
 from bridge.exceptions import BridgeError
 from bridge.models import DeviceCommand, Message, Room
@@ -58,12 +60,14 @@ def room_claim(*, slug: str) -> Claimed:
     claimed = Claimed()
     if room is None:
         return claimed
-    messages = edge_cursor_claim(edge=EDGE, room=room, limit=CLAIM_LIMIT)
-    claimed.more = len(messages) == CLAIM_LIMIT
-    command_ids = [c.pk for c in (_command_from(m) for m in messages) if c is not None]
-    claimed.envelopes = [message_envelope(m, room_slug=slug) for m in messages]
-    if command_ids:
-        claimed.commands = device_commands_claim(ids=command_ids)
+    # The cursor's move and the commands found in the range commit together.
+    with transaction.atomic():
+        messages = edge_cursor_claim(edge=EDGE, room=room, limit=CLAIM_LIMIT)
+        claimed.more = len(messages) == CLAIM_LIMIT
+        command_ids = [c.pk for c in (_command_from(m) for m in messages) if c is not None]
+        claimed.envelopes = [message_envelope(m, room_slug=slug) for m in messages]
+        if command_ids:
+            claimed.commands = device_commands_claim(ids=command_ids)
     return claimed
 
 
