@@ -67,6 +67,9 @@ TEMPLATES = [
     },
 ]
 
+TIME_ZONE = env.str("TIME_ZONE", default="UTC")  # of logs and the admin; the API speaks UTC
+USE_TZ = True
+
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/"
