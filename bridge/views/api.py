@@ -44,6 +44,21 @@ def json_errors(view: View) -> View:
     return wrapper
 
 
+def authenticated_json_body(request: HttpRequest, user: Any, action: str) -> dict[str, Any]:
+    """The JSON object a signed-in caller posted: size-checked and decoded, or a clear error."""
+    if not user.is_authenticated:
+        raise AuthRequired(f"Sign in or send 'Authorization: Token <key>' to {action}.")
+    if len(request.body) > settings.BRIDGE_MAX_FRAME:
+        raise TooLarge(f"Bodies are limited to {settings.BRIDGE_MAX_FRAME} bytes.")
+    try:
+        body = json.loads(request.body)
+    except ValueError as exc:
+        raise InvalidInput(f"The body is not JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise InvalidInput("The body must be a JSON object.", code="invalid_json")
+    return body
+
+
 def _room_json(room: Any) -> dict[str, Any]:
     return {
         "slug": room.slug,
@@ -90,16 +105,7 @@ def messages(request: HttpRequest, room: str) -> HttpResponse:
         return JsonResponse({"messages": [message_envelope(m, room_slug=room_obj.slug) for m in history]})
     if request.method != "POST":
         raise BridgeError("Use GET or POST.", code="method_not_allowed")
-    if not user.is_authenticated:
-        raise AuthRequired("Sign in or send 'Authorization: Token <key>' to post.")
-    if len(request.body) > settings.BRIDGE_MAX_FRAME:
-        raise TooLarge(f"Bodies are limited to {settings.BRIDGE_MAX_FRAME} bytes.")
-    try:
-        body = json.loads(request.body)
-    except ValueError as exc:
-        raise InvalidInput(f"The body is not JSON: {exc}", code="invalid_json") from exc
-    if not isinstance(body, dict):
-        raise InvalidInput("The body must be a JSON object.", code="invalid_json")
+    body = authenticated_json_body(request, user, "post")
     result = message_post(
         room=room_obj,
         sender=identity_for_user(user),

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
-from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from bridge.auth import api_user
-from bridge.exceptions import AuthRequired, InvalidInput, TooLarge
 from bridge.services.devices import device_command_create, device_commands_wake
 from bridge.services.identities import identity_for_user
-from bridge.views.api import json_errors
+from bridge.views.api import authenticated_json_body, json_errors
 
 logger = logging.getLogger(__name__)
 
@@ -26,16 +23,7 @@ logger = logging.getLogger(__name__)
 def commands(request: HttpRequest, device: str) -> HttpResponse:
     """Body `{"text": "..."}`; 202: recorded, published once on devices/<device>/commands."""
     user = api_user(request)
-    if not user.is_authenticated:
-        raise AuthRequired("Sign in or send 'Authorization: Token <key>' to command a device.")
-    if len(request.body) > settings.BRIDGE_MAX_FRAME:
-        raise TooLarge(f"Bodies are limited to {settings.BRIDGE_MAX_FRAME} bytes.")
-    try:
-        body = json.loads(request.body)
-    except ValueError as exc:
-        raise InvalidInput(f"The body is not JSON: {exc}", code="invalid_json") from exc
-    if not isinstance(body, dict):
-        raise InvalidInput("The body must be a JSON object.", code="invalid_json")
+    body = authenticated_json_body(request, user, "command a device")
     with transaction.atomic():
         command = device_command_create(
             device_id=device, text=body.get("text", ""), sender=identity_for_user(user), origin="api"
