@@ -26,4 +26,4 @@ fi
 echo "installing system packages: ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
-$SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
+$SUDO apt-get install -y -q "${need[@]}"
