@@ -136,7 +136,10 @@ def message_store(
 
 
 def _by_key(room: Room, key: str) -> Message | None:
-    return Message.objects.select_related("sender").filter(room=room, idempotency_key=key).first()
+    # No ORDER BY: with the model's (room, seq) ordering, first() let SQLite walk the
+    # room's seq index instead of the key's index, a cost that grew with the room.
+    found = Message.objects.select_related("sender").filter(room=room, idempotency_key=key)
+    return next(iter(found.order_by()[:1]), None)
 
 
 async def message_fanout(envelope: Envelope) -> None:
