@@ -1,6 +1,8 @@
 from typing import Any
 
 from django.contrib import admin
+from django.db import transaction
+from django.http import HttpRequest
 
 from bridge.models import (
     ApiToken,
@@ -14,6 +16,7 @@ from bridge.models import (
     Telemetry,
 )
 from bridge.services.identities import identity_get_or_create
+from bridge.services.rooms import rooms_changed
 
 
 @admin.register(Room)
@@ -21,6 +24,10 @@ class RoomAdmin(admin.ModelAdmin):
     list_display = ("slug", "title", "private", "last_seq", "message_count", "last_message_at")
     search_fields = ("slug", "title")
     readonly_fields = ("last_seq", "message_count", "last_message_at", "senders_24h", "created")
+
+    def save_model(self, request: HttpRequest, obj: Room, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        transaction.on_commit(lambda: rooms_changed(slug=obj.slug))
 
 
 @admin.register(Identity)

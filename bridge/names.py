@@ -33,3 +33,7 @@ def is_device_id(value: object) -> bool:
 def room_group(slug: str) -> str:
     """The channel-layer group every edge joins to hear a room."""
     return f"room.{slug}"
+
+
+# Edges that bridge every room join this group to hear of rooms created or changed.
+ROOMS_GROUP: Final = "rooms"

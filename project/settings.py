@@ -211,6 +211,8 @@ XMPP_BRIDGE_NICK = env.str("XMPP_BRIDGE_NICK", default="bridge")  # the relay's 
 # Messages per second an XMPP occupant may send into the bridge, and the burst allowed.
 XMPP_RATE = float(env.int("XMPP_RATE", 2, minimum=1))
 XMPP_BURST = env.int("XMPP_BURST", 10, minimum=1)
+# Seconds between checks for rooms created without the edge hearing of it.
+XMPP_ROOM_SYNC_INTERVAL = env.int("XMPP_ROOM_SYNC_INTERVAL", 30, minimum=1)
 
 # --- Logging ----------------------------------------------------------------
 

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.core.exceptions import ValidationError
+from django.db import transaction
 
 from bridge.exceptions import InvalidInput
 from bridge.models import Room
-from bridge.names import is_room_slug
+from bridge.names import ROOMS_GROUP, is_room_slug
 
 
 def room_create(*, slug: str, title: str = "", private: bool = False) -> Room:
@@ -14,7 +17,12 @@ def room_create(*, slug: str, title: str = "", private: bool = False) -> Room:
             f"{slug!r} is not a room name: 1-64 of a-z 0-9 _ -, starting with a letter or digit.",
             code="invalid_room",
         )
-    room, created = Room.objects.get_or_create(slug=slug, defaults={"title": title, "private": private})
+    with transaction.atomic():
+        room, created = Room.objects.get_or_create(
+            slug=slug, defaults={"title": title, "private": private}
+        )
+        if created:
+            transaction.on_commit(lambda: rooms_changed(slug=slug))
     if not created and (room.title != title and title or room.private != private):
         room.title = title or room.title
         room.private = private
@@ -24,3 +32,14 @@ def room_create(*, slug: str, title: str = "", private: bool = False) -> Room:
             raise InvalidInput(str(exc), code="invalid_room") from exc
         room.save(update_fields=["title", "private"])
     return room
+
+
+def rooms_changed(*, slug: str) -> None:
+    """Tell edges that bridge every room (XMPP) that a room appeared or changed.
+
+    At most once, like every channel-layer message: the edges also resync
+    periodically, so a lost announcement only delays a new room.
+    """
+    layer = get_channel_layer()
+    if layer is not None:
+        async_to_sync(layer.group_send)(ROOMS_GROUP, {"type": "rooms.changed", "room": slug})

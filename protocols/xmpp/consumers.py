@@ -10,6 +10,7 @@ room's replayed history tells which of those arrived anyway.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -19,7 +20,7 @@ from django.conf import settings
 
 from bridge.envelope import Envelope, Sender
 from bridge.exceptions import BridgeError
-from bridge.names import room_group
+from bridge.names import ROOMS_GROUP, room_group
 from bridge.services.messages import amessage_post
 from protocols.xmpp import store
 from protocols.xmpp.addresses import Jid, occupant_jid, room_jid
@@ -43,6 +44,7 @@ class BridgeXmppConsumer(XmppConsumer):
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         self.rooms = {}
         self.connected = False
+        self.hears_rooms = False
         self.limiter = RateLimiter(rate=settings.XMPP_RATE, burst=settings.XMPP_BURST)
         await super().__call__(scope, receive, send)
 
@@ -59,28 +61,61 @@ class BridgeXmppConsumer(XmppConsumer):
     async def connect(self) -> None:
         """Accepted (again): join every public room with the relay; puppets follow when ready."""
         self.connected = True
+        if not self.hears_rooms:
+            self.hears_rooms = True
+            await self.channel_layer.group_add(ROOMS_GROUP, self.channel_name)
+            self._schedule_resync()
         for slug, pk, _ in await database_sync_to_async(store.bridged_rooms)():
-            link = self.rooms.get(slug)
-            if link is None:
-                link = self.rooms[slug] = RoomLink(
-                    slug=slug,
-                    room_pk=pk,
-                    room_jid=room_jid(slug, muc_service=self.muc),
-                    relay_jid=f"{self.component}/{settings.XMPP_BRIDGE_NICK}",
-                    relay_nick=settings.XMPP_BRIDGE_NICK,
-                    component=self.component,
-                )
-                await self.channel_layer.group_add(room_group(slug), self.channel_name)
-            link.reset()
-            link.cursor_seq = link.sent_upto = await database_sync_to_async(store.cursor_seq)(
-                room_pk=pk
-            )
-            await self.send_join(
-                sender=link.relay_jid,
-                to=occupant_jid(slug, link.relay_nick, muc_service=self.muc),
-                history=REJOIN_HISTORY,
-            )
+            await self._join_room(slug, pk)
         logger.info("xmpp: joining %d rooms on %s", len(self.rooms), self.muc)
+
+    async def _join_room(self, slug: str, pk: int) -> None:
+        link = self.rooms.get(slug)
+        if link is None:
+            link = self.rooms[slug] = RoomLink(
+                slug=slug,
+                room_pk=pk,
+                room_jid=room_jid(slug, muc_service=self.muc),
+                relay_jid=f"{self.component}/{settings.XMPP_BRIDGE_NICK}",
+                relay_nick=settings.XMPP_BRIDGE_NICK,
+                component=self.component,
+            )
+            await self.channel_layer.group_add(room_group(slug), self.channel_name)
+        link.reset()
+        link.cursor_seq = link.sent_upto = await database_sync_to_async(store.cursor_seq)(
+            room_pk=pk
+        )
+        await self.send_join(
+            sender=link.relay_jid,
+            to=occupant_jid(slug, link.relay_nick, muc_service=self.muc),
+            history=REJOIN_HISTORY,
+        )
+
+    # --- rooms created while connected ---------------------------------------------
+
+    async def rooms_changed(self, event: dict[str, Any]) -> None:
+        """A room was created or changed (`bridge.services.rooms.rooms_changed`)."""
+        await self._join_new_rooms()
+
+    async def rooms_resync(self, event: dict[str, Any]) -> None:
+        """The periodic catch-up for an announcement that was lost or made elsewhere."""
+        self._schedule_resync()
+        await self._join_new_rooms()
+
+    async def _join_new_rooms(self) -> None:
+        if not self.connected:
+            return  # the next connect joins every room anyway
+        for slug, pk, _ in await database_sync_to_async(store.bridged_rooms)():
+            if slug not in self.rooms:
+                logger.info("xmpp: bridging the new room %s", slug)
+                await self._join_room(slug, pk)
+
+    def _schedule_resync(self) -> None:
+        layer, channel = self.channel_layer, self.channel_name
+        asyncio.get_running_loop().call_later(
+            settings.XMPP_ROOM_SYNC_INTERVAL,
+            lambda: asyncio.ensure_future(layer.send(channel, {"type": "rooms.resync"})),
+        )
 
     async def disconnect(self, reason: str) -> None:
         self.connected = False

@@ -202,3 +202,22 @@ async def test_messages_from_xmpp_are_not_echoed_back(comm: XmppCommunicator) ->
     await comm.message(sender=f"{ROOM}/carol", to=RELAY, id="c1", origin_id="c1", body="hi")
     assert await comm.nothing_sent(0.5)
     assert await database_sync_to_async(_cursor)() == 1
+
+
+async def test_a_room_created_while_connected_is_joined_at_once(comm: XmppCommunicator) -> None:
+    await _ready(comm)
+    await database_sync_to_async(room_create)(slug="garden", title="Garden")
+    join = await comm.sent()
+    assert join == {"type": "xmpp.presence", "sender": RELAY, "to": "garden@conference.localhost/bridge",
+                    "join": True, "history": 50}
+
+
+async def test_a_room_whose_announcement_was_lost_is_joined_by_the_resync(comm: XmppCommunicator, settings: Any) -> None:
+    settings.XMPP_ROOM_SYNC_INTERVAL = 1
+    await _ready(comm)
+    # Created without the service (so without an announcement), as by another process's lost message.
+    from bridge.models import Room
+
+    await database_sync_to_async(Room.objects.create)(slug="cellar")
+    join = await comm.sent(timeout=5)
+    assert join["to"] == "cellar@conference.localhost/bridge" and join["join"] is True
