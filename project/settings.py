@@ -77,7 +77,10 @@ LOGOUT_REDIRECT_URL = "/"
 # --- Database ---------------------------------------------------------------
 
 DATABASE_URL = env.str("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
-DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+try:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+except ValueError as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL is not a database URL: {exc}") from exc
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"] = {
@@ -100,6 +103,8 @@ if REDIS_CHANNEL_LAYER not in {"core", "pubsub"}:
     raise ImproperlyConfigured(
         f"REDIS_CHANNEL_LAYER must be 'core' or 'pubsub', got {REDIS_CHANNEL_LAYER!r}"
     )
+if REDIS_URL and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+    raise ImproperlyConfigured(f"REDIS_URL must be redis://, rediss:// or unix://, got {REDIS_URL!r}")
 if REDIS_URL:
     _redis_host = {
         "address": REDIS_URL,
