@@ -132,6 +132,10 @@ class Presence(models.Model):
     identity = models.ForeignKey(Identity, on_delete=models.CASCADE, related_name="presences")
     connection = models.CharField(max_length=200, help_text="Channel name or edge connection id.")
     since = models.DateTimeField(auto_now_add=True)
+    # Connections held by a server process (WebSocket) renew this while alive, so a
+    # process that died without saying goodbye does not leave its users online.
+    # Null: no expiry (a device's presence follows its retained status and Last Will).
+    expires = models.DateTimeField(null=True, blank=True, db_index=True)
 
     class Meta:
         constraints = [

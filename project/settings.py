@@ -164,6 +164,9 @@ BRIDGE_TASKS_CHANNEL = "bridge-tasks"
 BRIDGE_TASK_LEASE = env.int("BRIDGE_TASK_LEASE", 300, minimum=5)  # seconds
 BRIDGE_RECONCILE_INTERVAL = env.int("BRIDGE_RECONCILE_INTERVAL", 15, minimum=1)  # seconds
 BRIDGE_RETENTION_DAYS = env.int("BRIDGE_RETENTION_DAYS", 0, minimum=0)  # 0 keeps all
+# Seconds a web user's presence lasts unless its server renews it (every third of it):
+# a server that dies without goodbyes leaves nobody "online" for longer than this.
+BRIDGE_PRESENCE_TTL = env.int("BRIDGE_PRESENCE_TTL", 90, minimum=3)
 # What `runbridge` runs in one process (see bridge/embedded.py).
 BRIDGE_EMBEDDED_SERVICES = env.list(
     "BRIDGE_EMBEDDED_SERVICES",

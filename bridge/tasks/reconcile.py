@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db import transaction
 
 from bridge.models import Room
+from bridge.services.presence import presence_sweep
 from bridge.services.tasks import task_schedule
 from bridge.tasks.runner import requeue_expired
 
@@ -15,8 +16,9 @@ RETENTION_EVERY = timedelta(hours=1)
 
 
 def reconcile() -> None:
-    """Requeue tasks of dead workers and schedule periodic retention sweeps."""
+    """Requeue tasks of dead workers, expire presence of dead servers, schedule retention."""
     requeue_expired()
+    presence_sweep()
     default_days = settings.BRIDGE_RETENTION_DAYS
     for room in Room.objects.only("id", "retention_days"):
         days = room.retention_days or default_days

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -18,7 +20,12 @@ from bridge.names import room_group
 from bridge.selectors import MAX_HISTORY, message_history, room_get, room_visible
 from bridge.services.identities import identity_for_user
 from bridge.services.messages import amessage_post
-from bridge.services.presence import presence_join, presence_leave, presence_list
+from bridge.services.presence import (
+    presence_join,
+    presence_leave,
+    presence_list,
+    presence_renew,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +52,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
     room: Room | None = None
     identity: Identity | None = None
     last_seq = 0
+    heartbeat: asyncio.Task[None] | None = None
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -71,6 +79,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
         await self._announce_join(user)
 
     async def disconnect(self, code: int) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.cancel()
         if self.room is None:
             return
         await self.channel_layer.group_discard(room_group(self.room.slug), self.channel_name)
@@ -178,14 +188,23 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if user is not None and user.is_authenticated:
             self.identity = await database_sync_to_async(identity_for_user)(user)
             first = await database_sync_to_async(presence_join)(
-                room=self.room, identity=self.identity, connection=self.channel_name
+                room=self.room, identity=self.identity, connection=self.channel_name,
+                ttl=timedelta(seconds=settings.BRIDGE_PRESENCE_TTL),
             )
+            self.heartbeat = asyncio.create_task(self._renew_presence())
             if first:
                 await self._presence(self.identity, "online")
         present = await database_sync_to_async(presence_list)(room=self.room)
         for who in present:
             if who != self.identity:
                 await self.room_presence({"who": who.as_sender(), "state": "online"})
+
+    async def _renew_presence(self) -> None:
+        """While connected, keep this connection's presence from expiring."""
+        ttl = timedelta(seconds=settings.BRIDGE_PRESENCE_TTL)
+        while True:
+            await asyncio.sleep(settings.BRIDGE_PRESENCE_TTL / 3)
+            await database_sync_to_async(presence_renew)(connection=self.channel_name, ttl=ttl)
 
     async def _presence(self, identity: Identity, state: str) -> None:
         assert self.room is not None

@@ -162,3 +162,22 @@ async def test_bad_after_is_an_error(ws: Any, lobby: Room) -> None:
     comm = ws("/ws/rooms/lobby/?after=abc")
     assert (await comm.connect())[0]
     assert (await comm.receive_json_from())["code"] == "invalid_after"
+
+
+async def test_a_live_connection_renews_its_presence(ws: Any, session_for: Any, lobby: Room, settings: Any) -> None:
+    from django.utils import timezone
+
+    from bridge.models import Presence
+
+    settings.BRIDGE_PRESENCE_TTL = 3  # renewed every second
+    comm = ws("/ws/rooms/lobby/", cookie=await session_for("alice"))
+    assert (await comm.connect())[0]
+    await comm.receive_json_from()
+    first = await database_sync_to_async(lambda: Presence.objects.get().expires)()
+    import asyncio
+
+    await asyncio.sleep(2.5)
+    later = await database_sync_to_async(lambda: Presence.objects.get().expires)()
+    assert later > first and later > timezone.now()
+    await comm.disconnect()
+    assert not await database_sync_to_async(Presence.objects.exists)()
