@@ -173,6 +173,7 @@ async def test_a_live_connection_renews_its_presence(ws: Any, session_for: Any, 
     comm = ws("/ws/rooms/lobby/", cookie=await session_for("alice"))
     assert (await comm.connect())[0]
     await comm.receive_json_from()
+    assert (await frames_until(comm, "presence"))["who"]["name"] == "alice"  # own join, recorded
     first = await database_sync_to_async(lambda: Presence.objects.get().expires)()
     import asyncio
 
