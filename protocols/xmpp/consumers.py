@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from datetime import timedelta
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -101,6 +102,8 @@ class BridgeXmppConsumer(XmppConsumer):
         """The periodic catch-up for an announcement that was lost or made elsewhere."""
         self._schedule_resync()
         await self._join_new_rooms()
+        if self.connected:
+            await database_sync_to_async(store.occupants_renew)(ttl=self._occupant_ttl())
 
     async def _join_new_rooms(self) -> None:
         if not self.connected:
@@ -120,6 +123,10 @@ class BridgeXmppConsumer(XmppConsumer):
     async def disconnect(self, reason: str) -> None:
         self.connected = False
         for link in self.rooms.values():
+            # The server is gone, and with it everyone's seat in its rooms.
+            for nick in list(link.occupants):
+                if not link.is_ours(nick):
+                    await self._occupant_left(link, nick)
             link.reset()
 
     # --- from the room groups -----------------------------------------------------
@@ -192,11 +199,43 @@ class BridgeXmppConsumer(XmppConsumer):
                 await self._on_ready(link)
             return
         if event["presence_type"] == "unavailable":
+            ours = link.is_ours(nick)
             link.occupants.pop(nick, None)
-            if 303 in event["status_codes"] and event["nick"]:
+            if not ours:
+                await self._occupant_left(link, nick)
+            if 303 in event["status_codes"] and event["nick"]:  # a nick change
                 link.occupants[event["nick"]] = event["real_jid"]
+                await self._occupant_joined(link, event["nick"])
         else:
+            new = nick not in link.occupants
             link.occupants[nick] = event["real_jid"]
+            if new:
+                await self._occupant_joined(link, nick)
+
+    async def _occupant_joined(self, link: RoomLink, nick: str) -> None:
+        """An XMPP user is in the room: web users see them in the room's presence."""
+        if link.is_ours(nick):
+            return
+        who = await database_sync_to_async(store.occupant_online)(
+            room_pk=link.room_pk, nick=nick, real_jid=link.real_jid(nick), ttl=self._occupant_ttl()
+        )
+        if who is not None:
+            await self._announce(link, who, "online")
+
+    async def _occupant_left(self, link: RoomLink, nick: str) -> None:
+        who = await database_sync_to_async(store.occupant_offline)(room_pk=link.room_pk, nick=nick)
+        if who is not None:
+            await self._announce(link, who, "offline")
+
+    async def _announce(self, link: RoomLink, who: Sender, state: str) -> None:
+        await self.channel_layer.group_send(
+            room_group(link.slug),
+            {"type": "room.presence", "who": who, "state": state, "origin": "xmpp", "room": link.slug},
+        )
+
+    def _occupant_ttl(self) -> timedelta:
+        # Renewed at every resync: if runxmpp dies, the workers' reconciler expires them.
+        return timedelta(seconds=3 * settings.XMPP_ROOM_SYNC_INTERVAL)
 
     async def _puppet_presence(self, link: RoomLink, puppet: Puppet, event: XmppPresenceEvent) -> None:
         if event["presence_type"] == "error":

@@ -5,12 +5,19 @@ Synchronous: the consumer calls them through `database_sync_to_async`.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from bridge.envelope import Envelope, Sender, message_envelope
-from bridge.models import Identity, Room
+from bridge.models import Identity, Presence, Room
 from bridge.selectors import message_history, room_list
 from bridge.services.cursors import edge_cursor_advance, edge_cursor_get
 from bridge.services.identities import identity_get_or_create
-from bridge.services.presence import presence_list
+from bridge.services.presence import (
+    presence_join,
+    presence_leave,
+    presence_list,
+    presence_renew,
+)
 
 EDGE = "xmpp"
 
@@ -48,3 +55,27 @@ def present_senders(*, room_pk: int) -> list[Sender]:
 def occupant_identity(*, nick: str, real_jid: str) -> Identity:
     bare = real_jid.partition("/")[0]
     return identity_get_or_create(kind=Identity.Kind.XMPP, name=nick, jid=bare)
+
+
+def _occupant_connection(nick: str) -> str:
+    return f"xmpp:{nick}"
+
+
+def occupant_online(*, room_pk: int, nick: str, real_jid: str, ttl: timedelta) -> Sender | None:
+    """An XMPP occupant is in the room: recorded, and returned if that is news."""
+    identity = occupant_identity(nick=nick, real_jid=real_jid)
+    first = presence_join(
+        room=Room(pk=room_pk), identity=identity, connection=_occupant_connection(nick), ttl=ttl
+    )
+    return identity.as_sender() if first else None  # type: ignore[return-value]
+
+
+def occupant_offline(*, room_pk: int, nick: str) -> Sender | None:
+    gone = presence_leave(room=Room(pk=room_pk), connection=_occupant_connection(nick))
+    return gone.as_sender() if gone is not None else None  # type: ignore[return-value]
+
+
+def occupants_renew(*, ttl: timedelta) -> None:
+    """The edge is alive: its occupants' presence must not expire (see `presence_sweep`)."""
+    for row in Presence.objects.filter(connection__startswith="xmpp:").values_list("connection", flat=True).distinct():
+        presence_renew(connection=row, ttl=ttl)

@@ -221,3 +221,24 @@ async def test_a_room_whose_announcement_was_lost_is_joined_by_the_resync(comm: 
     await database_sync_to_async(Room.objects.create)(slug="cellar")
     join = await comm.sent(timeout=5)
     assert join["to"] == "cellar@conference.localhost/bridge" and join["join"] is True
+
+
+async def test_xmpp_occupants_are_present_for_the_web(comm: XmppCommunicator) -> None:
+    from channels.layers import get_channel_layer
+
+    from bridge.names import room_group
+
+    layer = get_channel_layer()
+    web = await layer.new_channel()
+    await layer.group_add(room_group("lobby"), web)
+    await _ready(comm)
+    await comm.presence(sender=f"{ROOM}/dave", to=RELAY, real_jid="dave@localhost/gajim")
+    online = await layer.receive(web)
+    assert (online["type"], online["who"], online["state"]) == ("room.presence", {"kind": "xmpp", "name": "dave"}, "online")
+    await comm.presence(sender=f"{ROOM}/dave", to=RELAY, real_jid="dave@localhost/gajim", presence_type="unavailable")
+    offline = await layer.receive(web)
+    assert (offline["who"], offline["state"]) == ({"kind": "xmpp", "name": "dave"}, "offline")
+    # Our own occupants (puppets, the relay) are never announced as XMPP users.
+    await comm.presence(sender=f"{ROOM}/alice", to=RELAY, real_jid=ALICE)
+    await comm.presence(sender=f"{ROOM}/erin", to=RELAY, real_jid="erin@localhost/x")
+    assert (await layer.receive(web))["who"] == {"kind": "xmpp", "name": "erin"}

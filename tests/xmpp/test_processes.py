@@ -140,6 +140,9 @@ async def test_web_mqtt_and_xmpp_each_reach_the_other_two_exactly_once(
             # The browser user and the device are occupants, each under their own name.
             await carol.expect(occupant(room, "demo"))
             await carol.expect(occupant(room, "sensor-1"))
+            # ... and the browser sees carol, the XMPP user, in the room's presence.
+            while (await ws_frame(sock, "presence"))["who"] != {"kind": "xmpp", "name": "carol"}:
+                pass
 
             ws_texts: list[str] = []
             xmpp_texts: list[str] = []
