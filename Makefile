@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ADDR ?= 127.0.0.1:8000
+MQTT_PORT ?= 1883
 PYTEST_ARGS ?=
 
 .PHONY: run install system-deps lint test test-quick bench clean
@@ -21,7 +22,7 @@ install: $(VENV)/.installed
 run: install
 	DEBUG=1 $(BIN)/python manage.py migrate --noinput -v0
 	DEBUG=1 $(BIN)/python manage.py demo
-	DEBUG=1 $(BIN)/python manage.py runbridge $(ADDR)
+	DEBUG=1 $(BIN)/python manage.py runbridge $(ADDR) --mqtt-port $(MQTT_PORT)
 
 system-deps:
 	bash scripts/install-system-deps.sh

@@ -28,6 +28,17 @@ class EmbeddedContext:
     # Each service appends one line a person needs (an address, how to connect).
     banner: list[str] = field(default_factory=list)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    waiting: int = 0
+
+    def started(self) -> None:
+        """A service calls this once it serves (its port is bound, its broker is up).
+
+        runbridge says it is running only when every service has, so a busy
+        port is an error before, not after, the banner.
+        """
+        self.waiting -= 1
+        if self.waiting <= 0:
+            self.ready.set()
 
 
 Service = Callable[[EmbeddedContext], Coroutine[Any, Any, None]]
@@ -39,13 +50,15 @@ def embedded_services() -> list[tuple[str, Service]]:
 
 async def run_embedded(ctx: EmbeddedContext, on_ready: Callable[[], None]) -> None:
     """Run every service; when one ends (Ctrl-C ends the web server), stop the others."""
+    services = embedded_services()
+    ctx.waiting = len(services)
     tasks: dict[asyncio.Task[None], str] = {
-        asyncio.create_task(service(ctx), name=path): path for path, service in embedded_services()
+        asyncio.create_task(service(ctx), name=path): path for path, service in services
     }
     ready_waiter = asyncio.create_task(ctx.ready.wait())
     try:
         done, _ = await asyncio.wait([*tasks, ready_waiter], return_when=asyncio.FIRST_COMPLETED)
-        if ready_waiter in done:
+        if ready_waiter in done and not done & tasks.keys():
             on_ready()
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:

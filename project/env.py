@@ -19,11 +19,11 @@ class Env:
     def __init__(self, environ: Mapping[Text, Text] | None = None) -> None:
         self._environ = os.environ if environ is None else environ
 
-    def str(self, name: Text, default: Text | None = None) -> Text:
+    def str(self, name: Text, default: Text | None = None, *, hint: Text = "") -> Text:
         value = self._environ.get(name)
         if value is None or value == "":
             if default is None:
-                raise ImproperlyConfigured(f"{name} must be set")
+                raise ImproperlyConfigured(f"{name} must be set" + (f" ({hint})" if hint else ""))
             return default
         return value
 

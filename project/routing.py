@@ -6,13 +6,13 @@ from typing import Any
 
 from channels.auth import AuthMiddlewareStack
 from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter
-from channels.security.websocket import AllowedHostsOriginValidator
 from django.conf import settings
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
 from bridge.tasks.consumer import TaskConsumer
 from protocols.mqtt.routing import mqtt_application
 from protocols.websocket.routing import websocket_urlpatterns
+from protocols.websocket.security import allowed_hosts_origin_validator
 from protocols.xmpp.routing import xmpp_application
 
 
@@ -20,7 +20,7 @@ def build_application(django_asgi_app: Any) -> ProtocolTypeRouter:
     return ProtocolTypeRouter(
         {
             "http": ASGIStaticFilesHandler(django_asgi_app),
-            "websocket": AllowedHostsOriginValidator(
+            "websocket": allowed_hosts_origin_validator(
                 AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
             ),
             # The MQTT protocol server (runmqtt) opens one instance per broker connection.

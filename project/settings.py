@@ -18,7 +18,9 @@ if DEBUG:
     # Development only: a fixed key keeps sessions across restarts of the quick start.
     SECRET_KEY = env.str("SECRET_KEY", default="dev-insecure-do-not-use-in-production")
 else:
-    SECRET_KEY = env.str("SECRET_KEY")  # production secrets have no default
+    SECRET_KEY = env.str(  # production secrets have no default
+        "SECRET_KEY", hint="DEBUG=1 uses a development key; production needs its own"
+    )
 
 ALLOWED_HOSTS = env.list(
     "ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"] if DEBUG else []
@@ -236,6 +238,8 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
+        # Django's own console handler (DEBUG only) would print its lines twice.
+        "django": {"handlers": [], "propagate": True},
         "django.channels.server": {"level": "WARNING"},
         "slixmpp": {"level": "WARNING"},
         "amqtt": {"level": "WARNING"},

@@ -9,6 +9,7 @@ urlpatterns = [
     path("rooms/<str:room>/", pages.room, name="room"),
     path("api/rooms/", api.rooms, name="api-rooms"),
     path("api/rooms/<str:room>/messages", api.messages, name="api-messages"),
+    path("api/rooms/<str:room>/messages/", api.messages),  # the same, for slash habits
     path("api/devices/<str:device>/commands", devices.commands, name="api-device-commands"),
     path("healthz", api.healthz, name="healthz"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),

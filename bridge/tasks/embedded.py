@@ -20,4 +20,5 @@ async def serve(ctx: EmbeddedContext) -> None:
         channel_layer=get_channel_layer(),
     )
     ctx.banner.append(f"worker: listening on channel {settings.BRIDGE_TASKS_CHANNEL}")
+    ctx.started()
     await asyncio.gather(worker.application_checker(), worker.handle())

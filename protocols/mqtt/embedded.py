@@ -16,12 +16,14 @@ async def serve(ctx: EmbeddedContext) -> None:
     if settings.MQTT_URL:
         config = MqttConfig.from_url(settings.MQTT_URL)
         ctx.banner.append(f"mqtt: bridging {config.broker} (MQTT_URL) as {config.client_id}")
+        ctx.started()  # it connects (and reconnects) by itself from here
         await MqttServer(application, config).run()
         return
     # Decided before the first await, so the banner is complete when the web server is ready.
     planned, binary = plan_broker("127.0.0.1", ctx.mqtt_port)
     ctx.banner.append(_banner(planned))
     async with embedded_broker(planned, binary) as broker:
+        ctx.started()
         config = MqttConfig(
             host=broker.host,
             port=broker.port,

@@ -185,6 +185,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def _announce_join(self, user: Any) -> None:
         assert self.room is not None
+        first = False
         if user is not None and user.is_authenticated:
             self.identity = await database_sync_to_async(identity_for_user)(user)
             first = await database_sync_to_async(presence_join)(
@@ -194,9 +195,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
             self.heartbeat = asyncio.create_task(self._renew_presence())
             if first:
                 await self._presence(self.identity, "online")
+        # Everyone here now, yourself included: when another tab of yours came first,
+        # no "online" event is sent for this one.
         present = await database_sync_to_async(presence_list)(room=self.room)
         for who in present:
-            if who != self.identity:
+            if not (first and who == self.identity):
                 await self.room_presence({"who": who.as_sender(), "state": "online"})
 
     async def _renew_presence(self) -> None:

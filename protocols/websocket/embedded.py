@@ -34,13 +34,16 @@ async def serve(ctx: EmbeddedContext) -> None:
         sock.bind((ctx.host, ctx.port))
     except OSError as exc:
         sock.close()
-        raise OSError(f"cannot listen on {ctx.host}:{ctx.port}: {exc.strerror}") from exc
+        raise OSError(
+            f"cannot listen on {ctx.host}:{ctx.port}: {exc.strerror} (choose another address: "
+            f"runbridge {ctx.host}:{ctx.port + 1}, or make run ADDR={ctx.host}:{ctx.port + 1})"
+        ) from exc
     config.load()
     server = uvicorn.Server(config)
     server.lifespan = config.lifespan_class(config)
     ctx.banner.insert(0, f"web: http://{ctx.host}:{ctx.port}/")
     await server.startup(sockets=[sock])
-    ctx.ready.set()
+    ctx.started()
     try:
         await server.main_loop()
     finally:

@@ -16,7 +16,8 @@ REQUIRED = (
 )
 HOW_TO_ENABLE = (
     "xmpp: off (set XMPP_DOMAIN, XMPP_COMPONENT_JID, XMPP_COMPONENT_SECRET, "
-    "XMPP_SERVER_HOST, XMPP_SERVER_PORT and XMPP_MUC_SERVICE to bridge rooms to XMPP)"
+    "XMPP_SERVER_HOST and XMPP_MUC_SERVICE, and XMPP_SERVER_PORT unless 5347, "
+    "to bridge rooms to XMPP)"
 )
 
 

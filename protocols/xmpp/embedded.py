@@ -13,6 +13,7 @@ async def serve(ctx: EmbeddedContext) -> None:
     config = xmpp_config()
     if config is None:
         ctx.banner.append(HOW_TO_ENABLE)
+        ctx.started()
         # The first service to return stops runbridge: an edge that is off just waits.
         await asyncio.Event().wait()
         return
@@ -22,4 +23,5 @@ async def serve(ctx: EmbeddedContext) -> None:
         f"xmpp: component {config.component} on {config.host}:{config.port}, "
         f"rooms on {config.muc_service}"
     )
+    ctx.started()  # it connects (and reconnects) by itself from here
     await XmppServer(application=application, config=config).run()

@@ -54,6 +54,7 @@ def test_history_pagination(client: Client, lobby: Room, token: str) -> None:
     assert seqs("?after=2&limit=2") == [3, 4]
     assert seqs("?before=4&limit=2") == [2, 3]
     assert seqs("?after=7") == []
+    assert [m["seq"] for m in client.get("/api/rooms/lobby/messages/?limit=1").json()["messages"]] == [7]
     for bad in ("?limit=0", "?limit=501", "?limit=ten", "?after=x"):
         response = client.get(f"/api/rooms/lobby/messages{bad}")
         assert response.status_code == 400 and response.json()["error"]["code"].startswith("invalid_")

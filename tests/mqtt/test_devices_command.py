@@ -32,7 +32,7 @@ def test_add_and_list() -> None:
     device = Device.objects.get(device_id="thermo-1")
     assert list(device.post_rooms.values_list("slug", flat=True)) == ["lobby"]
     assert sorted(device.listen_rooms.values_list("slug", flat=True)) == ["garden", "lobby"]
-    assert run("list") == "thermo-1\tposts: lobby\tlistens: garden,lobby\tnever seen\n"
+    assert run("list") == "thermo-1\tposts: lobby\tlistens: garden,lobby\tno status yet\n"
 
 
 @pytest.mark.parametrize(

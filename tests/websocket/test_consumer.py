@@ -182,3 +182,24 @@ async def test_a_live_connection_renews_its_presence(ws: Any, session_for: Any, 
     assert later > first and later > timezone.now()
     await comm.disconnect()
     assert not await database_sync_to_async(Presence.objects.exists)()
+
+
+async def test_a_second_tab_of_the_same_user_sees_itself_present(ws: Any, session_for: Any, lobby: Room) -> None:
+    cookie = await session_for("alice")
+    first = ws("/ws/rooms/lobby/", cookie=cookie)
+    assert (await first.connect())[0]
+    await frames_until(first, "presence")
+    second = ws("/ws/rooms/lobby/", cookie=cookie)
+    assert (await second.connect())[0]
+    assert (await second.receive_json_from())["type"] == "history"
+    seen = await frames_until(second, "presence")
+    assert seen == {"type": "presence", "who": {"kind": "user", "name": "alice"}, "state": "online"}
+    await second.disconnect()
+    assert await first.receive_nothing(0.3)  # alice is still online through the first tab
+    await first.disconnect()
+
+
+async def test_a_refused_origin_is_logged_with_the_reason(ws: Any, lobby: Room, caplog: Any) -> None:
+    comm = ws("/ws/rooms/lobby/", origin="http://evil.example")
+    assert not (await comm.connect())[0]
+    assert any("evil.example" in r.getMessage() and "ALLOWED_HOSTS" in r.getMessage() for r in caplog.records)

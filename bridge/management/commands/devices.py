@@ -62,7 +62,7 @@ class Command(BaseCommand):
         for device in devices:
             posts = ",".join(r.slug for r in device.post_rooms.all()) or "-"
             listens = ",".join(r.slug for r in device.listen_rooms.all()) or "-"
-            state = device.status or "never seen"
+            state = device.status or "no status yet"
             self.stdout.write(f"{device.device_id}\tposts: {posts}\tlistens: {listens}\t{state}")
 
     def _set_password(self, device: str, password: str) -> None:

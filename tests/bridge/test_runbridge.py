@@ -1,0 +1,33 @@
+"""`runbridge` as a person starts it: a busy port is an error before anything says it runs."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import REPO, bridge_env, free_port, manage
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("busy", ["web", "mqtt"])
+def test_a_busy_port_is_a_clear_error_and_no_running_banner(tmp_path: Path, busy: str) -> None:
+    env = bridge_env(tmp_path)
+    manage(["migrate", "--noinput", "-v0"], env=env)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        web, mqtt = (port, free_port()) if busy == "web" else (free_port(), port)
+        done = subprocess.run(
+            [sys.executable, "manage.py", "runbridge", f"127.0.0.1:{web}", "--mqtt-port", str(mqtt)],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False,
+        )
+    assert done.returncode != 0
+    assert "Bridge is running" not in done.stdout
+    hint = "make run ADDR=" if busy == "web" else "--mqtt-port"
+    assert hint in done.stderr, done.stderr[-2000:]
