@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,3 +120,72 @@ def test_two_pages_chat_live_and_a_cut_off_page_catches_up(bridge: str, browser:
     alice.reload()
     wait_for_text(alice, missed[-1])
     assert texts(alice)[-5:] == missed
+
+
+def test_a_message_lost_on_the_way_is_fetched_from_history(bridge: str, browser: Any) -> None:
+    page = browser.new_context().new_page()
+    dropped: list[int] = []
+
+    def route(ws: Any) -> None:
+        server = ws.connect_to_server()
+
+        def from_server(message: str | bytes) -> None:
+            frame = json.loads(message)
+            if frame.get("type") == "message" and frame["message"]["text"] == "lost on the way":
+                dropped.append(frame["message"]["seq"])  # as if the channel layer dropped it
+                return
+            ws.send(message)
+
+        server.on_message(from_server)
+        ws.on_message(lambda message: server.send(message))
+
+    page.route_web_socket(re.compile(r".*/ws/rooms/.*"), route)
+    page.goto(f"{bridge}/accounts/login/?next=/rooms/lobby/")
+    page.fill("#id_username", "demo")
+    page.fill("#id_password", "demo")
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_selector('#status[data-state="open"]')
+    for text in ("before", "lost on the way", "after"):
+        say(page, text)
+    wait_for_text(page, "after")
+    assert dropped, "the route never saw the message it should drop"
+    assert texts(page)[-3:] == ["before", "lost on the way", "after"]
+
+
+def test_a_hole_left_by_a_deleted_message_does_not_stall_the_page(bridge: str, browser: Any, tmp_path: Path) -> None:
+    import sqlite3
+
+    page = browser.new_context().new_page()
+    dropped: list[int] = []
+
+    def route(ws: Any) -> None:
+        server = ws.connect_to_server()
+
+        def from_server(message: str | bytes) -> None:
+            frame = json.loads(message)
+            if frame.get("type") == "message" and frame["message"]["text"] == "deleted soon":
+                dropped.append(frame["message"]["seq"])
+                return
+            ws.send(message)
+
+        server.on_message(from_server)
+        ws.on_message(lambda message: server.send(message))
+
+    page.route_web_socket(re.compile(r".*/ws/rooms/.*"), route)
+    page.goto(f"{bridge}/accounts/login/?next=/rooms/lobby/")
+    page.fill("#id_username", "demo")
+    page.fill("#id_password", "demo")
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_selector('#status[data-state="open"]')
+    say(page, "before")
+    wait_for_text(page, "before")
+    say(page, "deleted soon")
+    for _ in range(100):
+        if dropped:
+            break
+        page.wait_for_timeout(50)
+    with sqlite3.connect(tmp_path / "bridge.sqlite3") as db:  # an admin deletes it
+        db.execute("DELETE FROM bridge_message WHERE seq = ?", (dropped[0],))
+    say(page, "after")
+    wait_for_text(page, "after")
+    assert texts(page)[-2:] == ["before", "after"]
