@@ -60,16 +60,20 @@
     return li;
   }
 
-  function add(message) {
+  function append(message) {
     if (message.seq <= lastSeq) return; // already shown
-    if (message.seq > lastSeq + 1 && lastSeq > 0) {
-      fillGap(); // a message went missing on the way: fetch it from history
-      return;
-    }
     const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
     list.append(render(message));
     lastSeq = message.seq;
     if (atBottom) list.scrollTop = list.scrollHeight;
+  }
+
+  function add(message) {
+    if (message.seq > lastSeq + 1 && lastSeq > 0) {
+      fillGap(); // a message went missing on the way: the history API has it
+      return;
+    }
+    append(message);
   }
 
   async function fillGap() {
@@ -83,7 +87,9 @@
           );
           if (!response.ok) throw new Error("history: HTTP " + response.status);
           const body = await response.json();
-          body.messages.forEach(function (m) { if (m.seq === lastSeq + 1) add(m); });
+          // The database is the truth: show what it has, in order, even across a
+          // hole that a deleted message left.
+          body.messages.forEach(append);
           if (body.messages.length < 500) break;
         }
       } catch (err) {
@@ -126,12 +132,7 @@
       let frame;
       try { frame = JSON.parse(event.data); } catch (err) { return; }
       if (frame.type === "history") {
-        frame.messages.forEach(function (m) {
-          if (lastSeq === 0 || m.seq === lastSeq + 1) {
-            list.append(render(m));
-            lastSeq = m.seq;
-          }
-        });
+        frame.messages.forEach(append);
         list.scrollTop = list.scrollHeight;
       } else if (frame.type === "message") {
         add(frame.message);
