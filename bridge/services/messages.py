@@ -143,13 +143,23 @@ def _by_key(room: Room, key: str) -> Message | None:
 
 
 async def message_fanout(envelope: Envelope) -> None:
-    """Tell every edge listening to the room. At most once: clients fill gaps from history."""
+    """Tell every edge listening to the room. At most once: clients fill gaps from history.
+
+    Best effort by design: the message is stored, so a channel layer that is down
+    delays live delivery (receivers catch up by `seq`) but must not fail the post.
+    """
     layer = get_channel_layer()
     if layer is None:
         return
-    await layer.group_send(
-        room_group(envelope["room"]), {"type": "room.message", "message": envelope}
-    )
+    try:
+        await layer.group_send(
+            room_group(envelope["room"]), {"type": "room.message", "message": envelope}
+        )
+    except Exception:  # stored already: a lost fan-out only delays receivers
+        logger.warning(
+            "could not fan out %s#%s; receivers will catch up from history",
+            envelope["room"], envelope["seq"], exc_info=True,
+        )
 
 
 def message_post(

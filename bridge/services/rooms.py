@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.core.exceptions import ValidationError
@@ -8,6 +10,8 @@ from django.db import transaction
 from bridge.exceptions import InvalidInput
 from bridge.models import Room
 from bridge.names import ROOMS_GROUP, is_room_slug
+
+logger = logging.getLogger(__name__)
 
 
 def room_create(*, slug: str, title: str = "", private: bool = False) -> Room:
@@ -41,5 +45,10 @@ def rooms_changed(*, slug: str) -> None:
     periodically, so a lost announcement only delays a new room.
     """
     layer = get_channel_layer()
-    if layer is not None:
+    if layer is None:
+        return
+    try:
         async_to_sync(layer.group_send)(ROOMS_GROUP, {"type": "rooms.changed", "room": slug})
+    except Exception:  # the room exists: the edges' resync finds it anyway
+        logger.warning("could not announce room %s; edges will find it at their resync", slug,
+                       exc_info=True)

@@ -9,7 +9,7 @@ from functools import wraps
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
@@ -120,12 +120,35 @@ def messages(request: HttpRequest, room: str) -> HttpResponse:
     return response
 
 
+def _redis_ok() -> str | None:
+    """None when the channel layer's Redis answers (or there is none); else why not."""
+    if not settings.REDIS_URL:
+        return None
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        return str(exc)
+    finally:
+        client.close()
+    return None
+
+
 @require_GET
 def healthz(request: HttpRequest) -> HttpResponse:
+    """200 once this process can store and fan out; 503 with the reason while it cannot."""
+    problems: dict[str, str] = {}
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-    except Exception as exc:  # noqa: BLE001 - any database failure means "not ready"
-        logger.warning("health check failed: %s", exc)
-        return JsonResponse({"status": "unavailable", "database": str(exc)}, status=503)
+    except DatabaseError as exc:
+        problems["database"] = str(exc)
+    redis_problem = _redis_ok()
+    if redis_problem is not None:
+        problems["channel_layer"] = redis_problem
+    if problems:
+        logger.warning("health check failed: %s", problems)
+        return JsonResponse({"status": "unavailable", **problems}, status=503)
     return JsonResponse({"status": "ok"})

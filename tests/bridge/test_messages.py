@@ -88,3 +88,17 @@ def test_storing_records_one_pending_stats_task(room: Room, alice: Identity) -> 
     tasks = Task.objects.filter(name="room_stats")
     assert tasks.count() == 1
     assert tasks.get().state == Task.State.PENDING
+
+
+def test_a_failing_fan_out_does_not_fail_the_post(room: Room, alice: Identity, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from channels.layers import get_channel_layer
+
+    from bridge.services.messages import message_post
+
+    async def down(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("redis is down")
+
+    monkeypatch.setattr(get_channel_layer(), "group_send", down)
+    result = message_post(room=room, sender=alice, origin="api", text="stored anyway")
+    assert result.created and Message.objects.get().text == "stored anyway"
+    assert any("could not fan out" in r.getMessage() for r in caplog.records)

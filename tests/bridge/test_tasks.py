@@ -74,3 +74,17 @@ def test_reconcile_schedules_retention_for_rooms_that_want_it() -> None:
 
 # Several workers side by side: tests/websocket/test_redis_processes.py runs two
 # runworker processes over the same tasks.
+
+
+@pytest.mark.django_db
+def test_retention_deletes_only_old_messages() -> None:
+    from bridge.models import Message
+    from bridge.tasks.builtin import retention
+
+    room = room_create(slug="short")
+    alice = identity_get_or_create(kind="user", name="alice")
+    old = message_store(room=room, sender=alice, origin="web", text="old").message
+    message_store(room=room, sender=alice, origin="web", text="new")
+    Message.objects.filter(pk=old.pk).update(created=timezone.now() - timedelta(days=8))
+    retention(room=room.pk, days=7)
+    assert list(Message.objects.values_list("text", flat=True)) == ["new"]
