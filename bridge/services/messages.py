@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -17,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from bridge.envelope import Envelope, message_envelope
-from bridge.exceptions import InvalidInput, TooLarge
+from bridge.exceptions import BridgeError, InvalidInput, TooLarge
 from bridge.models import Identity, Message, Room
 from bridge.names import ORIGINS, room_group
 from bridge.selectors import room_get
@@ -74,6 +75,38 @@ def _validated_key(client_key: object) -> str | None:
     return client_key
 
 
+@dataclass(frozen=True)
+class NewMessage:
+    """One message to store, as an edge decoded it (validated by the store)."""
+
+    sender: Identity
+    origin: str
+    text: str
+    data: dict[str, Any] | None = None
+    client_key: str | None = None
+
+
+@dataclass(frozen=True)
+class _Valid:
+    item: NewMessage
+    text: str
+    data: dict[str, Any] | None
+    key: str | None
+
+
+def _validated(item: NewMessage) -> _Valid:
+    if item.origin not in ORIGINS:
+        raise InvalidInput(f"Unknown origin {item.origin!r}.", code="invalid_origin")
+    text = _validated_text(item.text)
+    data = _validated_data(item.data)
+    client_key = _validated_key(item.client_key)
+    if not text.strip() and data is None:
+        raise InvalidInput("A message needs 'text' or 'data'.", code="empty_message")
+    sender = item.sender
+    key = f"{sender.kind}:{sender.name}:{client_key}" if client_key is not None else None
+    return _Valid(item, text, data, key)
+
+
 def message_store(
     *,
     room: str | Room,
@@ -85,54 +118,95 @@ def message_store(
 ) -> PostResult:
     """Store one message exactly once; does not tell anyone (see `message_post`).
 
-    The room row lock (SQLite: the IMMEDIATE transaction) serialises writers per
-    room, so `seq` has no gaps and no duplicates. The same `client_key` from the
-    same sender returns the stored message with `created=False`.
+    The same `client_key` from the same sender returns the stored message with
+    `created=False`. Bad input raises the bridge's error and stores nothing.
     """
-    if origin not in ORIGINS:
-        raise InvalidInput(f"Unknown origin {origin!r}.", code="invalid_origin")
-    text = _validated_text(text)
-    data = _validated_data(data)
-    client_key = _validated_key(client_key)
-    if not text.strip() and data is None:
-        raise InvalidInput("A message needs 'text' or 'data'.", code="empty_message")
+    item = NewMessage(sender=sender, origin=origin, text=text, data=data, client_key=client_key)
+    valid = _validated(item)  # before the room lookup: a bad message is refused as such
     room_obj = room if isinstance(room, Room) else room_get(slug=room)
-    key = f"{sender.kind}:{sender.name}:{client_key}" if client_key is not None else None
-
     try:
-        with transaction.atomic():
-            locked = Room.objects.select_for_update().only("id", "last_seq").get(pk=room_obj.pk)
-            if key is not None:
-                existing = _by_key(room_obj, key)
-                if existing is not None:
-                    return PostResult(existing, message_envelope(existing, room_slug=room_obj.slug), False)
-            seq = locked.last_seq + 1
-            Room.objects.filter(pk=room_obj.pk).update(last_seq=seq)
-            message = Message.objects.create(
-                room=room_obj,
-                seq=seq,
-                origin=origin,
-                sender=sender,
-                text=text,
-                data=data,
-                created=timezone.now(),
-                idempotency_key=key,
+        (result,) = message_store_many(room=room_obj, messages=[item])
+    except IntegrityError:
+        # Only reachable if a writer raced us without the room lock; the key decides.
+        existing = _by_key(room_obj, valid.key) if valid.key is not None else None
+        if existing is None:
+            raise
+        return PostResult(existing, message_envelope(existing, room_slug=room_obj.slug), False)
+    if isinstance(result, BridgeError):
+        raise result
+    return result
+
+
+def message_store_many(*, room: Room, messages: Sequence[NewMessage]) -> list[PostResult | BridgeError]:
+    """Store several messages into one room in one transaction, in the given order.
+
+    One result per message, in order: the stored (or already stored) message,
+    or the error that refused it (nothing of a refused message is written).
+    The room row lock (SQLite: the IMMEDIATE transaction) serialises writers per
+    room, so `seq` has no gaps and no duplicates; one lock, one key lookup, one
+    insert and one stats task for the whole batch is what makes bursts cheap.
+    """
+    results: list[PostResult | BridgeError | None] = []
+    valid: list[tuple[int, _Valid]] = []
+    for index, item in enumerate(messages):
+        try:
+            valid.append((index, _validated(item)))
+            results.append(None)
+        except BridgeError as exc:
+            results.append(exc)
+    if not valid:
+        return [r for r in results if r is not None]
+
+    with transaction.atomic():
+        locked = Room.objects.select_for_update().only("id", "last_seq").get(pk=room.pk)
+        keys = [v.key for _, v in valid if v.key is not None]
+        existing = _by_keys(room, keys) if keys else {}
+        seq = locked.last_seq
+        now = timezone.now()
+        new_rows: list[Message] = []
+        for index, v in valid:
+            if v.key is not None and v.key in existing:
+                found = existing[v.key]
+                results[index] = PostResult(found, message_envelope(found, room_slug=room.slug), False)
+                continue
+            seq += 1
+            row = Message(
+                room=room, seq=seq, origin=v.item.origin, sender=v.item.sender, text=v.text,
+                data=v.data, created=now, idempotency_key=v.key,
             )
+            new_rows.append(row)
+            if v.key is not None:
+                existing[v.key] = row  # the same key twice in one batch: one row
+            results[index] = PostResult(row, message_envelope(row, room_slug=room.slug), True)
+        if new_rows:
+            Message.objects.bulk_create(new_rows)
+            Room.objects.filter(pk=room.pk).update(last_seq=seq)
             scheduled = task_schedule(
                 name="room_stats",
-                key=f"room_stats:{room_obj.pk}",
-                args={"room": room_obj.pk},
+                key=f"room_stats:{room.pk}",
+                args={"room": room.pk},
                 delay=ROOM_STATS_DELAY,
             )
             if scheduled:
                 transaction.on_commit(tasks_wake)
-    except IntegrityError:
-        # Only reachable if a writer raced us without the room lock; the key decides.
-        existing = _by_key(room_obj, key) if key is not None else None
-        if existing is None:
-            raise
-        return PostResult(existing, message_envelope(existing, room_slug=room_obj.slug), False)
-    return PostResult(message, message_envelope(message, room_slug=room_obj.slug), True)
+    # A repeat inside the batch points at a row created by it: not "created" again.
+    seen: set[str] = set()
+    final: list[PostResult | BridgeError] = []
+    for result in results:
+        assert result is not None
+        if isinstance(result, PostResult) and result.created:
+            key = result.message.idempotency_key
+            if key is not None and key in seen:
+                result = PostResult(result.message, result.envelope, False)
+            elif key is not None:
+                seen.add(key)
+        final.append(result)
+    return final
+
+
+def _by_keys(room: Room, keys: list[str]) -> dict[str, Message]:
+    found = Message.objects.select_related("sender").filter(room=room, idempotency_key__in=keys)
+    return {m.idempotency_key: m for m in found.order_by() if m.idempotency_key is not None}
 
 
 def _by_key(room: Room, key: str) -> Message | None:

@@ -26,7 +26,7 @@ from bridge.services.devices import (
     device_status_set,
     telemetry_store,
 )
-from bridge.services.messages import message_store
+from bridge.services.messages import NewMessage, message_store_many
 from protocols.mqtt.topics import Topics
 
 logger = logging.getLogger(__name__)
@@ -79,32 +79,52 @@ class _Lookups:
 
 
 def ingest_batch(*, topics: Topics, messages: list[tuple[str, bytes]]) -> list[Outcome]:
-    """Handle (topic, payload) pairs in order, in one transaction; one Outcome each."""
-    outcomes = []
+    """Handle (topic, payload) pairs in one transaction; one Outcome each, in order.
+
+    Chat posts are gathered per room and stored with one `message_store_many`
+    call each (one lock, one key lookup, one insert): per room, in the order
+    they arrived, so `seq` follows the devices' order.
+    """
+    outcomes = [Outcome(topic=topic) for topic, _ in messages]
     lookups = _Lookups()
+    posts: dict[int, list[tuple[Outcome, NewMessage]]] = {}
+    rooms: dict[int, Room] = {}
     with transaction.atomic():
-        for topic, payload in messages:
-            outcome = Outcome(topic=topic)
+        for outcome, (topic, payload) in zip(outcomes, messages, strict=True):
             try:
                 # No savepoint of our own: each service call is atomic (a savepoint
                 # here), and a refusal leaves nothing half-written that matters.
-                _ingest_one(topics, lookups, topic, payload, outcome)
+                post = _ingest_one(topics, lookups, topic, payload, outcome)
             except BridgeError as exc:
                 outcome.error = exc
-            outcomes.append(outcome)
+                continue
+            if post is not None:
+                room, message = post
+                rooms[room.pk] = room
+                posts.setdefault(room.pk, []).append((outcome, message))
+        for room_pk, items in posts.items():
+            results = message_store_many(room=rooms[room_pk], messages=[m for _, m in items])
+            for (outcome, _), result in zip(items, results, strict=True):
+                if isinstance(result, BridgeError):
+                    outcome.error = result
+                else:
+                    outcome.envelope = result.envelope
     return outcomes
 
 
-def _ingest_one(topics: Topics, lookups: _Lookups, topic: str, payload: bytes, outcome: Outcome) -> None:
+def _ingest_one(
+    topics: Topics, lookups: _Lookups, topic: str, payload: bytes, outcome: Outcome
+) -> tuple[Room, NewMessage] | None:
+    """Telemetry and status are handled here; a chat post is returned to be stored in bulk."""
     kind, device_id, room = topics.parse(topic)
     if kind == "bridge":
-        return  # our own commands/errors, seen through devices/#
+        return None  # our own commands/errors, seen through devices/#
     text = decode_text(payload)
     device = lookups.device(device_id)
     if kind == "post":
         assert room is not None
-        outcome.envelope = _store_post(device, lookups.room(device, room), text)
-    elif kind == "telemetry":
+        return lookups.room(device, room), _post(device, text)
+    if kind == "telemetry":
         telemetry_store(device=device, data=decode_json(text))
     else:
         status = text.strip()
@@ -112,9 +132,10 @@ def _ingest_one(topics: Topics, lookups: _Lookups, topic: str, payload: bytes, o
         if rooms:
             who: Sender = {"kind": device.identity.kind, "name": device.identity.name}
             outcome.presence = ([r.slug for r in rooms], who, status)
+    return None
 
 
-def _store_post(device: Device, room: Room, text: str) -> Envelope:
+def _post(device: Device, text: str) -> NewMessage:
     """UTF-8 text, or JSON `{"text", "id", "data"}`: the same `id` again stores nothing new."""
     client_key, data = None, None
     if text.lstrip().startswith("{"):
@@ -124,7 +145,6 @@ def _store_post(device: Device, room: Room, text: str) -> Envelope:
         text, data, client_key = body.get("text", ""), body.get("data"), body.get("id")
         if isinstance(client_key, int) and not isinstance(client_key, bool):
             client_key = str(client_key)
-    result = message_store(
-        room=room, sender=device.identity, origin="mqtt", text=text, data=data, client_key=client_key
+    return NewMessage(
+        sender=device.identity, origin="mqtt", text=text, data=data, client_key=client_key
     )
-    return result.envelope

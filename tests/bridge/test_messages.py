@@ -102,3 +102,24 @@ def test_a_failing_fan_out_does_not_fail_the_post(room: Room, alice: Identity, m
     result = message_post(room=room, sender=alice, origin="api", text="stored anyway")
     assert result.created and Message.objects.get().text == "stored anyway"
     assert any("could not fan out" in r.getMessage() for r in caplog.records)
+
+
+def test_store_many_keeps_order_refuses_per_message_and_stores_each_key_once(room: Room, alice: Identity) -> None:
+    from bridge.exceptions import BridgeError
+    from bridge.services.messages import NewMessage, message_store_many
+
+    message_store(room=room, sender=alice, origin="mqtt", text="earlier", client_key="k0")
+    batch = [
+        NewMessage(sender=alice, origin="mqtt", text="one", client_key="k1"),
+        NewMessage(sender=alice, origin="mqtt", text=""),  # refused: empty
+        NewMessage(sender=alice, origin="mqtt", text="again", client_key="k0"),  # stored before
+        NewMessage(sender=alice, origin="mqtt", text="two"),
+        NewMessage(sender=alice, origin="mqtt", text="one", client_key="k1"),  # twice in the batch
+    ]
+    results = message_store_many(room=room, messages=batch)
+    assert isinstance(results[1], BridgeError) and results[1].code == "empty_message"
+    stored = [r for r in results if not isinstance(r, BridgeError)]
+    assert [(r.envelope["seq"], r.created) for r in stored] == [(2, True), (1, False), (3, True), (2, False)]
+    assert list(Message.objects.order_by("seq").values_list("seq", "text")) == [(1, "earlier"), (2, "one"), (3, "two")]
+    room.refresh_from_db()
+    assert room.last_seq == 3
