@@ -122,8 +122,9 @@ def test_two_pages_chat_live_and_a_cut_off_page_catches_up(bridge: str, browser:
     assert texts(alice)[-5:] == missed
 
 
-def test_a_message_lost_on_the_way_is_fetched_from_history(bridge: str, browser: Any) -> None:
-    page = browser.new_context().new_page()
+def drop_frames_with_text(page: Any, text: str) -> list[int]:
+    """Route the page's WebSocket through the test, dropping message frames with `text`
+    (as if the channel layer lost them); returns the seqs dropped so far."""
     dropped: list[int] = []
 
     def route(ws: Any) -> None:
@@ -131,8 +132,8 @@ def test_a_message_lost_on_the_way_is_fetched_from_history(bridge: str, browser:
 
         def from_server(message: str | bytes) -> None:
             frame = json.loads(message)
-            if frame.get("type") == "message" and frame["message"]["text"] == "lost on the way":
-                dropped.append(frame["message"]["seq"])  # as if the channel layer dropped it
+            if frame.get("type") == "message" and frame["message"]["text"] == text:
+                dropped.append(frame["message"]["seq"])
                 return
             ws.send(message)
 
@@ -140,11 +141,21 @@ def test_a_message_lost_on_the_way_is_fetched_from_history(bridge: str, browser:
         ws.on_message(lambda message: server.send(message))
 
     page.route_web_socket(re.compile(r".*/ws/rooms/.*"), route)
-    page.goto(f"{bridge}/accounts/login/?next=/rooms/lobby/")
+    return dropped
+
+
+def open_lobby(page: Any, base: str) -> None:
+    page.goto(f"{base}/accounts/login/?next=/rooms/lobby/")
     page.fill("#id_username", "demo")
     page.fill("#id_password", "demo")
     page.get_by_role("button", name="Log in").click()
     page.wait_for_selector('#status[data-state="open"]')
+
+
+def test_a_message_lost_on_the_way_is_fetched_from_history(bridge: str, browser: Any) -> None:
+    page = browser.new_context().new_page()
+    dropped = drop_frames_with_text(page, "lost on the way")
+    open_lobby(page, bridge)
     for text in ("before", "lost on the way", "after"):
         say(page, text)
     wait_for_text(page, "after")
@@ -156,27 +167,8 @@ def test_a_hole_left_by_a_deleted_message_does_not_stall_the_page(bridge: str, b
     import sqlite3
 
     page = browser.new_context().new_page()
-    dropped: list[int] = []
-
-    def route(ws: Any) -> None:
-        server = ws.connect_to_server()
-
-        def from_server(message: str | bytes) -> None:
-            frame = json.loads(message)
-            if frame.get("type") == "message" and frame["message"]["text"] == "deleted soon":
-                dropped.append(frame["message"]["seq"])
-                return
-            ws.send(message)
-
-        server.on_message(from_server)
-        ws.on_message(lambda message: server.send(message))
-
-    page.route_web_socket(re.compile(r".*/ws/rooms/.*"), route)
-    page.goto(f"{bridge}/accounts/login/?next=/rooms/lobby/")
-    page.fill("#id_username", "demo")
-    page.fill("#id_password", "demo")
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_selector('#status[data-state="open"]')
+    dropped = drop_frames_with_text(page, "deleted soon")
+    open_lobby(page, bridge)
     say(page, "before")
     wait_for_text(page, "before")
     say(page, "deleted soon")
