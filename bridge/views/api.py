@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from functools import wraps
@@ -14,6 +13,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
 
+from bridge import jsontext
 from bridge.auth import api_user
 from bridge.envelope import message_envelope
 from bridge.exceptions import AuthRequired, BridgeError, InvalidInput, RoomNotFound, TooLarge
@@ -50,10 +50,7 @@ def authenticated_json_body(request: HttpRequest, user: Any, action: str) -> dic
         raise AuthRequired(f"Sign in or send 'Authorization: Token <key>' to {action}.")
     if len(request.body) > settings.BRIDGE_MAX_FRAME:
         raise TooLarge(f"Bodies are limited to {settings.BRIDGE_MAX_FRAME} bytes.")
-    try:
-        body = json.loads(request.body)
-    except ValueError as exc:
-        raise InvalidInput(f"The body is not JSON: {exc}", code="invalid_json") from exc
+    body = jsontext.loads(request.body, what="The body")
     if not isinstance(body, dict):
         raise InvalidInput("The body must be a JSON object.", code="invalid_json")
     return body

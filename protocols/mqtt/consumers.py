@@ -9,7 +9,7 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, OperationalError
 from django.utils import timezone
 
 from bridge.exceptions import BridgeError
@@ -30,6 +30,8 @@ BATCH = 200
 # Each database round trip costs a connection and a commit; under load this turns
 # hundreds of them per second into a few. It adds at most this much latency.
 LINGER = 0.01
+# Pauses before a batch that hit a transient database failure is tried again.
+RETRY_MIN, RETRY_MAX = 0.1, 5.0
 
 
 class BridgeConsumer(MqttConsumer):
@@ -53,6 +55,7 @@ class BridgeConsumer(MqttConsumer):
         self._online = asyncio.Event()
         self._commands_due = True
         self._started = timezone.now()
+        self._retry_pause = RETRY_MIN
 
     async def connect(self, event: ConnectEvent) -> None:
         if not self._started_up:
@@ -90,13 +93,52 @@ class BridgeConsumer(MqttConsumer):
             batch, self._inbox = self._inbox[:BATCH], self._inbox[BATCH:]
             if not self._inbox:
                 self._inbox_ready.clear()
-            outcomes = await database_sync_to_async(ingest_batch)(
-                topics=self.topics, messages=[(m["topic"], m["payload"]) for m in batch]
-            )
+            outcomes = await self._store(batch)
+            if outcomes is None:
+                # Rolled back, nothing acknowledged: the same batch again, first in line.
+                self._inbox = batch + self._inbox
+                self._inbox_ready.set()
+                continue
             for message in batch:
                 await self.ack(message)
             for outcome in outcomes:
                 await self._tell(outcome)
+
+    async def _store(self, batch: list[MessageEvent]) -> list[Outcome] | None:
+        """One transaction for the batch; None when it should simply be tried again.
+
+        A transient database failure (a deadlock, a lock timeout, a lost
+        connection) rolls back and retries after a pause. Any other failure is
+        a message the code cannot handle: the batch is retried one message at a
+        time, and the one that still fails is refused (and acknowledged, so it
+        cannot stop every runmqtt in turn as the broker redelivers it).
+        """
+        pairs = [(m["topic"], m["payload"]) for m in batch]
+        try:
+            outcomes: list[Outcome] = await database_sync_to_async(ingest_batch)(
+                topics=self.topics, messages=pairs
+            )
+            self._retry_pause = RETRY_MIN
+            return outcomes
+        except OperationalError as exc:
+            logger.warning("batch of %d rolled back (%s); retrying in %.1f s",
+                           len(batch), exc, self._retry_pause)
+            await asyncio.sleep(self._retry_pause)
+            self._retry_pause = min(self._retry_pause * 2, RETRY_MAX)
+            return None
+        except Exception:
+            if len(batch) > 1:
+                logger.exception("a batch of %d failed; storing its messages one by one", len(batch))
+                outcomes = []
+                for message in batch:
+                    one = await self._store([message])
+                    if one is None:
+                        return None
+                    outcomes.extend(one)
+                return outcomes
+            logger.exception("refusing a message the bridge could not handle, on %s", pairs[0][0])
+            return [Outcome(topic=pairs[0][0], error=BridgeError(
+                "The bridge could not handle this message.", code="internal_error"))]
 
     async def _tell(self, outcome: Outcome) -> None:
         if outcome.error is not None:

@@ -12,7 +12,9 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.db import DatabaseError
 
+from bridge import jsontext
 from bridge.envelope import Envelope, message_envelope
 from bridge.exceptions import BridgeError, Forbidden, InvalidInput, TooLarge
 from bridge.models import Identity, Room
@@ -55,6 +57,15 @@ class RoomConsumer(AsyncWebsocketConsumer):
     heartbeat: asyncio.Task[None] | None = None
 
     # --- lifecycle ---------------------------------------------------------
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Even if a handler failed: a renewal outliving its connection would keep
+            # the user "online" forever; without it, the row expires on its own.
+            if self.heartbeat is not None:
+                self.heartbeat.cancel()
 
     async def connect(self) -> None:
         """Called on the handshake. Refusals are accepted first so the client can read why."""
@@ -107,10 +118,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             raise InvalidInput("Send JSON text frames, not binary ones.", code="invalid_frame")
         if len(text_data.encode("utf-8", "surrogatepass")) > settings.BRIDGE_MAX_FRAME:
             raise TooLarge(f"Frames are limited to {settings.BRIDGE_MAX_FRAME} bytes.")
-        try:
-            frame = json.loads(text_data)
-        except ValueError as exc:
-            raise InvalidInput(f"Not JSON: {exc}", code="invalid_json") from exc
+        frame = jsontext.loads(text_data, what="The frame")
         if not isinstance(frame, dict):
             raise InvalidInput("A frame is a JSON object with a 'type'.", code="invalid_frame")
         return frame
@@ -207,7 +215,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
         ttl = timedelta(seconds=settings.BRIDGE_PRESENCE_TTL)
         while True:
             await asyncio.sleep(settings.BRIDGE_PRESENCE_TTL / 3)
-            await database_sync_to_async(presence_renew)(connection=self.channel_name, ttl=ttl)
+            try:
+                await database_sync_to_async(presence_renew)(connection=self.channel_name, ttl=ttl)
+            except DatabaseError:
+                logger.warning("could not renew presence of %s; retrying", self.channel_name,
+                               exc_info=True)
 
     async def _presence(self, identity: Identity, state: str) -> None:
         assert self.room is not None

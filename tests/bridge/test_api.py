@@ -69,6 +69,7 @@ def test_history_pagination(client: Client, lobby: Room, token: str) -> None:
         ({"text": 5}, 400, "invalid_text"),
         ({"text": "x" * 5000}, 413, "too_large"),
         ({"text": "x" * 20000}, 413, "too_large"),
+        ('{"text": "hi", "data": ' + "[" * 3000 + "]" * 3000 + "}", 400, "invalid_json"),
     ],
 )
 def test_bad_posts_get_json_errors_and_store_nothing(client: Client, lobby: Room, token: str, body: object, status: int, code: str) -> None:

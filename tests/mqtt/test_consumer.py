@@ -73,6 +73,8 @@ async def test_every_room_message_is_published_once_whoever_posted_it(
     [
         ("devices/sensor-1/rooms/lobby", b"\xff\xfe not utf-8", "invalid_utf8"),
         ("devices/sensor-1/rooms/lobby", b'{"text": "unterminated', "invalid_json"),
+        ("devices/sensor-1/rooms/lobby", b'{"text": "x", "data": ' + b"[" * 5000 + b"]" * 5000 + b"}", "invalid_json"),
+        ("devices/sensor-1/telemetry", b"[" * 5000 + b"]" * 5000, "invalid_json"),
         ("devices/sensor-1/rooms/lobby", b"x" * 20000, "too_large"),
         ("devices/sensor-1/rooms/nowhere", b"hello", "room_not_found"),
         ("devices/sensor-1/rooms/vault", b"hello", "forbidden_room"),
@@ -192,21 +194,40 @@ async def test_nothing_is_claimed_for_publishing_while_the_broker_is_away(
     assert json.loads(published["payload"])["text"] == "while away"
 
 
-async def test_a_database_failure_ends_the_instance_unacknowledged(
-    transactional_db: None, monkeypatch: pytest.MonkeyPatch
+async def test_a_transient_database_failure_is_retried_and_acknowledged_only_after_commit(
+    bridge: MqttCommunicator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from django.db import OperationalError
 
     from protocols.mqtt import consumers
 
+    real = consumers.ingest_batch
+    calls: list[int] = []
+
+    def flaky(**kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise OperationalError("deadlock detected")
+        return real(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(consumers, "ingest_batch", flaky)
+    await bridge.deliver("devices/sensor-1/rooms/lobby", "after two rollbacks", timeout=5)
+    assert len(calls) == 3 and len(bridge.acked) == 1
+    texts = await database_sync_to_async(lambda: list(Message.objects.values_list("text", flat=True)))()
+    assert texts == ["after two rollbacks"]
+
+
+async def test_a_message_the_code_cannot_handle_is_refused_not_fatal(
+    bridge: MqttCommunicator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from protocols.mqtt import consumers
+
     def broken(**kwargs: object) -> None:
-        raise OperationalError("database is locked")
+        raise RuntimeError("a bug")
 
     monkeypatch.setattr(consumers, "ingest_batch", broken)
-    communicator = MqttCommunicator(application)
-    await communicator.connect()
-    # The failure surfaces as the instance's exception (the server exits non-zero) ...
-    with pytest.raises(OperationalError):
-        await communicator.deliver("devices/sensor-1/rooms/lobby", "lost?", timeout=1)
-    # ... and the message was never acknowledged: the broker sends it again.
-    assert not communicator.acked
+    # Refused and acknowledged: a poison message must not stop every runmqtt in turn.
+    await bridge.deliver("devices/sensor-1/rooms/lobby", "poison", timeout=5)
+    assert len(bridge.acked) == 1
+    error = await bridge.receive_publish(topic="devices/sensor-1/errors")
+    assert json.loads(error["payload"])["code"] == "internal_error"

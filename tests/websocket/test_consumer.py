@@ -203,3 +203,15 @@ async def test_a_refused_origin_is_logged_with_the_reason(ws: Any, lobby: Room, 
     comm = ws("/ws/rooms/lobby/", origin="http://evil.example")
     assert not (await comm.connect())[0]
     assert any("evil.example" in r.getMessage() and "ALLOWED_HOSTS" in r.getMessage() for r in caplog.records)
+
+
+async def test_deeply_nested_json_is_an_error_frame_not_a_crash(ws: Any, session_for: Any, lobby: Room) -> None:
+    comm = ws("/ws/rooms/lobby/", cookie=await session_for("mallory"))
+    assert (await comm.connect())[0]
+    await comm.receive_json_from()
+    await comm.send_to(text_data='{"type": "message", "data": ' + "[" * 5000 + "]" * 5000 + "}")
+    error = await frames_until(comm, "error")
+    assert error["code"] == "invalid_json"
+    await comm.send_json_to({"type": "message", "text": "still here"})
+    assert (await frames_until(comm, "message"))["message"]["text"] == "still here"
+    await comm.disconnect()
