@@ -47,3 +47,8 @@ class AuthRequired(BridgeError):
 class Forbidden(BridgeError):
     code = "forbidden"
     status = 403
+
+
+class MethodNotAllowed(BridgeError):
+    code = "method_not_allowed"
+    status = 405

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
 from bridge.names import device_id_validator, room_slug_validator
+
+ROOM_COUNTERS = ("last_seq", "message_count", "last_message_at", "senders_24h")
 
 
 class Room(models.Model):
@@ -34,6 +37,17 @@ class Room(models.Model):
 
     def __str__(self) -> str:
         return self.slug
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Saving an existing room never writes its counters back: `last_seq` and the
+        statistics change under their own updates, and a full save of a stale copy
+        (the admin's form) would move `last_seq` back and break every later post."""
+        if not self._state.adding and kwargs.get("update_fields") is None:
+            kwargs["update_fields"] = [
+                f.name for f in self._meta.concrete_fields
+                if not f.primary_key and f.name not in ROOM_COUNTERS
+            ]
+        super().save(*args, **kwargs)
 
     @property
     def display_title(self) -> str:

@@ -184,6 +184,8 @@ BRIDGE_EMBEDDED_SERVICES = env.list(
 # --- MQTT -------------------------------------------------------------------
 
 # mqtt://user:password@host:1883/?client_id=bridge-1 (mqtts:// for TLS); unset: the embedded broker.
+# Sender kinds whose "/cmd <device> <text>" in a room commands a device in that room.
+MQTT_CHAT_COMMAND_SENDERS = env.list("MQTT_CHAT_COMMAND_SENDERS", default=["user"])
 MQTT_URL = env.optional("MQTT_URL")
 MQTT_CLIENT_ID = env.str("MQTT_CLIENT_ID", default="")  # overrides the URL's client_id
 MQTT_PROTOCOL = env.str("MQTT_PROTOCOL", default="auto")  # auto (5, else 3.1.1), 5, 3.1.1

@@ -79,7 +79,11 @@ def device_room_for_post(*, device: Device, room: str) -> Room:
     room_obj = room_get(slug=room)
     if device.post_rooms.filter(pk=room_obj.pk).exists():
         return room_obj
-    if settings.MQTT_UNKNOWN_DEVICES == "register" and not device.post_rooms.exists():
+    if (
+        settings.MQTT_UNKNOWN_DEVICES == "register"
+        and not room_obj.private  # private rooms only for provisioned devices
+        and not device.post_rooms.exists()
+    ):
         # A development device registered on first use may post where it first posts.
         device.post_rooms.add(room_obj)
         device.listen_rooms.add(room_obj)

@@ -14,8 +14,12 @@ from bridge.names import ROOMS_GROUP, is_room_slug
 logger = logging.getLogger(__name__)
 
 
-def room_create(*, slug: str, title: str = "", private: bool = False) -> Room:
-    """Create a room, or update title/privacy of an existing one (provisioning is idempotent)."""
+def room_create(*, slug: str, title: str = "", private: bool | None = None) -> Room:
+    """Create a room, or update an existing one (provisioning is idempotent).
+
+    `title` and `private` change an existing room only when given: running the
+    same script again never turns a private room public.
+    """
     if not is_room_slug(slug):
         raise InvalidInput(
             f"{slug!r} is not a room name: 1-64 of a-z 0-9 _ -, starting with a letter or digit.",
@@ -23,18 +27,25 @@ def room_create(*, slug: str, title: str = "", private: bool = False) -> Room:
         )
     with transaction.atomic():
         room, created = Room.objects.get_or_create(
-            slug=slug, defaults={"title": title, "private": private}
+            slug=slug, defaults={"title": title, "private": bool(private)}
         )
         if created:
             transaction.on_commit(lambda: rooms_changed(slug=slug))
-    if not created and (room.title != title and title or room.private != private):
-        room.title = title or room.title
-        room.private = private
-        try:
-            room.full_clean()
-        except ValidationError as exc:
-            raise InvalidInput(str(exc), code="invalid_room") from exc
-        room.save(update_fields=["title", "private"])
+            return room
+        changed = []
+        if title and room.title != title:
+            room.title = title
+            changed.append("title")
+        if private is not None and room.private != private:
+            room.private = private
+            changed.append("private")
+        if changed:
+            try:
+                room.full_clean()
+            except ValidationError as exc:
+                raise InvalidInput(str(exc), code="invalid_room") from exc
+            room.save(update_fields=changed)
+            transaction.on_commit(lambda: rooms_changed(slug=slug))
     return room
 
 

@@ -11,12 +11,18 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET
 
 from bridge import jsontext
 from bridge.auth import api_user
 from bridge.envelope import message_envelope
-from bridge.exceptions import AuthRequired, BridgeError, InvalidInput, RoomNotFound, TooLarge
+from bridge.exceptions import (
+    AuthRequired,
+    BridgeError,
+    InvalidInput,
+    MethodNotAllowed,
+    RoomNotFound,
+    TooLarge,
+)
 from bridge.selectors import message_history, room_get, room_list, room_visible
 from bridge.services.identities import identity_for_user
 from bridge.services.messages import message_post
@@ -28,6 +34,21 @@ View = Callable[..., HttpResponse]
 
 def error_response(exc: BridgeError) -> JsonResponse:
     return JsonResponse({"error": exc.as_dict()}, status=exc.status)
+
+
+def allow(*methods: str) -> Callable[[View], View]:
+    """Like require_http_methods, but the refusal is the contract's JSON error (405)."""
+
+    def decorator(view: View) -> View:
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method not in methods:
+                return error_response(MethodNotAllowed(f"Use {' or '.join(methods)}."))
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
 
 
 def json_errors(view: View) -> View:
@@ -68,7 +89,7 @@ def _room_json(room: Any) -> dict[str, Any]:
     }
 
 
-@require_GET
+@allow("GET", "HEAD")
 @json_errors
 def rooms(request: HttpRequest) -> HttpResponse:
     user = api_user(request)
@@ -101,7 +122,7 @@ def messages(request: HttpRequest, room: str) -> HttpResponse:
         )
         return JsonResponse({"messages": [message_envelope(m, room_slug=room_obj.slug) for m in history]})
     if request.method != "POST":
-        raise BridgeError("Use GET or POST.", code="method_not_allowed")
+        raise MethodNotAllowed("Use GET or POST.")
     body = authenticated_json_body(request, user, "post")
     result = message_post(
         room=room_obj,
@@ -133,7 +154,7 @@ def _redis_ok() -> str | None:
     return None
 
 
-@require_GET
+@allow("GET", "HEAD")
 def healthz(request: HttpRequest) -> HttpResponse:
     """200 once this process can store and fan out; 503 with the reason while it cannot."""
     problems: dict[str, str] = {}

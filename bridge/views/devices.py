@@ -7,18 +7,17 @@ import logging
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
 
 from bridge.auth import api_user
 from bridge.services.devices import device_command_create, device_commands_wake
 from bridge.services.identities import identity_for_user
-from bridge.views.api import authenticated_json_body, json_errors
+from bridge.views.api import allow, authenticated_json_body, json_errors
 
 logger = logging.getLogger(__name__)
 
 
 @csrf_exempt  # session callers are CSRF-checked in api_user; token callers need no CSRF
-@require_POST
+@allow("POST")
 @json_errors
 def commands(request: HttpRequest, device: str) -> HttpResponse:
     """Body `{"text": "..."}`; 202: recorded, published once on devices/<device>/commands."""

@@ -13,11 +13,13 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 
 from bridge.envelope import Envelope, message_envelope
 from bridge.exceptions import BridgeError
-from bridge.models import DeviceCommand, Message, Room
+from bridge.models import Device, DeviceCommand, Message, Room
 from bridge.services.cursors import edge_cursor_claim, edge_cursor_get
 from bridge.services.devices import (
     CommandOut,
@@ -76,6 +78,18 @@ def _command_from(message: Message) -> DeviceCommand | None:
     if parsed is None:
         return None
     device_id, text = parsed
+    # Who may command a device from chat: by default signed-in users (web and API),
+    # not XMPP occupants or other devices; and only in a room the device is in.
+    if message.sender.kind not in settings.MQTT_CHAT_COMMAND_SENDERS:
+        logger.info("room %s #%s: /cmd from a %s sender ignored (MQTT_CHAT_COMMAND_SENDERS)",
+                    message.room.slug, message.seq, message.sender.kind)
+        return None
+    if not Device.objects.filter(
+        Q(listen_rooms=message.room_id) | Q(post_rooms=message.room_id), device_id=device_id
+    ).exists():
+        logger.info("room %s #%s: /cmd for %s, which is not in the room", message.room.slug,
+                    message.seq, device_id)
+        return None
     try:
         return device_command_create(
             device_id=device_id,

@@ -106,12 +106,35 @@ class BridgeXmppConsumer(XmppConsumer):
             await database_sync_to_async(store.occupants_renew)(ttl=self._occupant_ttl())
 
     async def _join_new_rooms(self) -> None:
+        """Join rooms that became bridgeable; leave rooms that no longer are (made private)."""
+        bridged = {slug: pk for slug, pk, _ in await database_sync_to_async(store.bridged_rooms)()}
+        for slug in [s for s in self.rooms if s not in bridged]:
+            await self._leave_room(slug)
         if not self.connected:
             return  # the next connect joins every room anyway
-        for slug, pk, _ in await database_sync_to_async(store.bridged_rooms)():
+        for slug, pk in bridged.items():
             if slug not in self.rooms:
                 logger.info("xmpp: bridging the new room %s", slug)
                 await self._join_room(slug, pk)
+
+    async def _leave_room(self, slug: str) -> None:
+        """Stop bridging a room: nothing more is relayed either way, and our occupants leave."""
+        link = self.rooms.pop(slug)
+        await self.channel_layer.group_discard(room_group(slug), self.channel_name)
+        logger.info("xmpp: %s is no longer bridged (private now); leaving it", link.room_jid)
+        if not self.connected:
+            return
+        for puppet in link.puppets.values():
+            if puppet.joined or puppet.joining:
+                await self.send_leave(
+                    sender=puppet.jid, to=occupant_jid(slug, puppet.nick, muc_service=self.muc)
+                )
+        for nick in list(link.occupants):
+            if not link.is_ours(nick):
+                await self._occupant_left(link, nick)
+        await self.send_leave(
+            sender=link.relay_jid, to=occupant_jid(slug, link.relay_nick, muc_service=self.muc)
+        )
 
     def _schedule_resync(self) -> None:
         layer, channel = self.channel_layer, self.channel_name

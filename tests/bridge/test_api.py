@@ -120,3 +120,30 @@ def test_pages_escape_what_they_show(client: Client) -> None:
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page
     assert client.get("/rooms/xss/").status_code == 200
     assert client.get("/rooms/nowhere/").status_code == 404
+
+
+def test_wrong_methods_get_json_405(client: Client, lobby: Room) -> None:
+    for method, path in (("delete", "/api/rooms/lobby/messages"), ("post", "/api/rooms/"), ("post", "/healthz"), ("get", "/api/devices/x/commands")):
+        response = getattr(client, method)(path)
+        assert response.status_code == 405, (method, path)
+        assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_saving_a_stale_room_never_moves_last_seq_back(lobby: Room, token: str, client: Client) -> None:
+    stale = Room.objects.get(slug="lobby")  # as the admin's form loaded it
+    post(client, "lobby", {"text": "meanwhile"}, Authorization=f"Token {token}")
+    stale.title = "New title"
+    stale.save()
+    fresh = Room.objects.get(slug="lobby")
+    assert fresh.title == "New title" and fresh.last_seq == 1
+    assert post(client, "lobby", {"text": "still works"}, Authorization=f"Token {token}").status_code == 201  # type: ignore[attr-defined]
+
+
+def test_rooms_add_again_keeps_a_private_room_private() -> None:
+    from django.core.management import call_command
+
+    call_command("rooms", "add", "secret", "--private")
+    call_command("rooms", "add", "secret", "--title", "Secret")
+    assert Room.objects.get(slug="secret").private
+    call_command("rooms", "add", "secret", "--public")
+    assert not Room.objects.get(slug="secret").private

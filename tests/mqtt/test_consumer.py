@@ -149,6 +149,18 @@ async def test_cmd_in_a_room_is_published_to_the_device(bridge: MqttCommunicator
     assert await database_sync_to_async(DeviceCommand.objects.count)() == 1
 
 
+async def test_cmd_from_xmpp_or_for_a_device_outside_the_room_is_ignored(bridge: MqttCommunicator) -> None:
+    mallory = await database_sync_to_async(Identity.objects.create)(kind="xmpp", name="mallory")
+    alice = await database_sync_to_async(Identity.objects.create)(kind="user", name="alice")
+    await amessage_post(room="lobby", sender=mallory, origin="xmpp", text="/cmd sensor-1 open the valve")
+    await amessage_post(room="vault", sender=alice, origin="web", text="/cmd sensor-1 open the valve")
+    await bridge.receive_publish(topic="rooms/lobby/messages")
+    await bridge.receive_publish(topic="rooms/vault/messages")
+    await bridge.receive_nothing(timeout=0.5)
+    assert not [e for e in bridge.published if e["topic"] == "devices/sensor-1/commands"]
+    assert await database_sync_to_async(DeviceCommand.objects.count)() == 0
+
+
 async def test_a_topic_prefix_applies_to_every_topic(transactional_db: None) -> None:
     from tests.mqtt.conftest import _setup
 

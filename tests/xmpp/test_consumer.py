@@ -242,3 +242,12 @@ async def test_xmpp_occupants_are_present_for_the_web(comm: XmppCommunicator) ->
     await comm.presence(sender=f"{ROOM}/alice", to=RELAY, real_jid=ALICE)
     await comm.presence(sender=f"{ROOM}/erin", to=RELAY, real_jid="erin@localhost/x")
     assert (await layer.receive(web))["who"] == {"kind": "xmpp", "name": "erin"}
+
+
+async def test_a_room_made_private_is_left_and_no_longer_relayed(comm: XmppCommunicator) -> None:
+    await _ready(comm)
+    await database_sync_to_async(room_create)(slug="lobby", private=True)
+    leave = await comm.sent()
+    assert leave == {"type": "xmpp.presence", "sender": RELAY, "to": f"{ROOM}/bridge", "presence_type": "unavailable"}
+    await _post_as_web("not for the public room")
+    assert await comm.nothing_sent(0.5)

@@ -20,7 +20,11 @@ class Command(BaseCommand):
         add = sub.add_parser("add", help="Create a room (or update its title/privacy).")
         add.add_argument("room")
         add.add_argument("--title", default="")
-        add.add_argument("--private", action="store_true")
+        privacy = add.add_mutually_exclusive_group()
+        privacy.add_argument("--private", dest="private", action="store_true", default=None,
+                             help="only signed-in users see it (not bridged to XMPP)")
+        privacy.add_argument("--public", dest="private", action="store_false",
+                             help="make an existing private room public")
         sub.add_parser("list", help="List rooms.")
 
     def handle(self, *args: Any, **options: Any) -> None:
