@@ -173,6 +173,9 @@ class MqttServer:
         if client is not self._client:
             logger.info("disconnected from %s", self.config.broker)
             return
+        # From here on, acks for this connection's messages are dropped (the broker sends
+        # them again); they must not reach the next connection before its CONNACK.
+        self._generation += 1
         logger.warning("disconnected from %s: %s; reconnecting", self.config.broker, reason)
         self._call(self.connected.clear)
         self._call(self._enqueue, {"type": "mqtt.disconnect", "reason": str(reason)})

@@ -309,13 +309,19 @@ def test_after_a_broker_restart_the_bridge_reconnects_and_gets_what_the_broker_k
         os.kill(bridge.popen.pid, signal.SIGCONT)
 
         wait_until(lambda: stored(stack) == 1000, timeout=60, what="what the broker kept")
+        # The stream after the restart starts once the bridge is back on the broker:
+        # mosquitto 2.0 does not queue for a session restored from its persistence
+        # file until that client has reconnected (what it accepts before is lost for
+        # the session; see README, "Delivery").
+        wait_until(lambda: bridge.log.read_text().count("subscribed (mid") >= 2, timeout=60,
+                   what="the bridge subscribed again on the restarted broker")
         device = TestDevice(broker.port, "sensor-1", DEVICES["sensor-1"])
         device.publish_all(numbered("sensor-1", 500, start=1000))
         wait_until(lambda: stored(stack) == 1500, timeout=60, what="the stream after the restart")
         device.close()
         assert_exactly_once_in_order(stack, "sensor-1", 1500)
         assert bridge.popen.poll() is None
-        assert bridge.output().count("connected to") >= 2
+        assert bridge.log.read_text().count("connected to") >= 2
     finally:
         stack.stop()
 
