@@ -40,6 +40,7 @@ def test_post_with_token_and_client_id_is_idempotent(client: Client, lobby: Room
     again = post(client, "lobby", {"text": "hi", "client_id": "abc"}, Authorization=f"Token {token}")
     assert first.status_code == 201 and again.status_code == 201  # type: ignore[attr-defined]
     assert first.json() == again.json()  # type: ignore[attr-defined]
+    assert "Idempotent-Replayed" not in first and again["Idempotent-Replayed"] == "true"  # type: ignore[operator,index]
     assert first.json()["sender"] == {"kind": "user", "name": "script"}  # type: ignore[attr-defined]
     assert first.json()["origin"] == "api"  # type: ignore[attr-defined]
     assert Message.objects.count() == 1
