@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
 
 import paho.mqtt.client as paho
 import pytest
 from channels.db import database_sync_to_async
-from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.embedded import EmbeddedContext
 from bridge.models import Message
@@ -18,27 +16,10 @@ from bridge.services.rooms import room_create
 from protocols.mqtt import broker as broker_module
 from protocols.mqtt.broker import BrokerError, plan_broker
 from protocols.mqtt.embedded import serve
+from tests.support.mqtt_device import post_and_read_back
 from tests.support.processes import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-def _publish_and_listen(port: int, protocol: int) -> bytes:
-    """A device without credentials (development): post into lobby, read it back."""
-    got: list[bytes] = []
-    done, ready = threading.Event(), threading.Event()
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{port}", protocol=protocol)
-    client.on_subscribe = lambda *a: ready.set()
-    client.on_message = lambda c, u, m: (got.append(m.payload), done.set())
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    client.subscribe("rooms/lobby/messages", qos=1)
-    assert ready.wait(10)
-    client.publish("devices/dev-1/rooms/lobby", "hello embedded", qos=1)
-    assert done.wait(15), "nothing came back on rooms/lobby/messages"
-    client.disconnect()
-    client.loop_stop()
-    return got[0]
 
 
 @pytest.mark.parametrize("kind", ["mosquitto", "amqtt"])
@@ -59,7 +40,7 @@ async def test_the_embedded_broker_bridges_devices(
         await asyncio.sleep(1.5)  # the broker starts, the server connects and subscribes
         assert not service.done(), service
         protocol = paho.MQTTv311 if kind == "amqtt" else paho.MQTTv5
-        payload = await asyncio.to_thread(_publish_and_listen, port, protocol)
+        payload = await asyncio.to_thread(post_and_read_back, port, "dev-1", "hello embedded", protocol=protocol)
     finally:
         service.cancel()
         await asyncio.gather(service, return_exceptions=True)

@@ -5,19 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import threading
 
 import paho.mqtt.client as paho
 import pytest
 from amqtt.broker import Broker
 from channels.db import database_sync_to_async
-from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.models import Message
 from bridge.services.rooms import room_create
 from project.asgi import application
 from protocols.mqtt.config import MqttConfig
 from protocols.mqtt.server import MqttServer
+from tests.support.mqtt_device import post_and_read_back
 from tests.support.processes import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -52,24 +51,6 @@ def refusing_v5_front(backend_port: int) -> object:
     return handle
 
 
-def _post_as_device(port: int) -> bytes:
-    """Post over 3.1.1 and wait for the bridge to publish it back on the room's topic."""
-    subscribed, back = threading.Event(), threading.Event()
-    got: list[bytes] = []
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="old-device", protocol=paho.MQTTv311)
-    client.on_subscribe = lambda *a: subscribed.set()
-    client.on_message = lambda c, u, m: (got.append(m.payload), back.set())
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    client.subscribe("rooms/lobby/messages", qos=1)
-    assert subscribed.wait(10)
-    client.publish("devices/old-device/rooms/lobby", "hello over 3.1.1", qos=1)
-    assert back.wait(10), "the bridge did not publish it back"
-    client.disconnect()
-    client.loop_stop()
-    return got[0]
-
-
 async def test_auto_falls_back_to_311(settings: object, caplog: pytest.LogCaptureFixture) -> None:
     settings.MQTT_UNKNOWN_DEVICES = "register"  # type: ignore[attr-defined]
     await database_sync_to_async(room_create)(slug="lobby")
@@ -89,7 +70,7 @@ async def test_auto_falls_back_to_311(settings: object, caplog: pytest.LogCaptur
     try:
         await asyncio.wait_for(server.connected.wait(), timeout=10)
         await asyncio.sleep(0.5)  # the consumer subscribes
-        envelope = json.loads(await asyncio.to_thread(_post_as_device, backend_port))
+        envelope = json.loads(await asyncio.to_thread(post_and_read_back, backend_port, "old-device", "hello over 3.1.1", protocol=paho.MQTTv311))
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)

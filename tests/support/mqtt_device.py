@@ -81,3 +81,24 @@ class TestDevice:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def post_and_read_back(port: int, device: str, text: str, *, protocol: int = paho.MQTTv5) -> bytes:
+    """An anonymous device posts `text` into lobby and waits for the bridge to publish it
+    back on rooms/lobby/messages; returns that envelope's payload."""
+    subscribed, back = threading.Event(), threading.Event()
+    got: list[bytes] = []
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=device, protocol=protocol)
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.on_message = lambda c, u, m: (got.append(m.payload), back.set())
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        client.subscribe("rooms/lobby/messages", qos=1)
+        assert subscribed.wait(10), "no SUBACK"
+        client.publish(f"devices/{device}/rooms/lobby", text, qos=1)
+        assert back.wait(15), "nothing came back on rooms/lobby/messages"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return got[0]
