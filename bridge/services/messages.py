@@ -86,6 +86,9 @@ class NewMessage:
     client_key: str | None = None
 
 
+_PENDING = BridgeError("not stored yet", code="pending")
+
+
 @dataclass(frozen=True)
 class _Valid:
     item: NewMessage
@@ -124,16 +127,17 @@ def message_store(
     item = NewMessage(sender=sender, origin=origin, text=text, data=data, client_key=client_key)
     valid = _validated(item)  # before the room lookup: a bad message is refused as such
     room_obj = room if isinstance(room, Room) else room_get(slug=room)
+    results: list[PostResult | BridgeError] = [_PENDING]
     try:
-        (result,) = message_store_many(room=room_obj, messages=[item])
+        _store_valid(room_obj, [(0, valid)], results)
     except IntegrityError:
         # Only reachable if a writer raced us without the room lock; the key decides.
         existing = _by_key(room_obj, valid.key) if valid.key is not None else None
         if existing is None:
             raise
         return PostResult(existing, message_envelope(existing, room_slug=room_obj.slug), False)
-    if isinstance(result, BridgeError):
-        raise result
+    (result,) = results
+    assert isinstance(result, PostResult)
     return result
 
 
@@ -146,17 +150,28 @@ def message_store_many(*, room: Room, messages: Sequence[NewMessage]) -> list[Po
     room, so `seq` has no gaps and no duplicates; one lock, one key lookup, one
     insert and one stats task for the whole batch is what makes bursts cheap.
     """
-    results: list[PostResult | BridgeError | None] = []
+    results: list[PostResult | BridgeError] = []
     valid: list[tuple[int, _Valid]] = []
     for index, item in enumerate(messages):
         try:
             valid.append((index, _validated(item)))
-            results.append(None)
         except BridgeError as exc:
             results.append(exc)
-    if not valid:
-        return [r for r in results if r is not None]
+            continue
+        results.append(_PENDING)  # replaced by _store_valid
+    if valid:
+        _store_valid(room, valid, results)
+    return results
 
+
+def _store_valid(
+    room: Room, valid: list[tuple[int, _Valid]], results: list[PostResult | BridgeError]
+) -> None:
+    """Store validated messages under the room lock; results[index] gets each outcome.
+
+    A key seen twice (already stored, or earlier in this batch) gives the stored
+    row with `created=False`.
+    """
     with transaction.atomic():
         locked = Room.objects.select_for_update().only("id", "last_seq").get(pk=room.pk)
         keys = [v.key for _, v in valid if v.key is not None]
@@ -189,19 +204,6 @@ def message_store_many(*, room: Room, messages: Sequence[NewMessage]) -> list[Po
             )
             if scheduled:
                 transaction.on_commit(tasks_wake)
-    # A repeat inside the batch points at a row created by it: not "created" again.
-    seen: set[str] = set()
-    final: list[PostResult | BridgeError] = []
-    for result in results:
-        assert result is not None
-        if isinstance(result, PostResult) and result.created:
-            key = result.message.idempotency_key
-            if key is not None and key in seen:
-                result = PostResult(result.message, result.envelope, False)
-            elif key is not None:
-                seen.add(key)
-        final.append(result)
-    return final
 
 
 def _by_keys(room: Room, keys: list[str]) -> dict[str, Message]:

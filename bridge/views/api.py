@@ -118,7 +118,7 @@ def messages(request: HttpRequest, room: str) -> HttpResponse:
             room=room_obj,
             after=_int_param(request, "after", None),
             before=_int_param(request, "before", None),
-            limit=_int_param(request, "limit", 50) or 0,  # 0 is refused, not defaulted
+            limit=_int_param(request, "limit", 50) or 0,  # given as 0: refused by the selector
         )
         return JsonResponse({"messages": [message_envelope(m, room_slug=room_obj.slug) for m in history]})
     if request.method != "POST":
