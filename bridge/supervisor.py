@@ -1,0 +1,165 @@
+"""Background loops that keep running: every task a process starts is kept here and watched.
+
+`Supervisor.run(name, factory)` keeps a long-running coroutine alive: when it
+raises, the failure is logged (once per streak), reported to `HEALTH` as
+`loop:<name>`, and the coroutine is started again after a back-off that
+doubles up to `backoff_max`. `Supervisor.every(name, interval, func)` runs
+`func` every `interval` seconds the same way; the next run is scheduled by the
+supervisor itself, never through a channel-layer message that can be lost.
+
+    supervisor = Supervisor("worker")
+    supervisor.every("reconcile", 30, reconcile_once)
+    ...
+    await supervisor.stop()   # cancels every loop and waits for them
+
+Nothing here swallows `CancelledError`: stopping is always possible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from bridge.health import HEALTH, Health
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoopStats:
+    runs: int = 0
+    failures: int = 0
+    last_ok: float | None = None
+    last_error: str = ""
+
+
+class Supervisor:
+    def __init__(
+        self,
+        name: str,
+        *,
+        health: Health = HEALTH,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+    ) -> None:
+        self.name = name
+        self.health = health
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.stats: dict[str, LoopStats] = {}
+
+    def _check(self, loop: str) -> str:
+        return f"loop:{self.name}.{loop}"
+
+    def run(
+        self,
+        loop: str,
+        factory: Callable[[], Awaitable[None]],
+        *,
+        critical: bool = False,
+    ) -> asyncio.Task[None]:
+        """Keep `factory()` running; restart it with back-off whenever it returns or raises."""
+        return self._start(loop, self._keep_running(loop, factory, critical))
+
+    def every(
+        self,
+        loop: str,
+        interval: float,
+        func: Callable[[], Awaitable[None]],
+        *,
+        first_delay: float = 0.0,
+        critical: bool = False,
+    ) -> asyncio.Task[None]:
+        """Run `func()` now (after `first_delay`) and then every `interval` seconds."""
+        return self._start(loop, self._periodic(loop, interval, func, first_delay, critical))
+
+    def _start(self, loop: str, coro: Awaitable[None]) -> asyncio.Task[None]:
+        if loop in self._tasks and not self._tasks[loop].done():
+            raise RuntimeError(f"loop {loop!r} of {self.name} is already running")
+        self.stats[loop] = LoopStats()
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        task.set_name(f"{self.name}.{loop}")
+        self._tasks[loop] = task
+        return task
+
+    def running(self, loop: str) -> bool:
+        task = self._tasks.get(loop)
+        return task is not None and not task.done()
+
+    async def _keep_running(
+        self, loop: str, factory: Callable[[], Awaitable[None]], critical: bool
+    ) -> None:
+        delay = self.backoff_initial
+        stats = self.stats[loop]
+        while True:
+            started = time.monotonic()
+            self.health.ok(self._check(loop), critical=critical)
+            try:
+                await factory()
+                stats.runs += 1
+                logger.warning("%s.%s returned; starting it again", self.name, loop)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a supervisor outlives its loops
+                stats.failures += 1
+                stats.last_error = f"{type(exc).__name__}: {exc}"
+                self.health.failing(self._check(loop), stats.last_error, critical=critical)
+                logger.warning(
+                    "%s.%s failed (%s); restarting in %.1f s",
+                    self.name,
+                    loop,
+                    stats.last_error,
+                    delay,
+                    exc_info=stats.failures == 1,
+                )
+            if time.monotonic() - started > 60:
+                delay = self.backoff_initial  # it ran for a while: a fresh failure, not a streak
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.backoff_max)
+
+    async def _periodic(
+        self,
+        loop: str,
+        interval: float,
+        func: Callable[[], Awaitable[None]],
+        first_delay: float,
+        critical: bool,
+    ) -> None:
+        stats = self.stats[loop]
+        streak = 0
+        if first_delay:
+            await asyncio.sleep(first_delay)
+        while True:
+            try:
+                await func()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the next run may succeed
+                streak += 1
+                stats.failures += 1
+                stats.last_error = f"{type(exc).__name__}: {exc}"
+                self.health.failing(self._check(loop), stats.last_error, critical=critical)
+                if streak == 1:
+                    logger.warning("%s.%s failed: %s", self.name, loop, stats.last_error, exc_info=True)
+                wait = min(self.backoff_initial * 2 ** (streak - 1), self.backoff_max, interval)
+            else:
+                streak = 0
+                stats.runs += 1
+                stats.last_ok = time.time()
+                self.health.ok(self._check(loop), critical=critical)
+                wait = interval
+            await asyncio.sleep(wait)
+
+    async def stop(self) -> None:
+        """Cancel every loop and wait for them to end."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for loop in self._tasks:
+            self.health.forget(self._check(loop))
+        self._tasks.clear()

@@ -1,0 +1,67 @@
+"""The supervisor outlives its loops and tells the health registry."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bridge.health import Health
+from bridge.supervisor import Supervisor
+
+
+async def test_a_failing_loop_is_restarted_and_reported() -> None:
+    health = Health()
+    supervisor = Supervisor("t", health=health, backoff_initial=0.01, backoff_max=0.02)
+    calls = 0
+    recovered = asyncio.Event()
+
+    async def flaky() -> None:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise ConnectionError("redis went away")
+        recovered.set()
+        await asyncio.Event().wait()
+
+    supervisor.run("flaky", flaky, critical=True)
+    await asyncio.wait_for(recovered.wait(), 2)
+    assert calls == 3
+    assert supervisor.stats["flaky"].failures == 2
+    assert health.snapshot()["loop:t.flaky"].ok
+    await supervisor.stop()
+    assert "loop:t.flaky" not in health.snapshot()
+
+
+async def test_a_periodic_loop_keeps_its_schedule_after_failures() -> None:
+    health = Health()
+    supervisor = Supervisor("t", health=health, backoff_initial=0.01)
+    runs: list[int] = []
+
+    async def tick() -> None:
+        runs.append(len(runs))
+        if len(runs) == 2:
+            raise TimeoutError("frozen")
+
+    supervisor.every("tick", 0.02, tick, critical=True)
+    while len(runs) < 2:
+        await asyncio.sleep(0.005)
+    # The failure shows until the next successful run.
+    assert not health.ready() or len(runs) > 2
+    while len(runs) < 5:
+        await asyncio.sleep(0.005)
+    assert health.ready()
+    assert supervisor.stats["tick"].failures == 1
+    await supervisor.stop()
+
+
+def test_health_logs_a_change_once_and_keeps_its_start() -> None:
+    health = Health()
+    health.failing("redis", ConnectionError("refused"))
+    first = health.snapshot()["redis"].since
+    health.failing("redis", ConnectionError("refused"))
+    assert health.snapshot()["redis"].since == first
+    body = health.as_json()
+    assert body["status"] == "unavailable"
+    health.ok("redis")
+    assert health.as_json()["status"] == "ok"
+    health.failing("janitor", "x", critical=False)
+    assert health.ready()
