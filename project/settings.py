@@ -28,6 +28,9 @@ ALLOWED_HOSTS = env.list(
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
+    # daphne first: its runserver (ASGI: HTTP and WebSocket, static files with DEBUG)
+    # replaces Django's WSGI one, Channels' convention.
+    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
