@@ -184,6 +184,13 @@ BRIDGE_EMBEDDED_SERVICES = env.list(
     ],
 )
 
+# --- Ops ------------------------------------------------------------------------
+
+# The health endpoint of runmqtt, runxmpp and runworker (bridge/ops.py): /healthz and
+# /readyz on OPS_HOST:OPS_PORT; 0 is off (each command's --ops-port overrides it).
+OPS_HOST = env.str("OPS_HOST", default="127.0.0.1")
+OPS_PORT = env.int("OPS_PORT", 0, minimum=0)
+
 # --- MQTT -------------------------------------------------------------------
 
 # mqtt://user:password@host:1883/?client_id=bridge-1 (mqtts:// for TLS); unset: the embedded broker.

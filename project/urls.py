@@ -12,6 +12,7 @@ urlpatterns = [
     path("api/rooms/<str:room>/messages/", api.messages),  # the same, for slash habits
     path("api/devices/<str:device>/commands", devices.commands, name="api-device-commands"),
     path("healthz", api.healthz, name="healthz"),
+    path("readyz", api.readyz, name="readyz"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

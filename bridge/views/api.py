@@ -8,7 +8,6 @@ from functools import wraps
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -23,6 +22,8 @@ from bridge.exceptions import (
     RoomNotFound,
     TooLarge,
 )
+from bridge.health import HEALTH
+from bridge.probes import probe_channel_layer, probe_database
 from bridge.selectors import message_history, room_get, room_list, room_visible
 from bridge.services.identities import identity_for_user
 from bridge.services.messages import message_post
@@ -138,35 +139,17 @@ def messages(request: HttpRequest, room: str) -> HttpResponse:
     return response
 
 
-def _redis_ok() -> str | None:
-    """None when the channel layer's Redis answers (or there is none); else why not."""
-    if not settings.REDIS_URL:
-        return None
-    import redis
-
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        return str(exc)
-    finally:
-        client.close()
-    return None
+@allow("GET", "HEAD")
+def healthz(request: HttpRequest) -> HttpResponse:
+    """Alive: 200 as long as this process answers HTTP (it serves history and stores posts
+    even while Redis is away); whether its dependencies answer is `/readyz`."""
+    return JsonResponse({"status": "ok"})
 
 
 @allow("GET", "HEAD")
-def healthz(request: HttpRequest) -> HttpResponse:
-    """200 once this process can store and fan out; 503 with the reason while it cannot."""
-    problems: dict[str, str] = {}
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-    except DatabaseError as exc:
-        problems["database"] = str(exc)
-    redis_problem = _redis_ok()
-    if redis_problem is not None:
-        problems["channel_layer"] = redis_problem
-    if problems:
-        logger.warning("health check failed: %s", problems)
-        return JsonResponse({"status": "unavailable", **problems}, status=503)
-    return JsonResponse({"status": "ok"})
+def readyz(request: HttpRequest) -> HttpResponse:
+    """Ready: the database and the channel layer probed now, plus this process's loops;
+    503 with each failing check's reason while any critical one fails."""
+    probe_database()
+    probe_channel_layer()
+    return JsonResponse(HEALTH.as_json(), status=200 if HEALTH.ready() else 503)

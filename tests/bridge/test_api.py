@@ -4,10 +4,11 @@ import json
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.test import Client
+from django.test import Client, override_settings
 
 from bridge.models import ApiToken, Message, Room
 from bridge.services.rooms import room_create
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -113,6 +114,19 @@ def test_session_post_needs_csrf(lobby: Room) -> None:
 def test_healthz(client: Client) -> None:
     response = client.get("/healthz")
     assert response.status_code == 200 and response.json()["status"] == "ok"
+
+
+def test_readyz_probes_the_database_and_the_channel_layer(client: Client) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok" and response.json()["checks"]["database"]["ok"] is True
+    with override_settings(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"):  # nothing listens there
+        refused = client.get("/readyz")
+        alive = client.get("/healthz")
+    assert refused.status_code == 503 and refused.json()["status"] == "unavailable"
+    assert refused.json()["checks"]["channel_layer"]["ok"] is False
+    assert alive.status_code == 200  # alive: history and posts still work without Redis
+    assert client.get("/readyz").status_code == 200  # the in-memory layer again: ready
 
 
 def test_pages_escape_what_they_show(client: Client) -> None:

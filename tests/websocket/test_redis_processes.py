@@ -100,15 +100,3 @@ async def test_a_burst_of_handshakes_all_join_the_group(stack: Stack) -> None:
         assert {t["message"]["text"] for t in texts} == {"to all"}
     finally:
         await asyncio.gather(*[sock.close() for sock in sockets])
-
-
-def test_healthz_is_503_while_redis_is_unreachable(tmp_path: Path) -> None:
-    from tests.support.processes import free_port
-
-    stack = provision(tmp_path, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
-    try:
-        base = stack.asgi("asgi")
-        status, body = request(f"{base}/healthz")
-        assert status == 503 and body["status"] == "unavailable" and "channel_layer" in body
-    finally:
-        stack.stop()

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
+from bridge.ops import add_ops_argument, ops_endpoint
 from protocols.mqtt.config import MqttConfig
 from protocols.mqtt.server import MqttServer, MqttServerError
 
@@ -24,6 +25,7 @@ class Command(BaseCommand):
             default=None,
             help="this process's MQTT client id (stable across restarts; distinct per process)",
         )
+        add_ops_argument(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not settings.MQTT_URL:
@@ -35,12 +37,12 @@ class Command(BaseCommand):
         self.stdout.write(f"runmqtt: {config.broker} as {config.client_id}")
         self.stdout.flush()
         try:
-            asyncio.run(self._main(config))
+            asyncio.run(self._main(config, options["ops_port"]))
         except KeyboardInterrupt:
             pass
         self.stdout.write("runmqtt stopped")
 
-    async def _main(self, config: MqttConfig) -> None:
+    async def _main(self, config: MqttConfig, ops_port: int | None) -> None:
         from project.asgi import application
 
         main = asyncio.current_task()
@@ -48,7 +50,8 @@ class Command(BaseCommand):
         if main is not None:
             loop.add_signal_handler(signal.SIGTERM, main.cancel)
         try:
-            await MqttServer(application, config).run()
+            async with ops_endpoint(ops_port):
+                await MqttServer(application, config).run()
         except asyncio.CancelledError:
             pass
         except MqttServerError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
 from typing import Any
@@ -9,12 +10,16 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from bridge.ops import add_ops_argument, ops_endpoint
 from protocols.xmpp.config import HOW_TO_ENABLE, XmppConfig, xmpp_config
 from protocols.xmpp.server import XmppServer
 
 
 class Command(BaseCommand):
     help = "Run the XMPP protocol server: bridges every public room to a multi-user chat."
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_ops_argument(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         config = xmpp_config()
@@ -33,18 +38,19 @@ class Command(BaseCommand):
         )
         self.stdout.flush()
         try:
-            asyncio.run(self._main(application, config))
+            asyncio.run(self._main(application, config, options["ops_port"]))
         except KeyboardInterrupt:
             pass
         self.stdout.write("xmpp stopped")
 
-    async def _main(self, application: Any, config: XmppConfig) -> None:
+    async def _main(self, application: Any, config: XmppConfig, ops_port: int | None) -> None:
         # slixmpp binds to the running loop: build the server inside it.
         server = XmppServer(application=application, config=config)
         main = asyncio.current_task()
         if main is not None:
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
         try:
-            await server.run()
+            async with ops_endpoint(ops_port):
+                await server.run()
         except asyncio.CancelledError:
             pass
