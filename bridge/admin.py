@@ -12,6 +12,7 @@ from bridge.models import (
     Message,
     Presence,
     Room,
+    RoomMember,
     Task,
     Telemetry,
 )
@@ -19,9 +20,19 @@ from bridge.services.identities import identity_get_or_create
 from bridge.services.rooms import rooms_changed
 
 
+class RoomMemberInline(admin.TabularInline):
+    """Who belongs to the room (users, groups, XMPP addresses); devices: on the device's page."""
+
+    model = RoomMember
+    extra = 1
+    raw_id_fields = ("user",)
+    fields = ("user", "group", "jid", "role")
+
+
 @admin.register(Room)
 class RoomAdmin(admin.ModelAdmin):
     list_display = ("slug", "title", "private", "last_seq", "message_count", "last_message_at")
+    inlines = (RoomMemberInline,)
     search_fields = ("slug", "title")
     readonly_fields = ("last_seq", "message_count", "last_message_at", "senders_24h", "created")
 
@@ -72,7 +83,7 @@ class DeviceAdmin(admin.ModelAdmin):
     list_display = ("device_id", "enabled", "status", "last_seen", "created")
     list_filter = ("enabled", "status")
     search_fields = ("device_id",)
-    filter_horizontal = ("post_rooms", "listen_rooms")
+    filter_horizontal = ("post_rooms", "listen_rooms", "operators")
     readonly_fields = ("identity", "status", "last_seen", "created")
 
     def save_model(self, request: Any, obj: Device, form: Any, change: bool) -> None:

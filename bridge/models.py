@@ -19,7 +19,8 @@ class Room(models.Model):
     slug = models.CharField(max_length=64, unique=True, validators=[room_slug_validator])
     title = models.CharField(max_length=200, blank=True)
     private = models.BooleanField(
-        default=False, help_text="Private rooms are visible only to signed-in users."
+        default=False,
+        help_text="Private rooms are read and written only by their members (see Room members).",
     )
     created = models.DateTimeField(auto_now_add=True)
     # The last seq handed out; bumped under the row lock in the same transaction as the message.
@@ -52,6 +53,71 @@ class Room(models.Model):
     @property
     def display_title(self) -> str:
         return self.title or self.slug
+
+
+class RoomMember(models.Model):
+    """Who belongs to a private room: a Django user, a group of users, or an XMPP address.
+
+    Devices belong to rooms through `Device.post_rooms` / `Device.listen_rooms`
+    (one place for a device's rooms); `bridge.access` reads both. A JID member
+    may name the Django user behind it, where known. Admins of a room manage
+    its members over the API.
+    """
+
+    class Role(models.TextChoices):
+        MEMBER = "member"
+        ADMIN = "admin"
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="members")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
+        related_name="room_memberships",
+    )
+    group = models.ForeignKey(
+        "auth.Group", null=True, blank=True, on_delete=models.CASCADE,
+        related_name="room_memberships",
+    )
+    jid = models.CharField(
+        max_length=320, blank=True,
+        help_text="A bare XMPP address (user@domain), lower case. With 'user' set: that user's JID.",
+    )
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["room", "id"]
+        constraints = [
+            # A user, a group, or a JID alone; a user may carry its JID.
+            models.CheckConstraint(
+                condition=(
+                    Q(user__isnull=False, group__isnull=True)
+                    | Q(user__isnull=True, group__isnull=False, jid="")
+                    | Q(user__isnull=True, group__isnull=True) & ~Q(jid="")
+                ),
+                name="roommember_one_kind",
+            ),
+            models.UniqueConstraint(
+                fields=["room", "user"], condition=Q(user__isnull=False), name="roommember_room_user"
+            ),
+            models.UniqueConstraint(
+                fields=["room", "group"], condition=Q(group__isnull=False),
+                name="roommember_room_group",
+            ),
+            models.UniqueConstraint(
+                fields=["room", "jid"], condition=~Q(jid=""), name="roommember_room_jid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.room_id}: {self.label}"
+
+    @property
+    def label(self) -> str:
+        if self.user_id is not None:
+            return f"user:{self.user}" + (f" ({self.jid})" if self.jid else "")
+        if self.group_id is not None:
+            return f"group:{self.group}"
+        return f"jid:{self.jid}"
 
 
 class Identity(models.Model):
@@ -225,6 +291,10 @@ class Device(models.Model):
     )
     listen_rooms = models.ManyToManyField(
         Room, blank=True, related_name="listening_devices", help_text="Rooms it listens to."
+    )
+    operators = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, blank=True, related_name="operated_devices",
+        help_text="Users who may command it without sharing a room with it.",
     )
     enabled = models.BooleanField(default=True)
     status = models.CharField(max_length=16, blank=True, editable=False)

@@ -37,3 +37,17 @@ def room_group(slug: str) -> str:
 
 # Edges that bridge every room join this group to hear of rooms created or changed.
 ROOMS_GROUP: Final = "rooms"
+
+
+def room_access_group(slug: str) -> str:
+    """Sockets reading a room join this: told when who may read it changes."""
+    return f"access.room.{slug}"
+
+
+def user_access_group(user_id: int | str) -> str:
+    """A user's sockets join this: told on logout, deactivation, a new password, a revoked token."""
+    return f"access.user.{user_id}"
+
+
+# MQTT edges join this to hear that a device, its rooms or its operators changed.
+DEVICE_ACCESS_GROUP: Final = "device-access"

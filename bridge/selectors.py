@@ -5,9 +5,10 @@ from __future__ import annotations
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import QuerySet
 
-from bridge.exceptions import InvalidInput, RoomNotFound
-from bridge.models import Message, Room
-from bridge.names import is_room_slug
+from bridge.access import can_read, readable_rooms
+from bridge.exceptions import InvalidInput, NotFound, RoomNotFound
+from bridge.models import Device, Message, Room
+from bridge.names import is_device_id, is_room_slug
 
 MAX_HISTORY = 500
 
@@ -21,15 +22,27 @@ def room_get(*, slug: str) -> Room:
         raise RoomNotFound(f"No room {slug!r}.") from exc
 
 
+def device_get(*, device_id: str) -> Device:
+    if not is_device_id(device_id):
+        raise InvalidInput(
+            f"{device_id!r} is not a device id: 1-64 of A-Z a-z 0-9 _ . -, "
+            "starting with a letter or digit.",
+            code="invalid_device",
+        )
+    device = Device.objects.filter(device_id=device_id).first()
+    if device is None:
+        raise NotFound(f"Unknown device {device_id!r}.", code="unknown_device")
+    return device
+
+
 def room_list(*, user: AbstractBaseUser | AnonymousUser | None = None) -> QuerySet[Room]:
-    rooms = Room.objects.all()
-    if user is None or not user.is_authenticated:
-        rooms = rooms.filter(private=False)
-    return rooms
+    """The rooms the user may read (`bridge.access`)."""
+    return readable_rooms(user)
 
 
 def room_visible(room: Room, user: AbstractBaseUser | AnonymousUser | None) -> bool:
-    return not room.private or (user is not None and user.is_authenticated)
+    """May the user read the room (`bridge.access.can_read`)."""
+    return can_read(user, room)
 
 
 def message_history(

@@ -74,8 +74,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
         try:
             after = self._after_param()
             room = await database_sync_to_async(room_get)(slug=slug)
-            if not room_visible(room, user):
-                raise Forbidden("This room is private: sign in to join it.")
+            if not await database_sync_to_async(room_visible)(room, user):
+                raise Forbidden("This room is private: only its members may join it.")
         except BridgeError as exc:
             await self.accept()
             await self.send_error(exc)

@@ -8,8 +8,10 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from bridge.models import ApiToken, DeviceCommand
+from bridge.models import ApiToken, Device, DeviceCommand
+from bridge.selectors import room_get
 from bridge.services.devices import device_commands_claim, device_register
+from bridge.services.members import MemberRef, member_add
 from bridge.services.rooms import room_create
 
 pytestmark = pytest.mark.django_db
@@ -20,6 +22,8 @@ def token() -> str:
     user = get_user_model().objects.create_user(username="ops", password="pw")
     room_create(slug="lobby")
     device_register(device_id="pump-7", post_rooms=["lobby"])
+    # The tie that lets ops command pump-7: a member of a room the device is in.
+    member_add(room=room_get(slug="lobby"), member=MemberRef(username="ops"))
     return ApiToken.objects.create(user=user).key
 
 
@@ -59,3 +63,14 @@ def test_bad_commands_are_refused(
     got_status, got = post(client, device, body, token if auth else None)
     assert (got_status, got["error"]["code"]) == (status, code)
     assert DeviceCommand.objects.count() == 0
+
+
+def test_a_user_without_a_tie_to_the_device_is_refused(client: Client, token: str) -> None:
+    stranger = get_user_model().objects.create_user(username="stranger", password="pw")
+    other = ApiToken.objects.create(user=stranger).key
+    status, body = post(client, "pump-7", {"text": "start"}, other)
+    assert (status, body["error"]["code"]) == (403, "forbidden_device")
+    assert DeviceCommand.objects.count() == 0
+    # An operator of the device needs no room.
+    Device.objects.get(device_id="pump-7").operators.add(stranger)
+    assert post(client, "pump-7", {"text": "start"}, other)[0] == 202

@@ -8,6 +8,7 @@ from channels.db import database_sync_to_async
 
 from bridge.models import Message, Room
 from bridge.services.identities import identity_get_or_create
+from bridge.services.members import MemberRef, member_add
 from bridge.services.messages import message_post, message_store
 from bridge.services.rooms import room_create
 
@@ -140,13 +141,20 @@ async def test_unknown_room_gets_an_error_and_a_close(ws: Any, lobby: Room, path
     assert not await database_sync_to_async(Room.objects.filter(slug="nowhere").exists)()
 
 
-async def test_private_room_needs_sign_in(ws: Any, session_for: Any, db: None) -> None:
-    await database_sync_to_async(room_create)(slug="secret", private=True)
+async def test_private_room_is_for_members(ws: Any, session_for: Any, db: None) -> None:
+    room = await database_sync_to_async(room_create)(slug="secret", private=True)
     comm = ws("/ws/rooms/secret/")
     assert (await comm.connect())[0]
     assert (await comm.receive_json_from())["code"] == "forbidden"
     assert (await comm.receive_output())["code"] == 4403
-    member = ws("/ws/rooms/secret/", cookie=await session_for("alice"))
+    # Signed in is not enough: a non-member is refused the same way.
+    outsider = ws("/ws/rooms/secret/", cookie=await session_for("mallory"))
+    assert (await outsider.connect())[0]
+    assert (await outsider.receive_json_from())["code"] == "forbidden"
+    assert (await outsider.receive_output())["code"] == 4403
+    cookie = await session_for("alice")
+    await database_sync_to_async(member_add)(room=room, member=MemberRef(username="alice"))
+    member = ws("/ws/rooms/secret/", cookie=cookie)
     assert (await member.connect())[0]
     assert (await member.receive_json_from())["type"] == "history"
     await member.disconnect()

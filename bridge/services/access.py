@@ -1,0 +1,69 @@
+"""Telling the edges that who may read, post or command changed, after the commit.
+
+Three audiences, each through its own channel-layer groups so no edge gets an
+event it has no handler for:
+- the WebSocket sockets of a room (`room_access_group`) and of a user
+  (`user_access_group`): each re-asks `bridge.access` and closes if it lost access;
+- edges that bridge every room (`ROOMS_GROUP`, `rooms.changed`): XMPP keeps
+  its rooms and affiliations in step;
+- MQTT edges (`DEVICE_ACCESS_GROUP`, `devices.changed`): they push device
+  permissions to the broker.
+
+At most once, like every channel-layer message; the MQTT and XMPP edges also
+resync periodically. Sent only after the transaction commits, so a listener
+re-reading the database sees the change.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+from bridge.names import DEVICE_ACCESS_GROUP, ROOMS_GROUP, room_access_group, user_access_group
+
+logger = logging.getLogger(__name__)
+
+
+async def aaccess_changed(
+    *, rooms: Iterable[str] = (), users: Iterable[int] = (), devices: Iterable[str] = (),
+    reason: str = "access_changed",
+) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    for slug in set(rooms):
+        await layer.group_send(room_access_group(slug), {"type": "access.changed", "reason": reason})
+        await layer.group_send(ROOMS_GROUP, {"type": "rooms.changed", "room": slug})
+    for user_id in set(users):
+        await layer.group_send(user_access_group(user_id), {"type": "access.changed", "reason": reason})
+    device_ids = sorted(set(devices))
+    if device_ids:
+        await layer.group_send(DEVICE_ACCESS_GROUP, {"type": "devices.changed", "devices": device_ids})
+
+
+def access_changed(
+    *, rooms: Iterable[str] = (), users: Iterable[int] = (), devices: Iterable[str] = (),
+    reason: str = "access_changed",
+) -> None:
+    """Announce now (call it after the commit). A failure is logged, never raised: the
+    change is stored, and the edges' periodic resync or the next connect applies it."""
+    try:
+        async_to_sync(aaccess_changed)(rooms=rooms, users=users, devices=devices, reason=reason)
+    except Exception:  # the channel layer's Redis is away: the change itself is committed
+        logger.warning("could not announce an access change (rooms %s, users %s, devices %s)",
+                       list(rooms), list(users), list(devices), exc_info=True)
+
+
+def access_changed_on_commit(
+    *, rooms: Iterable[str] = (), users: Iterable[int] = (), devices: Iterable[str] = (),
+    reason: str = "access_changed",
+) -> None:
+    """Announce once the current transaction commits (at once outside a transaction)."""
+    rooms, users, devices = list(rooms), list(users), list(devices)
+    transaction.on_commit(
+        lambda: access_changed(rooms=rooms, users=users, devices=devices, reason=reason)
+    )
