@@ -40,10 +40,6 @@ http_ports = {}
 https_ports = {}
 c2s_direct_tls_ports = {}
 
--- The bridge creates and owns the rooms: only admins may create rooms, and the
--- component's own domain is an admin, so its relay occupant owns every room.
-admins = { component }
-
 modules_enabled = {
 	"roster"; "saslauth"; "disco"; "ping"; "time"; "version";
 	"register"; "carbons"; "mam"; "limits";
@@ -69,19 +65,13 @@ limits = {
 
 VirtualHost (domain)
 
+-- The MUC service keeps Prosody's defaults (rooms locked until their owner
+-- configures them, as XEP-0045 says); the bridge needs no admin rights: it
+-- creates each room it bridges and configures it through the owner form
+-- (persistent, public or members-only, name, history, archiving).
 Component (muc_service) "muc"
 	modules_enabled = { "muc_mam" }
 	name = "Bridge rooms"
-	restrict_room_creation = true
-	muc_room_locking = false
-	muc_room_default_public = true
-	muc_room_default_persistent = true
-	muc_room_default_history_length = 50
-	max_history_messages = 100
-	muc_log_by_default = true
-	muc_log_all_rooms = true
-	muc_log_expires_after = "never"
-	max_archive_query_results = 500
 
 Component (component)
 	component_secret = secret

@@ -23,22 +23,20 @@ HOW_TO_ENABLE = (
 
 @dataclass(frozen=True, kw_only=True)
 class XmppConfig:
+    """The connection: what the protocol server needs (the application's is `EdgeConfig`)."""
+
     domain: str
     component: str
     secret: str
     host: str
     port: int
     muc_service: str
-    nick: str = "bridge"
-    # Per XMPP occupant: a bucket of `burst` messages refilled at `rate` per second.
-    rate: float = 2.0
-    burst: int = 10
     # Seconds between reconnect attempts grow from `backoff_min` to `backoff_max`.
     backoff_min: float = 0.5
     backoff_max: float = 5.0
 
     def __post_init__(self) -> None:
-        for name in ("domain", "component", "muc_service", "nick"):
+        for name in ("domain", "component", "muc_service"):
             value = getattr(self, name)
             if not value or "@" in value or "/" in value:
                 raise ImproperlyConfigured(f"XMPP {name} must be a bare domain, got {value!r}")
@@ -58,7 +56,36 @@ def xmpp_config() -> XmppConfig | None:
         host=values["XMPP_SERVER_HOST"],
         port=int(getattr(settings, "XMPP_SERVER_PORT", 5347)),
         muc_service=values["XMPP_MUC_SERVICE"],
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EdgeConfig:
+    """What the bridge's XMPP application needs, read once per component connection."""
+
+    nick: str = "bridge"
+    # Per XMPP sender (its real bare JID): a bucket of `burst` messages refilled at `rate`/s.
+    rate: float = 2.0
+    burst: int = 10
+    # Seconds between checks for rooms the edge was not told of (and occupant renewals).
+    room_sync_interval: float = 30.0
+    # Seconds a puppet's join may go unanswered before its messages go through the relay.
+    join_timeout: float = 5.0
+    # Seconds before a puppet the room refused is tried again (doubling, capped).
+    puppet_retry: float = 5.0
+    puppet_retry_max: float = 300.0
+    # Seconds the room may take to echo a message before it counts as refused and is resent.
+    echo_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.nick.strip() or "/" in self.nick:
+            raise ImproperlyConfigured(f"XMPP_BRIDGE_NICK must be a nickname, got {self.nick!r}")
+
+
+def edge_config() -> EdgeConfig:
+    return EdgeConfig(
         nick=str(getattr(settings, "XMPP_BRIDGE_NICK", "bridge")),
         rate=float(getattr(settings, "XMPP_RATE", 2.0)),
         burst=int(getattr(settings, "XMPP_BURST", 10)),
+        room_sync_interval=float(getattr(settings, "XMPP_ROOM_SYNC_INTERVAL", 30)),
     )

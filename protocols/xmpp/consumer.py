@@ -7,6 +7,7 @@ from channels.consumer import AsyncConsumer
 from protocols.xmpp.events import (
     XmppConnectEvent,
     XmppDisconnectEvent,
+    XmppIqEvent,
     XmppMessageEvent,
     XmppPresenceEvent,
     XmppScope,
@@ -18,7 +19,8 @@ class XmppConsumer(AsyncConsumer):
 
     Hooks: `connect` (the server accepted the component, after every reconnect),
     `disconnect` (the stream is gone; sends are dropped until the next connect),
-    `receive_message` and `receive_presence` (one stanza each).
+    `receive_message`, `receive_presence` and `receive_iq` (one stanza each; IQs are the
+    answers to the application's own requests).
     """
 
     scope: XmppScope
@@ -37,6 +39,9 @@ class XmppConsumer(AsyncConsumer):
     async def xmpp_presence(self, event: XmppPresenceEvent) -> None:
         await self.receive_presence(event)
 
+    async def xmpp_iq(self, event: XmppIqEvent) -> None:
+        await self.receive_iq(event)
+
     # --- hooks ------------------------------------------------------------------
 
     async def connect(self) -> None:
@@ -49,6 +54,9 @@ class XmppConsumer(AsyncConsumer):
         pass
 
     async def receive_presence(self, event: XmppPresenceEvent) -> None:
+        pass
+
+    async def receive_iq(self, event: XmppIqEvent) -> None:
         pass
 
     # --- to the server ----------------------------------------------------------

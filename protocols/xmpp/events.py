@@ -65,6 +65,36 @@ class XmppPresenceEvent(TypedDict):
     error_condition: str
 
 
+class FormField(TypedDict):
+    """One field of a XEP-0004 data form, as a room's owner form offers it."""
+
+    var: str
+    type: str  # boolean, text-single, list-single, hidden, ...
+    values: list[str]
+    options: list[str]
+
+
+class AffiliationItem(TypedDict):
+    jid: str  # a bare JID
+    affiliation: str  # owner, admin, member, outcast, none
+
+
+class XmppIqEvent(TypedDict):
+    """The answer to an IQ the application sent (requests to the component are answered by
+    the protocol server itself)."""
+
+    type: Literal["xmpp.iq"]
+    id: str
+    sender: str
+    to: str
+    iq_type: str  # result, error
+    error_condition: str
+    # A muc#owner result: the room's configuration form (empty otherwise).
+    form: list[FormField]
+    # A muc#admin result: the affiliation list asked for (empty otherwise).
+    items: list[AffiliationItem]
+
+
 # --- application to server ---------------------------------------------------
 
 
@@ -103,5 +133,25 @@ class XmppSendErrorEvent(TypedDict):
     text: str
 
 
-XmppIncoming = XmppConnectEvent | XmppDisconnectEvent | XmppMessageEvent | XmppPresenceEvent
-XmppOutgoing = XmppSendMessageEvent | XmppSendPresenceEvent | XmppSendErrorEvent
+class XmppSendIqEvent(TypedDict):
+    """A XEP-0045 owner or admin request to a room; its answer comes back as `xmpp.iq`.
+
+    query "owner", iq_type "get": ask for the configuration form; "set" with `form`: submit
+    it (an empty `form` accepts the server's defaults, an instant room). query "admin",
+    iq_type "get" with one item: list the JIDs of that affiliation; "set": change `items`.
+    """
+
+    type: Literal["xmpp.iq"]
+    sender: str
+    to: str
+    id: str
+    iq_type: Literal["get", "set"]
+    query: Literal["owner", "admin"]
+    form: NotRequired[dict[str, list[str]]]
+    items: NotRequired[list[AffiliationItem]]
+
+
+XmppIncoming = (
+    XmppConnectEvent | XmppDisconnectEvent | XmppMessageEvent | XmppPresenceEvent | XmppIqEvent
+)
+XmppOutgoing = XmppSendMessageEvent | XmppSendPresenceEvent | XmppSendErrorEvent | XmppSendIqEvent

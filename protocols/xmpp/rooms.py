@@ -1,131 +1,249 @@
-"""What the XMPP edge knows about one bridged room: occupants, puppets, and what is in flight.
+"""The life of a bridged room (XEP-0045): join, configure when we own it, catch up, ready, leave.
 
-Plain state, no I/O: the consumer reads stanzas into it and decides what to send.
+A room the bridge creates (status 201) is locked until its owner configures
+it: the relay asks for the owner form (`muc#owner`), submits
+`muc#roomconfig` values for what the bridge needs (persistent, public or
+members-only, a name and description from the Django room, history,
+archiving) on top of the server's own values, and only then goes on. A room
+the relay owns already is configured again the same way, so a renamed or
+privatised Django room follows. A room it does not own is bridged as far as it
+allows: what is missing is said once in the log and shown in the health
+report (`xmpp:room:<room>`, not critical).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import itertools
+import logging
+from typing import TYPE_CHECKING
 
-from bridge.envelope import Sender
-from protocols.xmpp.addresses import Jid, puppet_jid, puppet_nick
+from channels.db import database_sync_to_async
 
-SenderKey = tuple[str, str]
-# Outbound messages not yet echoed by the room, at most this many per room at a time.
-WINDOW = 20
-# History the relay asks for on (re)join: what was sent but not confirmed before a drop. > WINDOW.
-REJOIN_HISTORY = 50
+from bridge.health import HEALTH
+from bridge.names import room_group
+from protocols.xmpp import store
+from protocols.xmpp.addresses import occupant_jid, room_jid
+from protocols.xmpp.events import FormField, XmppIqEvent, XmppPresenceEvent
+from protocols.xmpp.link import REJOIN_HISTORY, LinkState, RoomLink
+
+if TYPE_CHECKING:
+    from protocols.xmpp.consumers import BridgeXmppConsumer
+
+logger = logging.getLogger(__name__)
+
+ROOMCONFIG = "muc#roomconfig_"
+HISTORY_LENGTH = 50
+_iq_ids = itertools.count(1)
 
 
-def sender_key(sender: Sender) -> SenderKey:
-    return (sender["kind"], sender["name"])
+def room_config_wanted(*, title: str, private: bool) -> dict[str, list[str]]:
+    """The owner-form values the bridge asks for; fields a server does not offer are skipped."""
+    flag = {True: ["1"], False: ["0"]}
+    return {
+        f"{ROOMCONFIG}roomname": [title],
+        f"{ROOMCONFIG}roomdesc": [f"{title}: shared with the web and MQTT devices by the bridge"],
+        f"{ROOMCONFIG}persistentroom": flag[True],
+        f"{ROOMCONFIG}publicroom": flag[not private],
+        f"{ROOMCONFIG}membersonly": flag[private],
+        # Everyone in may speak: bridged senders are ordinary participants.
+        f"{ROOMCONFIG}moderatedroom": flag[False],
+        # History for clients joining, and the room's archive (Prosody, then ejabberd's names).
+        f"{ROOMCONFIG}historylength": [str(HISTORY_LENGTH)],
+        "muc#maxhistoryfetch": [str(HISTORY_LENGTH)],
+        f"{ROOMCONFIG}enablearchiving": flag[True],
+        "mam": flag[True],
+        f"{ROOMCONFIG}mam": flag[True],
+    }
 
 
-@dataclass
-class Puppet:
-    """A bridged sender's occupant: joined while its sender is online or still has to speak."""
+def form_submission(form: list[FormField], wanted: dict[str, list[str]]) -> tuple[dict[str, list[str]], list[str]]:
+    """The form to submit (the server's values, ours where it offers the field) and what it lacks."""
+    submitted: dict[str, list[str]] = {}
+    for field in form:
+        if not field["var"] or field["type"] == "fixed":
+            continue
+        values = wanted.get(field["var"], field["values"])
+        if field["options"] and not set(values) <= set(field["options"]):
+            values = field["values"]  # not a value this server allows: keep its own
+        submitted[field["var"]] = values
+    offered = set(submitted)
+    lacks = []
+    if f"{ROOMCONFIG}persistentroom" not in offered:
+        lacks.append("persistence (the room may vanish when empty)")
+    if not offered & {f"{ROOMCONFIG}enablearchiving", "mam", f"{ROOMCONFIG}mam"}:
+        lacks.append("archiving (no MAM switch in the room's form)")
+    return submitted, lacks
 
-    sender: Sender
-    jid: str
-    attempt: int = 0
-    joined: bool = False
-    joining: bool = False
-    online: bool = False
+
+class Rooms:
+    """The room lifecycle part of the bridge's XMPP consumer."""
+
+    def __init__(self, edge: BridgeXmppConsumer) -> None:
+        self.edge = edge
 
     @property
-    def nick(self) -> str:
-        return puppet_nick(self.sender, self.attempt)
+    def links(self) -> dict[str, RoomLink]:
+        return self.edge.rooms
 
+    # --- which rooms ----------------------------------------------------------------
 
-@dataclass
-class InFlight:
-    seq: int
-    message_id: str  # the stanza id and origin-id; "" when nothing was sent (skipped)
-    puppet: SenderKey | None
-    acked: bool = False
+    async def sync(self) -> None:
+        """Join rooms that became bridgeable (and ones that refused or dropped us);
+        leave rooms that no longer are."""
+        bridged = {room.slug: room for room in await database_sync_to_async(store.bridged_rooms)()}
+        for slug in [s for s, link in self.links.items() if s not in bridged and link.state is not LinkState.LEAVING]:
+            await self.leave(slug)
+        if not self.edge.connected:
+            return  # the next connect joins every room anyway
+        for slug, room in bridged.items():
+            link = self.links.get(slug)
+            if link is None:
+                logger.info("xmpp: bridging the room %s", slug)
+            elif link.state not in (LinkState.OFFLINE, LinkState.REFUSED):
+                if (link.title, link.private) != (room.title, room.private) and link.state is LinkState.READY:
+                    link.title, link.private = room.title, room.private
+                    await self._configure_again(link)
+                continue
+            await self.join(room)
 
+    async def join(self, room: store.BridgedRoom) -> None:
+        link = self.links.get(room.slug)
+        if link is None or link.state is LinkState.LEAVING:
+            if link is None:
+                await self.edge.channel_layer.group_add(room_group(room.slug), self.edge.channel_name)
+            link = self.links[room.slug] = RoomLink(
+                slug=room.slug,
+                room_pk=room.pk,
+                room_jid=room_jid(room.slug, muc_service=self.edge.muc),
+                relay_jid=f"{self.edge.component}/{self.edge.config.nick}",
+                relay_nick=self.edge.config.nick,
+                component=self.edge.component,
+            )
+        link.reset()
+        link.title, link.private = room.title, room.private
+        link.cursor_seq = link.sent_upto = await database_sync_to_async(store.cursor_seq)(
+            room_pk=room.pk
+        )
+        link.state = LinkState.JOINING
+        await self.edge.send_join(
+            sender=link.relay_jid, to=self._relay_occupant(link), history=REJOIN_HISTORY
+        )
 
-@dataclass
-class RoomLink:
-    slug: str
-    room_pk: int
-    room_jid: str
-    relay_jid: str
-    relay_nick: str
-    component: str
-    # The relay's self-presence arrived; the room's subject ends the join history: ready.
-    relay_joined: bool = False
-    ready: bool = False
-    occupants: dict[str, str] = field(default_factory=dict)  # nick -> real JID ("" unknown)
-    puppets: dict[SenderKey, Puppet] = field(default_factory=dict)
-    cursor_seq: int = 0  # delivered and confirmed, as stored
-    sent_upto: int = 0  # sent (or skipped) in this session
-    inflight: list[InFlight] = field(default_factory=list)
-    # Our message ids seen in the join history: sent before a drop, in the room already.
-    in_room: set[str] = field(default_factory=set)
-    failures: dict[int, int] = field(default_factory=dict)
+    async def leave(self, slug: str) -> None:
+        """Stop bridging a room: nothing more is relayed either way, and our occupants leave."""
+        link = self.links[slug]
+        await self.edge.channel_layer.group_discard(room_group(slug), self.edge.channel_name)
+        HEALTH.forget(self._check(link))
+        logger.info("xmpp: %s is no longer bridged; leaving it", link.room_jid)
+        if not self.edge.connected or link.state in (LinkState.OFFLINE, LinkState.REFUSED):
+            del self.links[slug]
+            return
+        await self.edge.occupants.all_leave(link)
+        link.state = LinkState.LEAVING
+        await self.edge.send_leave(sender=link.relay_jid, to=self._relay_occupant(link))
 
-    def reset(self) -> None:
-        """The stream dropped: nothing is joined, anything unconfirmed is sent again."""
-        self.relay_joined = False
-        self.ready = False
-        self.occupants.clear()
-        for puppet in self.puppets.values():
-            puppet.joined = puppet.joining = False
-        self.inflight.clear()
-        self.in_room.clear()
-        self.sent_upto = self.cursor_seq
+    async def dropped(self) -> None:
+        """The stream is gone, and with it every seat in every room."""
+        for slug, link in list(self.links.items()):
+            await self.edge.occupants.all_gone(link)
+            if link.state is LinkState.LEAVING:
+                del self.links[slug]
+            else:
+                link.reset()
 
-    def puppet(self, sender: Sender) -> Puppet:
-        key = sender_key(sender)
-        found = self.puppets.get(key)
-        if found is None:
-            found = Puppet(sender=sender, jid=puppet_jid(sender, component=self.component))
-            self.puppets[key] = found
-        return found
+    # --- the relay's own presence --------------------------------------------------
 
-    def puppet_by_jid(self, jid: str) -> Puppet | None:
-        for puppet in self.puppets.values():
-            if puppet.jid == jid:
-                return puppet
-        return None
+    async def relay_presence(self, link: RoomLink, event: XmppPresenceEvent) -> None:
+        if event["presence_type"] == "error":
+            if link.state is not LinkState.REFUSED:
+                logger.error("xmpp: %s refuses the relay (%s); trying again at the next resync",
+                             link.room_jid, event["error_condition"])
+                HEALTH.failing(self._check(link), f"refused: {event['error_condition']}",
+                               critical=False)
+            link.state = LinkState.REFUSED
+            return
+        if event["presence_type"] == "unavailable":
+            if link.state is LinkState.LEAVING:
+                del self.links[link.slug]
+                return
+            logger.warning("xmpp: the relay left %s (codes %s); rejoining at the next resync",
+                           link.room_jid, event["status_codes"])
+            await self.edge.occupants.all_gone(link)
+            link.reset()
+            return
+        link.affiliation, link.role = event["affiliation"], event["role"]
+        if link.state is LinkState.JOINING:
+            if 201 in event["status_codes"] or link.affiliation == "owner":
+                link.state = LinkState.CONFIGURING
+                await self._ask_form(link)
+            else:
+                link.lacks = self._lacks_without_ownership(link)
+                await self._catch_up(link)
+        elif link.state is LinkState.CATCHING_UP:
+            await self._ready(link)
 
-    def is_ours(self, nick: str) -> bool:
-        """A nick of the bridge's relay or of one of its puppets (never bridged back)."""
-        if nick == self.relay_nick:
-            return True
-        real = self.occupants.get(nick, "")
-        if real and Jid.parse(real).domain == self.component.lower():
-            return True
-        return any(p.nick == nick and (p.joined or p.joining) for p in self.puppets.values())
+    def _lacks_without_ownership(self, link: RoomLink) -> list[str]:
+        lacks = [f"ownership (affiliation {link.affiliation or 'none'}): the room keeps its "
+                 "own configuration and members"]
+        if link.role == "visitor":
+            lacks.append("voice (a moderated room): bridged messages may be refused")
+        return lacks
 
-    def real_jid(self, nick: str) -> str:
-        return self.occupants.get(nick, "")
+    async def _ask_form(self, link: RoomLink) -> None:
+        link.pending_iq = f"bridge-config-{next(_iq_ids)}"
+        await self.edge.send({"type": "xmpp.iq", "sender": link.relay_jid, "to": link.room_jid,
+                              "id": link.pending_iq, "iq_type": "get", "query": "owner"})
 
-    def window_left(self) -> int:
-        return WINDOW - len(self.inflight)
+    async def _configure_again(self, link: RoomLink) -> None:
+        if link.affiliation == "owner":
+            await self._ask_form(link)
 
-    def ack(self, message_id: str) -> int | None:
-        """The room echoed one of ours. Returns the seq the cursor may move to, if it moves."""
-        for entry in self.inflight:
-            if entry.message_id == message_id:
-                entry.acked = True
-                break
+    async def iq_answer(self, link: RoomLink, event: XmppIqEvent) -> None:
+        if event["id"] != link.pending_iq:
+            return  # an answer to a request given up on (the stream dropped in between)
+        link.pending_iq = ""
+        if event["iq_type"] == "error":
+            logger.error("xmpp: %s refused its configuration (%s); bridging with what it has",
+                         link.room_jid, event["error_condition"])
+            link.lacks = [f"configuration ({event['error_condition']})"]
+        elif event["form"]:
+            wanted = room_config_wanted(title=link.title or link.slug, private=link.private)
+            submitted, link.lacks = form_submission(event["form"], wanted)
+            link.pending_iq = f"bridge-config-{next(_iq_ids)}"
+            await self.edge.send({"type": "xmpp.iq", "sender": link.relay_jid, "to": link.room_jid,
+                                  "id": link.pending_iq, "iq_type": "set", "query": "owner",
+                                  "form": submitted})
+            return
         else:
-            return None
-        return self._confirmed_prefix()
+            logger.info("xmpp: configured %s", link.room_jid)
+        if link.state is LinkState.CONFIGURING:
+            await self._catch_up(link)
 
-    def skip(self, seq: int) -> int | None:
-        """Nothing to send for `seq` (from XMPP, or in the room already)."""
-        self.inflight.append(InFlight(seq=seq, message_id="", puppet=None, acked=True))
-        self.sent_upto = seq
-        return self._confirmed_prefix()
+    # --- from joined to ready --------------------------------------------------------
 
-    def _confirmed_prefix(self) -> int | None:
-        to_seq = None
-        while self.inflight and self.inflight[0].acked:
-            to_seq = self.inflight.pop(0).seq
-        return to_seq
+    async def _catch_up(self, link: RoomLink) -> None:
+        """The room sends the history it replays after our self-presence. A presence update is
+        answered after that history: its echo says the join is complete."""
+        link.state = LinkState.CATCHING_UP
+        await self.edge.send({"type": "xmpp.presence", "sender": link.relay_jid,
+                              "to": self._relay_occupant(link),
+                              "status": "bridging to the web and MQTT"})
 
-    def busy(self, key: SenderKey) -> bool:
-        return any(entry.puppet == key for entry in self.inflight)
+    async def _ready(self, link: RoomLink) -> None:
+        link.state = LinkState.READY
+        logger.info("xmpp: bridging %s", link.room_jid)
+        if link.lacks:
+            logger.warning("xmpp: %s does not give the bridge: %s", link.room_jid,
+                           "; ".join(link.lacks))
+            HEALTH.failing(self._check(link), "lacks " + "; ".join(link.lacks), critical=False)
+        else:
+            HEALTH.ok(self._check(link), critical=False)
+        await self.edge.occupants.sync_presence(link)
+        await self.edge.pump.pump(link)
+
+    def _relay_occupant(self, link: RoomLink) -> str:
+        return occupant_jid(link.slug, link.relay_nick, muc_service=self.edge.muc)
+
+    @staticmethod
+    def _check(link: RoomLink) -> str:
+        return f"xmpp:room:{link.slug}"

@@ -14,24 +14,30 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from slixmpp import Message, Presence
+from slixmpp import Iq, Message, Presence
 from slixmpp.componentxmpp import ComponentXMPP
 from slixmpp.xmlstream import StanzaBase
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
+from bridge.health import HEALTH
 from protocols.xmpp.config import XmppConfig
 from protocols.xmpp.events import XmppIncoming, XmppOutgoing, XmppScope
 from protocols.xmpp.stanzas import (
     build_error,
+    build_iq,
     build_message,
     build_presence,
+    iq_event,
     message_event,
     presence_event,
     register_stanza_plugins,
 )
 
 logger = logging.getLogger(__name__)
+
+# The name of this edge's connection in the process's health registry.
+HEALTH_CHECK = "xmpp"
 
 Application = Callable[..., Coroutine[Any, Any, None]]
 
@@ -61,6 +67,12 @@ class XmppServer:
                      self._on_message)
         )
         self.xmpp.add_event_handler("presence", self._on_presence)
+        # Answers to the application's IQs (room configuration, affiliations). Requests to the
+        # component (get/set) are not the application's: slixmpp answers them with an error.
+        self.xmpp.register_handler(
+            Callback("bridge iq answer",
+                     MatchXPath(f"{{{self.xmpp.default_ns}}}iq"), self._on_iq)
+        )
 
     @property
     def scope(self) -> XmppScope:
@@ -75,6 +87,7 @@ class XmppServer:
 
     async def run(self) -> None:
         """Run the application and keep the connection up until cancelled."""
+        HEALTH.failing(HEALTH_CHECK, "connecting")
         app = asyncio.create_task(self.application(self.scope, self._receive, self.send))
         link = asyncio.create_task(self._keep_connected())
         try:
@@ -89,6 +102,7 @@ class XmppServer:
             self.xmpp.cancel_connection_attempt()
             if self.connected:
                 self.xmpp.abort()
+            HEALTH.forget(HEALTH_CHECK)
 
     async def _keep_connected(self) -> None:
         delay = self.config.backoff_min
@@ -137,12 +151,14 @@ class XmppServer:
         self.connected = True
         self._reading_paused = False
         self._session.set()
+        HEALTH.ok(HEALTH_CHECK)
         self._enqueue({"type": "xmpp.connect"})
 
     def _on_disconnected(self, reason: Any) -> None:
         was_connected = self.connected
         self.connected = False
         self._gone.set()
+        HEALTH.failing(HEALTH_CHECK, f"disconnected: {reason or 'connection lost'}")
         if was_connected:
             logger.warning("xmpp: disconnected from the server: %s", reason or "connection lost")
             self._enqueue({"type": "xmpp.disconnect", "reason": str(reason or "connection lost")})
@@ -150,6 +166,7 @@ class XmppServer:
     def _on_connection_failed(self, reason: Any) -> None:
         logger.warning("xmpp: cannot connect to %s:%s: %s", self.config.host, self.config.port,
                        reason)
+        HEALTH.failing(HEALTH_CHECK, f"cannot connect: {reason}")
         self._gone.set()
 
     def _on_message(self, msg: StanzaBase) -> None:
@@ -158,6 +175,13 @@ class XmppServer:
 
     def _on_presence(self, pres: Presence) -> None:
         self._enqueue(presence_event(pres))
+
+    def _on_iq(self, iq: StanzaBase) -> None:
+        assert isinstance(iq, Iq)
+        if iq.xml.get("type") in ("result", "error"):
+            self._enqueue(iq_event(iq))
+        else:
+            iq.unhandled()  # feature-not-implemented, as slixmpp does for unhandled requests
 
     # --- from the application ---------------------------------------------------
 
@@ -174,5 +198,7 @@ class XmppServer:
             self.xmpp.send(build_presence(self.xmpp, event))
         elif event["type"] == "xmpp.error":
             self.xmpp.send(build_error(self.xmpp, event))
+        elif event["type"] == "xmpp.iq":
+            self.xmpp.send(build_iq(self.xmpp, event))
         else:
             raise ValueError(f"unknown XMPP event type {event['type']!r}")

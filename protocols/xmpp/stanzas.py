@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from slixmpp import Message, Presence
+from slixmpp import Iq, Message, Presence
 from slixmpp.componentxmpp import ComponentXMPP
 from slixmpp.plugins.xep_0045 import stanza as muc_stanza
 from slixmpp.plugins.xep_0203 import stanza as delay_stanza
@@ -10,9 +10,13 @@ from slixmpp.plugins.xep_0359 import stanza as sid_stanza
 from slixmpp.xmlstream import register_stanza_plugin
 
 from protocols.xmpp.events import (
+    AffiliationItem,
+    FormField,
+    XmppIqEvent,
     XmppMessageEvent,
     XmppPresenceEvent,
     XmppSendErrorEvent,
+    XmppSendIqEvent,
     XmppSendMessageEvent,
     XmppSendPresenceEvent,
 )
@@ -20,6 +24,9 @@ from protocols.xmpp.events import (
 NS_SID = "urn:xmpp:sid:0"
 NS_DELAY = "urn:xmpp:delay"
 NS_MUC_USER = "http://jabber.org/protocol/muc#user"
+NS_MUC_OWNER = "http://jabber.org/protocol/muc#owner"
+NS_MUC_ADMIN = "http://jabber.org/protocol/muc#admin"
+NS_DATA = "jabber:x:data"
 
 
 def register_stanza_plugins() -> None:
@@ -114,3 +121,56 @@ def build_error(xmpp: ComponentXMPP, event: XmppSendErrorEvent) -> Message | Pre
     stanza["error"]["condition"] = event["condition"]
     stanza["error"]["text"] = event["text"]
     return stanza
+
+
+def iq_event(iq: Iq) -> XmppIqEvent:
+    iq_type = iq.xml.get("type") or ""
+    form: list[FormField] = []
+    x = iq.xml.find(f"{{{NS_MUC_OWNER}}}query/{{{NS_DATA}}}x")
+    if x is not None:
+        for element in x.findall(f"{{{NS_DATA}}}field"):
+            form.append({
+                "var": element.get("var", ""),
+                "type": element.get("type", "text-single"),
+                "values": [v.text or "" for v in element.findall(f"{{{NS_DATA}}}value")],
+                "options": [
+                    v.text or ""
+                    for v in element.findall(f"{{{NS_DATA}}}option/{{{NS_DATA}}}value")
+                ],
+            })
+    items: list[AffiliationItem] = [
+        {"jid": item.get("jid", ""), "affiliation": item.get("affiliation", "")}
+        for item in iq.xml.findall(f"{{{NS_MUC_ADMIN}}}query/{{{NS_MUC_ADMIN}}}item")
+    ]
+    return {
+        "type": "xmpp.iq",
+        "id": iq["id"],
+        "sender": str(iq["from"]),
+        "to": str(iq["to"]),
+        "iq_type": iq_type,
+        "error_condition": iq["error"]["condition"] if iq_type == "error" else "",
+        "form": form,
+        "items": items,
+    }
+
+
+def build_iq(xmpp: ComponentXMPP, event: XmppSendIqEvent) -> Iq:
+    iq = xmpp.make_iq(id=event["id"], ifrom=event["sender"], ito=event["to"],
+                      itype=event["iq_type"])
+    if event["query"] == "owner":
+        query = iq["mucowner_query"]
+        if "form" in event:
+            form = query["form"]
+            form["type"] = "submit"
+            for var, values in event["form"].items():
+                field = form.add_field(var=var)
+                field["value"] = values if len(values) != 1 else values[0]
+    else:
+        query = iq["mucadmin_query"]
+        for wanted in event.get("items", []):
+            item = muc_stanza.MUCAdminItem()
+            if wanted["jid"]:
+                item["jid"] = wanted["jid"]
+            item["affiliation"] = wanted["affiliation"]
+            query.append(item)
+    return iq

@@ -5,6 +5,7 @@ Synchronous: the consumer calls them through `database_sync_to_async`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
 from bridge.envelope import Envelope, Sender, message_envelope
@@ -22,9 +23,20 @@ from bridge.services.presence import (
 EDGE = "xmpp"
 
 
-def bridged_rooms() -> list[tuple[str, int, str]]:
-    """(slug, pk, title) of every room XMPP clients may join: the public ones."""
-    return [(room.slug, room.pk, room.display_title) for room in room_list(user=None)]
+@dataclass(frozen=True)
+class BridgedRoom:
+    slug: str
+    pk: int
+    title: str
+    private: bool
+
+
+def bridged_rooms() -> list[BridgedRoom]:
+    """Every room XMPP clients may join: the public ones."""
+    return [
+        BridgedRoom(slug=room.slug, pk=room.pk, title=room.display_title, private=room.private)
+        for room in room_list(user=None)
+    ]
 
 
 def cursor_seq(*, room_pk: int) -> int:

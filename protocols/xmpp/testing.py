@@ -11,7 +11,7 @@ from typing import Any
 
 from asgiref.testing import ApplicationCommunicator
 
-from protocols.xmpp.events import XmppMessageEvent, XmppPresenceEvent, XmppScope
+from protocols.xmpp.events import XmppIqEvent, XmppMessageEvent, XmppPresenceEvent, XmppScope
 
 
 class XmppCommunicator(ApplicationCommunicator):
@@ -68,6 +68,21 @@ class XmppCommunicator(ApplicationCommunicator):
             "affiliation": "none",
             "role": "participant",
             "error_condition": "",
+        }
+        event.update(fields)  # type: ignore[typeddict-item]
+        await self.send_input(event)
+
+    async def iq(self, **fields: Any) -> None:
+        """The answer to an IQ the application sent: a result unless `iq_type` says otherwise."""
+        event: XmppIqEvent = {
+            "type": "xmpp.iq",
+            "id": "",
+            "sender": "",
+            "to": self.component,
+            "iq_type": "result",
+            "error_condition": "",
+            "form": [],
+            "items": [],
         }
         event.update(fields)  # type: ignore[typeddict-item]
         await self.send_input(event)

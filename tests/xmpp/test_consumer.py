@@ -33,17 +33,50 @@ def _cursor() -> int:
     return cursor.seq if cursor else -1
 
 
-async def _ready(comm: XmppCommunicator) -> None:
-    """Connect and complete the relay's join as a MUC service would."""
+# A room's owner form as Prosody offers it (abridged): a few of the fields the bridge sets.
+OWNER_FORM = [
+    {"var": "FORM_TYPE", "type": "hidden", "values": ["http://jabber.org/protocol/muc#roomconfig"],
+     "options": []},
+    {"var": "muc#roomconfig_roomname", "type": "text-single", "values": [], "options": []},
+    {"var": "muc#roomconfig_persistentroom", "type": "boolean", "values": ["0"], "options": []},
+    {"var": "muc#roomconfig_publicroom", "type": "boolean", "values": ["1"], "options": []},
+    {"var": "muc#roomconfig_membersonly", "type": "boolean", "values": ["0"], "options": []},
+    {"var": "muc#roomconfig_whois", "type": "list-single", "values": ["moderators"],
+     "options": ["moderators", "anyone"]},
+    {"var": "muc#roomconfig_enablearchiving", "type": "boolean", "values": ["0"], "options": []},
+]
+
+
+async def _ready(comm: XmppCommunicator, *, room: str = ROOM, created: bool = True) -> None:
+    """Connect and complete the relay's join as a MUC service with room locking would:
+    a new room (201) is configured through its owner form before the bridge uses it."""
     await comm.connect()
+    await _join_room(comm, room=room, created=created)
+
+
+async def _join_room(comm: XmppCommunicator, *, room: str = ROOM, created: bool = True) -> None:
     join = await comm.sent()
-    assert join == {"type": "xmpp.presence", "sender": RELAY, "to": f"{ROOM}/bridge", "join": True,
+    assert join == {"type": "xmpp.presence", "sender": RELAY, "to": f"{room}/bridge", "join": True,
                     "history": 50}
-    await comm.presence(sender=f"{ROOM}/bridge", to=RELAY, status_codes=[110, 201],
+    await comm.presence(sender=f"{room}/bridge", to=RELAY,
+                        status_codes=[110, 201] if created else [110],
                         real_jid=RELAY, affiliation="owner", role="moderator")
+    ask = await comm.sent()
+    assert (ask["type"], ask["iq_type"], ask["query"], ask["to"]) == ("xmpp.iq", "get", "owner", room)
+    await comm.iq(sender=room, to=RELAY, id=ask["id"], form=OWNER_FORM)
+    submit = await comm.sent()
+    assert (submit["iq_type"], submit["query"]) == ("set", "owner")
+    await comm.iq(sender=room, to=RELAY, id=submit["id"])
     update = await comm.sent()
     assert update["type"] == "xmpp.presence" and "join" not in update
-    await comm.presence(sender=f"{ROOM}/bridge", to=RELAY, status_codes=[110], real_jid=RELAY)
+    await comm.presence(sender=f"{room}/bridge", to=RELAY, status_codes=[110], real_jid=RELAY)
+
+
+def system_post(text: str) -> None:
+    from bridge.services.identities import system_identity
+    from bridge.services.messages import message_post
+
+    message_post(room="lobby", sender=system_identity(), origin="system", text=text)
 
 
 async def _post_as_web(text: str, name: str = "alice") -> Any:
@@ -207,9 +240,7 @@ async def test_messages_from_xmpp_are_not_echoed_back(comm: XmppCommunicator) ->
 async def test_a_room_created_while_connected_is_joined_at_once(comm: XmppCommunicator) -> None:
     await _ready(comm)
     await database_sync_to_async(room_create)(slug="garden", title="Garden")
-    join = await comm.sent()
-    assert join == {"type": "xmpp.presence", "sender": RELAY, "to": "garden@conference.localhost/bridge",
-                    "join": True, "history": 50}
+    await _join_room(comm, room="garden@conference.localhost")
 
 
 async def test_a_room_whose_announcement_was_lost_is_joined_by_the_resync(comm: XmppCommunicator, settings: Any) -> None:
@@ -251,3 +282,88 @@ async def test_a_room_made_private_is_left_and_no_longer_relayed(comm: XmppCommu
     assert leave == {"type": "xmpp.presence", "sender": RELAY, "to": f"{ROOM}/bridge", "presence_type": "unavailable"}
     await _post_as_web("not for the public room")
     assert await comm.nothing_sent(0.5)
+
+
+async def test_a_puppet_the_room_refuses_speaks_through_the_relay(
+    comm: XmppCommunicator, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _ready(comm)
+    posted = await _post_as_web("hello xmpp")
+    assert (await comm.sent())["sender"] == ALICE  # the puppet's join
+    await comm.presence(sender=f"{ROOM}/alice", to=ALICE, presence_type="error",
+                        error_condition="forbidden")
+    said = await comm.sent()
+    message_id = f"bridge-{posted.envelope['id']}"
+    assert (said["sender"], said["body"], said["id"]) == (RELAY, "<alice> hello xmpp", message_id)
+    assert caplog.text.count("cannot join") == 1
+    # The next message does not wait for the puppet either, and the echo moves the cursor.
+    await _post_as_web("and again")
+    assert (await comm.sent())["body"] == "<alice> and again"
+    await comm.message(sender=f"{ROOM}/bridge", to=RELAY, id=message_id, origin_id=message_id,
+                       body="<alice> hello xmpp")
+    await comm.nothing_sent()
+    assert await database_sync_to_async(_cursor)() == 1
+    assert caplog.text.count("cannot join") == 1  # logged once per streak
+
+
+async def test_a_message_the_room_bounces_is_retried_then_skipped(comm: XmppCommunicator) -> None:
+    await _ready(comm)
+    await database_sync_to_async(system_post)("system says")
+    for _ in range(3):
+        said = await comm.sent()
+        assert (said["sender"], said["body"]) == (RELAY, "system says")
+        await comm.message(sender=ROOM, to=RELAY, id=said["id"], message_type="error",
+                           error_condition="not-acceptable")
+    # Given up on: the room is not held by it; the next message goes out.
+    await comm.nothing_sent()
+    assert await database_sync_to_async(_cursor)() == 1
+    await _post_as_web("after it")
+    assert (await comm.sent())["sender"] == ALICE  # the puppet's join for "after it"
+
+
+async def test_a_room_the_bridge_does_not_own_is_bridged_and_says_what_it_lacks(
+    comm: XmppCommunicator, caplog: pytest.LogCaptureFixture
+) -> None:
+    from bridge.health import HEALTH
+
+    await comm.connect()
+    await comm.sent()
+    await comm.presence(sender=f"{ROOM}/bridge", to=RELAY, status_codes=[110], real_jid=RELAY,
+                        affiliation="none", role="participant")
+    update = await comm.sent()  # no owner form: straight to catching up
+    assert update["type"] == "xmpp.presence"
+    await comm.presence(sender=f"{ROOM}/bridge", to=RELAY, status_codes=[110], real_jid=RELAY)
+    await _post_as_web("still bridged")
+    assert (await comm.sent())["sender"] == ALICE
+    assert "does not give the bridge: ownership" in caplog.text
+    check = HEALTH.snapshot()["xmpp:room:lobby"]
+    assert not check.ok and not check.critical and "ownership" in check.detail
+
+
+def test_the_owner_form_keeps_the_servers_values_and_sets_ours_where_offered() -> None:
+    from protocols.xmpp.rooms import form_submission, room_config_wanted
+
+    form = [*OWNER_FORM[:-1], {"var": "muc#roomconfig_whois", "type": "list-single",
+                               "values": ["moderators"], "options": ["moderators", "anyone"]}]
+    submitted, lacks = form_submission(form, room_config_wanted(title="Lobby", private=True))
+    assert submitted["muc#roomconfig_roomname"] == ["Lobby"]
+    assert submitted["muc#roomconfig_persistentroom"] == ["1"]
+    assert submitted["muc#roomconfig_membersonly"] == ["1"]
+    assert submitted["muc#roomconfig_publicroom"] == ["0"]
+    assert submitted["muc#roomconfig_whois"] == ["moderators"]  # not ours to change
+    assert "muc#roomconfig_historylength" not in submitted  # not offered: not submitted
+    assert lacks == ["archiving (no MAM switch in the room's form)"]
+
+
+async def test_a_puppet_join_nobody_answers_does_not_hold_the_room(
+    comm: XmppCommunicator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from protocols.xmpp import consumers
+    from protocols.xmpp.config import EdgeConfig
+
+    monkeypatch.setattr(consumers, "edge_config", lambda: EdgeConfig(join_timeout=0.3))
+    await _ready(comm)
+    await _post_as_web("anyone there?")
+    assert (await comm.sent())["sender"] == ALICE  # the join, never answered
+    said = await comm.sent(timeout=5)
+    assert (said["sender"], said["body"]) == (RELAY, "<alice> anyone there?")

@@ -1,0 +1,142 @@
+"""Messages in: what XMPP occupants say (stored once), the room's echoes of ours, direct messages.
+
+Inbound, a message is stored once: keyed by the sender's XEP-0359 origin-id,
+else the room's stanza-id. History replayed on join (`<delay/>`) and the
+bridge's own occupants are never bridged back. Refusals are XMPP errors to the
+sender's real JID, with a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from channels.db import database_sync_to_async
+
+from bridge.exceptions import BridgeError
+from bridge.services.messages import amessage_post
+from protocols.xmpp import store
+from protocols.xmpp.addresses import Jid, occupant_jid, room_jid
+from protocols.xmpp.events import XmppMessageEvent
+from protocols.xmpp.link import RoomLink
+from protocols.xmpp.outbound import ID_PREFIX
+
+if TYPE_CHECKING:
+    from protocols.xmpp.consumers import BridgeXmppConsumer
+
+logger = logging.getLogger(__name__)
+
+
+class Inbound:
+    """The inbound part of the bridge's XMPP consumer."""
+
+    def __init__(self, edge: BridgeXmppConsumer) -> None:
+        self.edge = edge
+
+    async def message(self, event: XmppMessageEvent) -> None:
+        edge = self.edge
+        sender = Jid.parse(event["sender"])
+        to = Jid.parse(event["to"])
+        link = edge.rooms.get(sender.local) if sender.domain == edge.muc.lower() else None
+        if link is not None and event["to"] == link.relay_jid:
+            await self._in_room(link, sender.resource, event)
+        elif link is not None and link.puppet_by_jid(event["to"]) is not None:
+            await self._to_puppet(link, event)
+        elif event["message_type"] == "error":
+            return  # never answer an error: that is how loops start
+        elif to.domain == edge.component.lower() and not to.local:
+            await self._direct(event)
+        else:
+            logger.info("xmpp: refused a message from %s to unknown address %s",
+                        event["sender"], event["to"])
+            await edge.send_error(
+                sender=event["to"], to=event["sender"], id=event["id"],
+                condition="item-not-found", error_type="cancel",
+                text=f"No such room or user here. Rooms are on {edge.muc}; send 'help' to {edge.component}.",
+            )
+
+    async def _in_room(self, link: RoomLink, nick: str, event: XmppMessageEvent) -> None:
+        if event["message_type"] == "error":
+            await self.edge.pump.bounced(link, event)
+            return
+        if event["message_type"] != "groupchat":
+            return
+        if event["subject"] is not None and not event["body"]:
+            return  # a subject change (or the subject sent on join)
+        ours = event["origin_id"] if event["origin_id"].startswith(ID_PREFIX) else event["id"]
+        if event["delayed"]:
+            if ours.startswith(ID_PREFIX) and link.is_ours(nick):
+                link.in_room.add(ours)
+            return  # the history a room replays on join is never stored again
+        if link.is_ours(nick):
+            if ours.startswith(ID_PREFIX):
+                await self.edge.pump.echoed(link, ours)
+            return
+        if not nick or not event["body"]:
+            return
+        await self._from_occupant(link, nick, event)
+
+    async def _from_occupant(self, link: RoomLink, nick: str, event: XmppMessageEvent) -> None:
+        """An XMPP occupant spoke: store it once, as its sender; refusals go back to it."""
+        real = link.real_jid(nick)
+        # The real bare JID where the room shows it: a nick change or a squatter keeps no quota.
+        key = Jid.parse(real).bare if real else occupant_jid(link.slug, nick, muc_service=self.edge.muc)
+        try:
+            if not self.edge.limiter.allow(key):
+                raise BridgeError("Too many messages: slow down.", code="rate_limited")
+            identity = await database_sync_to_async(store.occupant_identity)(nick=nick, real_jid=real)
+            await amessage_post(
+                room=link.slug,
+                sender=identity,
+                origin="xmpp",
+                text=event["body"],
+                client_key=event["origin_id"] or event["stanza_id"] or None,
+            )
+        except BridgeError as exc:
+            logger.info("xmpp: refused a message of %s in %s: %s %s", nick, link.slug, exc.code,
+                        exc.detail)
+            await self._refuse(link, nick, event, exc)
+
+    async def _refuse(self, link: RoomLink, nick: str, event: XmppMessageEvent, exc: BridgeError) -> None:
+        # RFC 6120 would allow policy-violation for size, but slixmpp (and older clients) only
+        # know the RFC 3920 set: not-acceptable, with the reason in the text.
+        condition = "resource-constraint" if exc.code == "rate_limited" else "not-acceptable"
+        text = f"Not bridged ({exc.code}): {exc.detail}"
+        real = link.real_jid(nick)
+        if real:
+            await self.edge.send_error(
+                sender=self.edge.component, to=real, id=event["id"], condition=condition,
+                error_type="wait" if exc.code == "rate_limited" else "modify", text=text,
+            )
+        else:
+            # An anonymous room hides the sender: a private message through the room instead.
+            await self.edge.send_message(
+                sender=link.relay_jid, to=occupant_jid(link.slug, nick, muc_service=self.edge.muc),
+                body=text, message_type="chat",
+            )
+
+    async def _to_puppet(self, link: RoomLink, event: XmppMessageEvent) -> None:
+        if event["message_type"] == "error":
+            await self.edge.pump.bounced(link, event)
+        elif event["message_type"] in ("chat", "normal") and event["body"]:
+            await self.edge.send_error(
+                sender=event["to"], to=event["sender"], id=event["id"],
+                condition="feature-not-implemented", error_type="cancel",
+                text="Private messages to bridged users are not relayed: talk in the room.",
+            )
+
+    async def _direct(self, event: XmppMessageEvent) -> None:
+        """A direct message to the bridge's own address: `help`, or the room list."""
+        if event["message_type"] not in ("chat", "normal") or not event["body"].strip():
+            return
+        rooms = await database_sync_to_async(store.bridged_rooms)()
+        lines = [f"  {room_jid(room.slug, muc_service=self.edge.muc)}  {room.title}" for room in rooms]
+        body = "\n".join([
+            "This is the chat bridge: each room below is a group chat shared with the web and",
+            "MQTT devices, where everyone appears under their own name. Join one with your client.",
+            "Rooms:",
+            *(lines or ["  (none yet)"]),
+            "Send 'help' for this text.",
+        ])
+        await self.edge.send_message(sender=self.edge.component, to=event["sender"], body=body,
+                                     message_type="chat")
