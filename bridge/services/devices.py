@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from bridge import jsontext
 from bridge.exceptions import Forbidden, InvalidInput, NotFound, TooLarge
 from bridge.models import Device, DeviceCommand, Identity, Message, Room, Telemetry
 from bridge.names import is_device_id
@@ -120,14 +121,17 @@ def telemetry_store(*, device: Device, data: object) -> tuple[Telemetry, bool]:
     """Store one reading; the same `id` inside it twice stores one row. (row, created)."""
     if not isinstance(data, dict):
         raise InvalidInput("Telemetry is a JSON object of readings.", code="invalid_telemetry")
+    jsontext.check_json(data, what="Telemetry", code="invalid_telemetry")
     if len(json.dumps(data)) > MAX_DATA_BYTES:
         raise TooLarge(f"Telemetry is larger than {MAX_DATA_BYTES} bytes.")
     key = data.get("id")
-    if key is not None and (not isinstance(key, str) or not key or len(key) > MAX_CLIENT_KEY):
-        raise InvalidInput(
-            f"'id' must be a non-empty string of at most {MAX_CLIENT_KEY} characters.",
-            code="invalid_id",
-        )
+    if key is not None:
+        if not isinstance(key, str) or not key or len(key) > MAX_CLIENT_KEY:
+            raise InvalidInput(
+                f"'id' must be a non-empty string of at most {MAX_CLIENT_KEY} characters.",
+                code="invalid_id",
+            )
+        jsontext.check_text(key, what="'id'", code="invalid_id")
     if key is not None:
         existing = Telemetry.objects.filter(device=device, client_key=key).first()
         if existing is not None:
@@ -158,8 +162,9 @@ def device_command_create(
     _checked_device_id(device_id)
     if not isinstance(text, str) or not text.strip():
         raise InvalidInput("A command needs 'text'.", code="empty_command")
-    if len(text) > settings.BRIDGE_MAX_TEXT:
-        raise TooLarge(f"A command is at most {settings.BRIDGE_MAX_TEXT} characters.")
+    jsontext.check_text(
+        text, what="A command", code="invalid_text", max_chars=settings.BRIDGE_MAX_TEXT
+    )
     device = Device.objects.filter(device_id=device_id).first()
     if device is None:
         raise NotFound(f"Unknown device {device_id!r}.", code="unknown_device")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,6 +16,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from bridge import jsontext
 from bridge.envelope import Envelope, message_envelope
 from bridge.exceptions import BridgeError, InvalidInput, TooLarge
 from bridge.models import Identity, Message, Room
@@ -26,8 +26,6 @@ from bridge.services.tasks import task_schedule, tasks_wake
 
 logger = logging.getLogger(__name__)
 
-# Characters XML 1.0 cannot carry: refusing them here keeps every message deliverable to XMPP.
-_INVALID_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
 MAX_CLIENT_KEY = 200
 MAX_DATA_BYTES = 16384
 ROOM_STATS_DELAY = timedelta(seconds=2)
@@ -41,13 +39,9 @@ class PostResult:
 
 
 def _validated_text(text: object) -> str:
-    if not isinstance(text, str):
-        raise InvalidInput("'text' must be a string.", code="invalid_text")
-    if len(text) > settings.BRIDGE_MAX_TEXT:
-        raise TooLarge(f"'text' is longer than {settings.BRIDGE_MAX_TEXT} characters.")
-    if _INVALID_CHARS.search(text):
-        raise InvalidInput("'text' contains control characters.", code="invalid_text")
-    return text
+    return jsontext.check_text(
+        text, what="'text'", code="invalid_text", max_chars=settings.BRIDGE_MAX_TEXT
+    )
 
 
 def _validated_data(data: object) -> dict[str, Any] | None:
@@ -55,10 +49,9 @@ def _validated_data(data: object) -> dict[str, Any] | None:
         return None
     if not isinstance(data, dict):
         raise InvalidInput("'data' must be a JSON object or null.", code="invalid_data")
-    try:
-        encoded = json.dumps(data, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"'data' is not valid JSON: {exc}", code="invalid_data") from exc
+    # Edges decoded it with jsontext.loads already; Python callers get the same rules.
+    jsontext.check_json(data, what="'data'", code="invalid_data")
+    encoded = json.dumps(data)
     if len(encoded) > MAX_DATA_BYTES:
         raise TooLarge(f"'data' is larger than {MAX_DATA_BYTES} bytes.")
     return data
@@ -72,7 +65,7 @@ def _validated_key(client_key: object) -> str | None:
             f"'client_id' must be a non-empty string of at most {MAX_CLIENT_KEY} characters.",
             code="invalid_client_id",
         )
-    return client_key
+    return jsontext.check_text(client_key, what="'client_id'", code="invalid_client_id")
 
 
 @dataclass(frozen=True)

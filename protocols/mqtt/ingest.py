@@ -46,10 +46,7 @@ class Outcome:
 def decode_text(payload: bytes) -> str:
     if len(payload) > settings.MQTT_MAX_PAYLOAD:
         raise TooLarge(f"Payloads are limited to {settings.MQTT_MAX_PAYLOAD} bytes.")
-    try:
-        return payload.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"The payload is not UTF-8: {exc}", code="invalid_utf8") from exc
+    return jsontext.decode_utf8(payload, what="The payload")
 
 
 def decode_json(text: str) -> Any:

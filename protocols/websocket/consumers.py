@@ -168,13 +168,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         values = query.get("after")
         if not values:
             return None
-        try:
-            after = int(values[0])
-        except ValueError as exc:
-            raise InvalidInput("'after' must be a whole number.", code="invalid_after") from exc
-        if after < 0:
-            raise InvalidInput("'after' must not be negative.", code="invalid_after")
-        return after
+        return jsontext.whole_number(values[0], what="'after'", code="invalid_after", minimum=0)
 
     async def _send_since(self, after: int | None, *, history_frame: bool = True) -> None:
         assert self.room is not None
@@ -230,3 +224,18 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def send_error(self, exc: BridgeError) -> None:
         await self.send(text_data=json.dumps({"type": "error", **exc.as_dict()}))
+
+
+class UnknownPathConsumer(AsyncWebsocketConsumer):
+    """Every WebSocket path that is not a room: an `error` frame, then close 4404.
+
+    Without it the router raised "No route found" and the server answered the
+    handshake with a 500 and a traceback.
+    """
+
+    async def connect(self) -> None:
+        logger.info("websocket handshake for unknown path %r refused", self.scope.get("path"))
+        await self.accept()
+        detail = "No such WebSocket endpoint: rooms are at ws/rooms/<room>/."
+        await self.send(text_data=json.dumps({"type": "error", "code": "not_found", "detail": detail}))
+        await self.close(code=CLOSE_NOT_FOUND)

@@ -2,12 +2,16 @@ from __future__ import annotations
 
 import json
 
+import msgpack
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client, override_settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bridge.models import ApiToken, Message, Room
 from bridge.services.rooms import room_create
+from tests.support.hostile import encoded, message_bodies
 from tests.support.processes import free_port
 
 pytestmark = pytest.mark.django_db
@@ -162,3 +166,79 @@ def test_rooms_add_again_keeps_a_private_room_private() -> None:
     assert Room.objects.get(slug="secret").private
     call_command("rooms", "add", "secret", "--public")
     assert not Room.objects.get(slug="secret").private
+
+
+HOSTILE_BODIES = [
+    ('{"text": "a\\u0000b"}', 400, "invalid_json"),
+    ('{"text": "a\\u0001b"}', 400, "invalid_text"),
+    ('{"text": "hi", "client_id": "k\\u0000"}', 400, "invalid_json"),
+    ('{"text": "hi", "data": {"x": "\\u0000"}}', 400, "invalid_json"),
+    ('{"text": "\\ud800"}', 400, "invalid_json"),
+    ('{"text": "hi", "client_id": "\\udfff"}', 400, "invalid_json"),
+    ('{"text": "hi", "data": ' + '{"a":' * 970 + "1" + "}" * 970 + "}", 400, "invalid_json"),
+    ('{"text": "hi", "data": {"n": 18446744073709551616}}', 400, "invalid_json"),
+    ('{"text": "hi", "data": {"n": NaN}}', 400, "invalid_json"),
+    (b'{"text": "\xff"}', 400, "invalid_utf8"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "code"), HOSTILE_BODIES)
+def test_hostile_bodies_get_the_contract_error_and_store_nothing(client: Client, lobby: Room, token: str, body: str | bytes, status: int, code: str) -> None:
+    response = client.post("/api/rooms/lobby/messages", body, content_type="application/json", headers={"Authorization": f"Token {token}"})
+    assert (response.status_code, response.json()["error"]["code"]) == (status, code)
+    assert Message.objects.count() == 0
+
+
+def test_the_largest_integer_that_is_kept_is_delivered_as_sent(client: Client, lobby: Room, token: str) -> None:
+    body = {"text": "big", "data": {"n": 2**63 - 1, "m": -(2**63)}}
+    response = post(client, "lobby", body, Authorization=f"Token {token}")
+    assert response.status_code == 201  # type: ignore[attr-defined]
+    assert client.get("/api/rooms/lobby/messages").json()["messages"][0]["data"] == body["data"]
+
+
+def test_a_5_mib_body_is_a_json_413_before_it_is_read(client: Client, lobby: Room, token: str) -> None:
+    big = '{"text": "' + "x" * (5 * 1024 * 1024) + '"}'
+    response = post(client, "lobby", big, Authorization=f"Token {token}")
+    assert response.status_code == 413  # type: ignore[attr-defined]
+    assert response.json()["error"]["code"] == "too_large"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("query", ["?after=18446744073709551616", "?before=-99999999999999999999", "?limit=1e3", "?after=%00"])
+def test_out_of_range_query_numbers_are_400s(client: Client, lobby: Room, query: str) -> None:
+    response = client.get(f"/api/rooms/lobby/messages{query}")
+    assert response.status_code == 400 and response.json()["error"]["code"].startswith("invalid_")
+
+
+@pytest.mark.parametrize("path", ["/api/nothing", "/api/rooms/lobby/messages/extra/", "/api/rooms/%00/messages"])
+def test_django_error_pages_under_api_are_json(client: Client, lobby: Room, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["error"]["code"] in {"not_found", "room_not_found"}
+
+
+def test_pages_outside_api_keep_django_errors(client: Client) -> None:
+    response = client.get("/no-such-page/")
+    assert response.status_code == 404 and not response["Content-Type"].startswith("application/json")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(message_bodies.map(lambda b: encoded(b, True)), message_bodies.map(lambda b: encoded(b, False)), st.binary(max_size=64)))
+def test_any_body_is_stored_or_refused_with_a_json_error(client: Client, lobby: Room, token: str, body: str | bytes) -> None:
+    if isinstance(body, str):
+        try:
+            body = body.encode("utf-8")
+        except UnicodeEncodeError:
+            body = body.encode("utf-8", "surrogatepass")  # what a broken client puts on the wire
+    before = Message.objects.count()
+    response = client.post("/api/rooms/lobby/messages", body, content_type="application/json", headers={"Authorization": f"Token {token}"})
+    assert response["Content-Type"] == "application/json"
+    if response.status_code == 201:
+        assert Message.objects.count() <= before + 1
+        stored = Message.objects.get(id=response.json()["id"])
+        msgpack.packb(stored.data)
+        stored.text.encode("utf-8")
+    else:
+        assert response.status_code in (400, 413)
+        assert set(response.json()["error"]) == {"code", "detail"}
+        assert Message.objects.count() == before

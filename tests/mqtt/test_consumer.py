@@ -82,6 +82,16 @@ async def test_every_room_message_is_published_once_whoever_posted_it(
         ("devices/sensor-1/rooms/lobby/extra", b"hello", "invalid_topic"),
         ("devices/sensor-1/telemetry", b"[1, 2]", "invalid_telemetry"),
         ("devices/sensor-1/status", b"sleeping", "invalid_status"),
+        # Hostile bytes that once reached the database (a 500 on PostgreSQL) or the channel layer.
+        ("devices/sensor-1/rooms/lobby", b'{"text": "a\\u0000b"}', "invalid_json"),
+        ("devices/sensor-1/rooms/lobby", b"a\x00b", "invalid_text"),
+        ("devices/sensor-1/rooms/lobby", b'{"text": "\\ud800"}', "invalid_json"),
+        ("devices/sensor-1/rooms/lobby", b'{"text": "hi", "id": "\\u0000"}', "invalid_json"),
+        ("devices/sensor-1/rooms/lobby", b'{"text": "hi", "id": 18446744073709551616}', "invalid_json"),
+        ("devices/sensor-1/rooms/lobby", b'{"text": "hi", "data": {"n": 18446744073709551616}}', "invalid_json"),
+        ("devices/sensor-1/rooms/lobby", b'{"text": "hi", "data": ' + b'{"a":' * 970 + b"1" + b"}" * 970 + b"}", "invalid_json"),
+        ("devices/sensor-1/telemetry", b'{"t": "\\u0000"}', "invalid_json"),
+        ("devices/sensor-1/telemetry", b'{"t": 1, "id": "\\u0007"}', "invalid_id"),
     ],
 )
 async def test_refused_input_gets_an_error_on_the_devices_error_topic(

@@ -223,3 +223,42 @@ async def test_deeply_nested_json_is_an_error_frame_not_a_crash(ws: Any, session
     await comm.send_json_to({"type": "message", "text": "still here"})
     assert (await frames_until(comm, "message"))["message"]["text"] == "still here"
     await comm.disconnect()
+
+
+HOSTILE_FRAMES = [
+    ('{"type": "message", "text": "a\\u0000b"}', "invalid_json"),
+    ('{"type": "message", "text": "a\\u0007b"}', "invalid_text"),
+    ('{"type": "message", "text": "hi", "client_id": "\\u0000"}', "invalid_json"),
+    ('{"type": "message", "text": "\\ud83d"}', "invalid_json"),
+    ('{"type": "message", "text": "hi", "data": {"k\\udc00": 1}}', "invalid_json"),
+    ('{"type": "message", "text": "hi", "data": ' + '{"a":' * 970 + "1" + "}" * 970 + "}", "invalid_json"),
+    ('{"type": "message", "text": "hi", "data": {"n": 18446744073709551616}}', "invalid_json"),
+    ('{"type": "message", "text": "hi", "data": {"n": -Infinity}}', "invalid_json"),
+]
+
+
+@pytest.mark.parametrize(("frame", "code"), HOSTILE_FRAMES)
+async def test_hostile_frames_get_error_frames_store_nothing_and_keep_the_socket(ws: Any, session_for: Any, lobby: Room, frame: str, code: str) -> None:
+    comm = ws("/ws/rooms/lobby/", cookie=await session_for("mallory"))
+    assert (await comm.connect())[0]
+    await comm.receive_json_from()
+    await comm.send_to(text_data=frame)
+    assert (await frames_until(comm, "error"))["code"] == code
+    assert await database_sync_to_async(Message.objects.count)() == 0
+    await comm.send_json_to({"type": "message", "text": "still here"})
+    assert (await frames_until(comm, "message"))["message"]["text"] == "still here"
+    await comm.disconnect()
+
+
+@pytest.mark.parametrize("path", ["/ws/rooms/secret/..", "/ws/", "/ws/rooms/lobby/extra/", "/anything"])
+async def test_junk_paths_get_an_error_frame_and_4404(ws: Any, lobby: Room, path: str) -> None:
+    comm = ws(path)
+    assert (await comm.connect())[0]
+    assert (await comm.receive_json_from())["code"] == "not_found"
+    assert (await comm.receive_output())["code"] == 4404
+
+
+async def test_an_after_beyond_64_bits_is_an_error(ws: Any, lobby: Room) -> None:
+    comm = ws(f"/ws/rooms/lobby/?after={2**64}")
+    assert (await comm.connect())[0]
+    assert (await comm.receive_json_from())["code"] == "invalid_after"
