@@ -5,9 +5,12 @@ from django.db import transaction
 from django.http import HttpRequest
 
 from bridge.models import (
+    AlertRule,
+    AlertState,
     ApiToken,
     Device,
     DeviceCommand,
+    DeviceMetric,
     Identity,
     Message,
     Presence,
@@ -15,6 +18,7 @@ from bridge.models import (
     RoomMember,
     Task,
     Telemetry,
+    TelemetryRollup,
 )
 from bridge.services.identities import identity_get_or_create
 from bridge.services.rooms import rooms_changed
@@ -98,7 +102,47 @@ class TelemetryAdmin(admin.ModelAdmin):
     list_display = ("device", "received", "data")
     list_filter = ("device",)
     list_select_related = ("device",)
-    readonly_fields = ("device", "data", "received", "client_key")
+    readonly_fields = ("device", "data", "received", "client_key", "metrics", "rolled_up")
+
+
+@admin.register(TelemetryRollup)
+class TelemetryRollupAdmin(admin.ModelAdmin):
+    list_display = ("device", "metric", "period", "start", "count", "min", "max", "mean", "last")
+    list_filter = ("period", "device")
+    list_select_related = ("device",)
+    search_fields = ("metric",)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # written by the telemetry worker only
+
+
+@admin.register(DeviceMetric)
+class DeviceMetricAdmin(admin.ModelAdmin):
+    list_display = ("device", "metric", "value", "unit", "at")
+    list_filter = ("device",)
+    list_select_related = ("device",)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(AlertRule)
+class AlertRuleAdmin(admin.ModelAdmin):
+    list_display = ("name", "device", "room", "metric", "condition", "threshold", "low", "high",
+                    "silent_seconds", "hysteresis", "hold_seconds", "enabled")
+    list_filter = ("condition", "enabled")
+    filter_horizontal = ("notify_rooms",)
+    raw_id_fields = ("device",)
+
+
+@admin.register(AlertState)
+class AlertStateAdmin(admin.ModelAdmin):
+    list_display = ("rule", "device", "state", "since", "value", "updated")
+    list_filter = ("state",)
+    list_select_related = ("rule", "device")
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(DeviceCommand)

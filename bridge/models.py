@@ -316,6 +316,11 @@ class Telemetry(models.Model):
     received = models.DateTimeField(db_index=True)
     # The reading's own "id", when it has one: a redelivery stores nothing new.
     client_key = models.CharField(max_length=200, null=True, blank=True, editable=False)
+    # The numeric readings, flattened ("env.temp": 21.5), as the edge validated them:
+    # the worker rolls up only these, so nothing a device sends can poison a rollup.
+    metrics = models.JSONField(default=dict, blank=True, editable=False)
+    # Set in the transaction that adds this reading to its rollups (exactly once).
+    rolled_up = models.BooleanField(default=False, editable=False)
 
     class Meta:
         verbose_name_plural = "telemetry"
@@ -326,6 +331,9 @@ class Telemetry(models.Model):
                 condition=Q(client_key__isnull=False),
                 name="telemetry_device_client_key",
             )
+        ]
+        indexes = [
+            models.Index(fields=["id"], condition=Q(rolled_up=False), name="telemetry_pending"),
         ]
 
     def __str__(self) -> str:
@@ -353,3 +361,17 @@ class DeviceCommand(models.Model):
 
     def __str__(self) -> str:
         return f"{self.device_id}: {self.text[:40]}"
+
+
+# Telemetry rollups and alert rules live in their own module; imported here so Django finds them.
+from bridge.models_telemetry import (  # noqa: E402
+    AlertRule,
+    AlertState,
+    DeviceMetric,
+    TelemetryRollup,
+)
+
+__all__ = [
+    "AlertRule", "AlertState", "ApiToken", "Device", "DeviceCommand", "DeviceMetric", "EdgeCursor",
+    "Identity", "Message", "Presence", "Room", "Task", "Telemetry", "TelemetryRollup",
+]

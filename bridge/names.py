@@ -35,6 +35,11 @@ def room_group(slug: str) -> str:
     return f"room.{slug}"
 
 
+def devices_group(slug: str) -> str:
+    """The group of pages showing a room's devices panel (live readings); web only."""
+    return f"devices.{slug}"
+
+
 # Edges that bridge every room join this group to hear of rooms created or changed.
 ROOMS_GROUP: Final = "rooms"
 

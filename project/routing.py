@@ -10,6 +10,7 @@ from django.conf import settings
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
 from bridge.tasks.consumer import TaskConsumer
+from bridge.tasks.telemetry import TelemetryConsumer
 from protocols.mqtt.routing import mqtt_application
 from protocols.websocket.routing import websocket_urlpatterns
 from protocols.websocket.security import allowed_hosts_origin_validator
@@ -28,7 +29,10 @@ def build_application(django_asgi_app: Any) -> ProtocolTypeRouter:
             # The XMPP protocol server (runxmpp) opens one instance per component connection.
             "xmpp": xmpp_application,
             "channel": ChannelNameRouter(
-                {settings.BRIDGE_TASKS_CHANNEL: TaskConsumer.as_asgi()}
+                {
+                    settings.BRIDGE_TASKS_CHANNEL: TaskConsumer.as_asgi(),
+                    settings.BRIDGE_TELEMETRY_CHANNEL: TelemetryConsumer.as_asgi(),
+                }
             ),
         }
     )

@@ -174,6 +174,25 @@ BRIDGE_RETENTION_DAYS = env.int("BRIDGE_RETENTION_DAYS", 0, minimum=0)  # 0 keep
 # Seconds a web user's presence lasts unless its server renews it (every third of it):
 # a server that dies without goodbyes leaves nobody "online" for longer than this.
 BRIDGE_PRESENCE_TTL = env.int("BRIDGE_PRESENCE_TTL", 90, minimum=3)
+# Completed and failed Task rows are deleted after this many hours (0 keeps them).
+BRIDGE_TASK_KEEP_HOURS = env.int("BRIDGE_TASK_KEEP_HOURS", 168, minimum=0)
+
+# --- Telemetry ----------------------------------------------------------------
+
+# The worker channel of rollups and alerts (`runworker bridge-telemetry`), apart from chat tasks.
+BRIDGE_TELEMETRY_CHANNEL = "bridge-telemetry"
+# Lengths in seconds of the two rollup windows the API calls "1m" and "1h" (shorter in tests).
+TELEMETRY_WINDOW_SHORT = env.int("TELEMETRY_WINDOW_SHORT", 60, minimum=1)
+TELEMETRY_WINDOW_LONG = env.int("TELEMETRY_WINDOW_LONG", 3600, minimum=1)
+# Readings rolled up per transaction.
+TELEMETRY_BATCH = env.int("TELEMETRY_BATCH", 1000, minimum=1)
+# Seconds between a telemetry worker's sweeps (lost wake-ups, silent devices).
+TELEMETRY_SWEEP_INTERVAL = env.int("TELEMETRY_SWEEP_INTERVAL", 5, minimum=1)
+# Hours to keep raw readings (once rolled up), 1m and 1h rollups; 0 keeps them.
+TELEMETRY_KEEP_RAW_HOURS = env.int("TELEMETRY_KEEP_RAW_HOURS", 48, minimum=0)
+TELEMETRY_KEEP_SHORT_HOURS = env.int("TELEMETRY_KEEP_SHORT_HOURS", 168, minimum=0)
+TELEMETRY_KEEP_LONG_HOURS = env.int("TELEMETRY_KEEP_LONG_HOURS", 8760, minimum=0)
+
 # What `runbridge` runs in one process (see bridge/embedded.py).
 BRIDGE_EMBEDDED_SERVICES = env.list(
     "BRIDGE_EMBEDDED_SERVICES",

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from bridge import jsontext
 from bridge.exceptions import Forbidden, InvalidInput, NotFound, TooLarge
+from bridge.metrics import flatten
 from bridge.models import Device, DeviceCommand, Identity, Message, Room, Telemetry
 from bridge.names import is_device_id
 from bridge.selectors import room_get
@@ -118,12 +119,17 @@ def device_status_set(*, device: Device, status: str) -> list[Room]:
 
 
 def telemetry_store(*, device: Device, data: object) -> tuple[Telemetry, bool]:
-    """Store one reading; the same `id` inside it twice stores one row. (row, created)."""
+    """Store one reading; the same `id` inside it twice stores one row. (row, created).
+
+    Its numeric metrics are extracted here, by the rule of `bridge.metrics`, so a
+    malformed reading is refused to its device and the worker sees only numbers.
+    """
     if not isinstance(data, dict):
         raise InvalidInput("Telemetry is a JSON object of readings.", code="invalid_telemetry")
     jsontext.check_json(data, what="Telemetry", code="invalid_telemetry")
     if len(json.dumps(data)) > MAX_DATA_BYTES:
         raise TooLarge(f"Telemetry is larger than {MAX_DATA_BYTES} bytes.")
+    metrics = flatten(data)
     key = data.get("id")
     if key is not None:
         if not isinstance(key, str) or not key or len(key) > MAX_CLIENT_KEY:
@@ -139,7 +145,7 @@ def telemetry_store(*, device: Device, data: object) -> tuple[Telemetry, bool]:
     try:
         with transaction.atomic():
             row = Telemetry.objects.create(
-                device=device, data=data, received=timezone.now(), client_key=key
+                device=device, data=data, received=timezone.now(), client_key=key, metrics=metrics
             )
     except IntegrityError:
         return Telemetry.objects.get(device=device, client_key=key), False

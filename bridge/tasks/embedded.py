@@ -16,9 +16,12 @@ async def serve(ctx: EmbeddedContext) -> None:
 
     worker = BridgeWorker(
         application=application,
-        channels=[settings.BRIDGE_TASKS_CHANNEL],
+        channels=[settings.BRIDGE_TASKS_CHANNEL, settings.BRIDGE_TELEMETRY_CHANNEL],
         channel_layer=get_channel_layer(),
     )
-    ctx.banner.append(f"worker: listening on channel {settings.BRIDGE_TASKS_CHANNEL}")
+    ctx.banner.append(
+        f"worker: listening on channels {settings.BRIDGE_TASKS_CHANNEL}, "
+        f"{settings.BRIDGE_TELEMETRY_CHANNEL}"
+    )
     ctx.started()
     await asyncio.gather(worker.application_checker(), worker.handle())

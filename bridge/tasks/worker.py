@@ -10,8 +10,12 @@ from channels.worker import Worker
 from django.conf import settings
 
 from bridge.ops import ops_endpoint
+from bridge.supervisor import Supervisor
+from bridge.tasks.telemetry import telemetry_retention, telemetry_sweep
 
 logger = logging.getLogger(__name__)
+
+RETENTION_INTERVAL = 60.0  # seconds between retention passes of a telemetry worker
 
 
 class BridgeWorker(Worker):
@@ -22,10 +26,19 @@ class BridgeWorker(Worker):
     async def handle(self) -> None:
         async with ops_endpoint(self.ops_port):
             reconciler = asyncio.ensure_future(self.reconcile_forever())
+            supervisor = Supervisor("worker")
+            if settings.BRIDGE_TELEMETRY_CHANNEL in self.channels:
+                # Run here, not through the channel: a sweep that a lost message cannot skip.
+                supervisor.every(
+                    "telemetry-sweep", settings.TELEMETRY_SWEEP_INTERVAL, telemetry_sweep
+                )
+                supervisor.every("telemetry-retention", RETENTION_INTERVAL, telemetry_retention,
+                                 first_delay=RETENTION_INTERVAL)
             try:
                 await super().handle()
             finally:
                 reconciler.cancel()
+                await supervisor.stop()
 
     async def reconcile_forever(self) -> None:
         """At start and then every BRIDGE_RECONCILE_INTERVAL seconds, ask for a sweep."""

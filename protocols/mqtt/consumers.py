@@ -16,6 +16,7 @@ from bridge.exceptions import BridgeError
 from bridge.names import room_group
 from bridge.services.devices import DEVICE_COMMANDS_GROUP
 from bridge.services.messages import message_fanout
+from bridge.services.telemetry import atelemetry_wake
 from protocols.mqtt import outbound
 from protocols.mqtt.consumer import MqttConsumer
 from protocols.mqtt.events import ConnectEvent, DisconnectEvent, MessageEvent
@@ -103,6 +104,8 @@ class BridgeConsumer(MqttConsumer):
                 await self.ack(message)
             for outcome in outcomes:
                 await self._tell(outcome)
+            if any(outcome.telemetry for outcome in outcomes):
+                await atelemetry_wake()
 
     async def _store(self, batch: list[MessageEvent]) -> list[Outcome] | None:
         """One transaction for the batch; None when it should simply be tried again.

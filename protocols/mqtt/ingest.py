@@ -41,6 +41,8 @@ class Outcome:
     # (room slugs, who, state) when a status changed someone's presence.
     presence: tuple[list[str], Sender, str] | None = None
     error: BridgeError | None = None
+    # A reading was stored or a status changed: the telemetry workers have work.
+    telemetry: bool = False
 
 
 def decode_text(payload: bytes) -> str:
@@ -121,10 +123,11 @@ def _ingest_one(
         assert room is not None
         return lookups.room(device, room), _post(device, text)
     if kind == "telemetry":
-        telemetry_store(device=device, data=decode_json(text))
+        _, outcome.telemetry = telemetry_store(device=device, data=decode_json(text))
     else:
         status = text.strip()
         rooms = device_status_set(device=device, status=status)
+        outcome.telemetry = True  # an offline device may raise a `silent` alert
         if rooms:
             who: Sender = {"kind": device.identity.kind, "name": device.identity.name}
             outcome.presence = ([r.slug for r in rooms], who, status)

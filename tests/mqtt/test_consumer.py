@@ -81,6 +81,12 @@ async def test_every_room_message_is_published_once_whoever_posted_it(
         ("devices/stranger/rooms/lobby", b"hello", "unknown_device"),
         ("devices/sensor-1/rooms/lobby/extra", b"hello", "invalid_topic"),
         ("devices/sensor-1/telemetry", b"[1, 2]", "invalid_telemetry"),
+        ("devices/sensor-1/telemetry", b'{"state": "on", "tags": [1, 2]}', "invalid_telemetry"),
+        ("devices/sensor-1/telemetry", b'{"t": 1e300}', "invalid_telemetry"),
+        ("devices/sensor-1/telemetry", b'{"a": ' * 12 + b"1" + b"}" * 12, "too_deep"),
+        ("devices/sensor-1/telemetry",
+         ("{" + ", ".join(f'"m{i}": {i}' for i in range(300)) + "}").encode(), "too_large"),
+        ("devices/sensor-1/telemetry", b"x" * 20000, "too_large"),
         ("devices/sensor-1/status", b"sleeping", "invalid_status"),
         # Hostile bytes that once reached the database (a 500 on PostgreSQL) or the channel layer.
         ("devices/sensor-1/rooms/lobby", b'{"text": "a\\u0000b"}', "invalid_json"),

@@ -8,7 +8,11 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
+from bridge.models import AlertRule
+from bridge.services.alerts import alert_rule_create
 from bridge.services.rooms import room_create
+
+DEMO_RULE = "lobby too hot"
 
 
 class Command(BaseCommand):
@@ -19,7 +23,11 @@ class Command(BaseCommand):
         parser.add_argument("--password", default="demo")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        room_create(slug="lobby", title="Lobby")
+        lobby = room_create(slug="lobby", title="Lobby")
+        if not AlertRule.objects.filter(name=DEMO_RULE).exists():
+            # What `simulate_devices` makes fire and clear within a minute.
+            alert_rule_create(name=DEMO_RULE, room=lobby, notify=[lobby], metric="temperature",
+                              condition="above", threshold=30.0, hysteresis=1.0)
         User = get_user_model()
         user, created = User.objects.get_or_create(username=options["username"])
         if created:
@@ -32,4 +40,4 @@ class Command(BaseCommand):
             )
         else:
             self.stdout.write(f"demo user {options['username']!r} already exists")
-        self.stdout.write("room 'lobby' ready")
+        self.stdout.write(f"room 'lobby' ready, with the alert rule {DEMO_RULE!r}")
