@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,3 +167,16 @@ def query(database_url: str, sql: str, params: tuple[object, ...] = ()) -> list[
 
     with psycopg.connect(database_url.replace("postgres://", "postgresql://", 1)) as db:
         return list(db.execute(sql.replace("?", "%s"), params).fetchall())
+
+
+def wait_until(
+    condition: Callable[[], bool], *, timeout: float = 60, what: str = "", proc: Proc | None = None
+) -> None:
+    """Poll `condition` until true; fail with `what` (and the log of `proc`, if it died)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited while waiting for {what}:\n{proc.output()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what or condition}")
+        time.sleep(0.05)
