@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from bridge.views import api, devices, pages
+from bridge.views import alerts, api, devices, pages
 
 urlpatterns = [
     path("", pages.index, name="index"),
@@ -11,6 +11,10 @@ urlpatterns = [
     path("api/rooms/<str:room>/messages", api.messages, name="api-messages"),
     path("api/rooms/<str:room>/messages/", api.messages),  # the same, for slash habits
     path("api/devices/<str:device>/commands", devices.commands, name="api-device-commands"),
+    path("api/devices/<str:device>/telemetry", devices.telemetry, name="api-device-telemetry"),
+    path("api/rooms/<str:room>/devices", devices.room_devices_list, name="api-room-devices"),
+    path("api/alerts/rules", alerts.rules, name="api-alert-rules"),
+    path("api/alerts/rules/<int:rule_id>", alerts.rule, name="api-alert-rule"),
     path("healthz", api.healthz, name="healthz"),
     path("readyz", api.readyz, name="readyz"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),

@@ -73,6 +73,11 @@ def alert_rule_create(
     return rule
 
 
+def alert_rule_delete(*, rule: AlertRule) -> None:
+    """Delete a rule and its states (a firing alert stops without a "cleared" message)."""
+    AlertRule.objects.filter(pk=rule.pk).delete()
+
+
 def _breached(rule: AlertRule, value: float) -> bool:
     if rule.condition == Condition.ABOVE:
         return value > (rule.threshold or 0.0)

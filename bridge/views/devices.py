@@ -1,19 +1,27 @@
-"""`POST /api/devices/<device>/commands`: send a command to an MQTT device."""
+"""Devices over HTTP: commands to a device, its telemetry rollups, a room's devices."""
 
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.csrf import csrf_exempt
 
-from bridge.access import can_command
+from bridge.access import can_command, can_read
 from bridge.auth import api_user
-from bridge.exceptions import Forbidden
-from bridge.selectors import device_get
+from bridge.exceptions import Forbidden, InvalidInput, RoomNotFound
+from bridge.selectors import device_get, room_get
 from bridge.services.devices import device_command_create, device_commands_wake
 from bridge.services.identities import identity_for_user
+from bridge.telemetry_selectors import (
+    device_get_readable,
+    room_devices,
+    telemetry_series,
+    window_seconds,
+)
 from bridge.views.api import allow, authenticated_json_body, json_errors
 
 logger = logging.getLogger(__name__)
@@ -52,3 +60,45 @@ def commands(request: HttpRequest, device: str) -> HttpResponse:
         },
         status=202,
     )
+
+
+def _since(request: HttpRequest) -> datetime | None:
+    raw = request.GET.get("since")
+    if not raw:
+        return None
+    try:
+        parsed = parse_datetime(raw)
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise InvalidInput(
+            "'since' must be an ISO 8601 date and time, e.g. 2026-11-22T10:00:00Z.",
+            code="invalid_since",
+        )
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+@allow("GET", "HEAD")
+@json_errors
+def telemetry(request: HttpRequest, device: str) -> HttpResponse:
+    """`?metric=...&window=1m|1h&since=ISO`: the metric's rollups, oldest first."""
+    user = api_user(request)
+    target = device_get_readable(actor=user, device_id=device)
+    window = request.GET.get("window", "1m")
+    metric = request.GET.get("metric", "")
+    rollups = telemetry_series(device=target, metric=metric, window=window, since=_since(request))
+    return JsonResponse({
+        "device": target.device_id, "metric": metric, "window": window,
+        "seconds": window_seconds(window), "rollups": rollups,
+    })
+
+
+@allow("GET", "HEAD")
+@json_errors
+def room_devices_list(request: HttpRequest, room: str) -> HttpResponse:
+    """The room's devices with status, newest readings (value, unit, at) and firing alerts."""
+    user = api_user(request)
+    room_obj = room_get(slug=room)
+    if not can_read(user, room_obj):
+        raise RoomNotFound(f"No room {room!r}.")
+    return JsonResponse({"room": room_obj.slug, "devices": room_devices(room=room_obj)})
