@@ -193,6 +193,8 @@ TELEMETRY_KEEP_RAW_HOURS = env.int("TELEMETRY_KEEP_RAW_HOURS", 48, minimum=0)
 TELEMETRY_KEEP_SHORT_HOURS = env.int("TELEMETRY_KEEP_SHORT_HOURS", 168, minimum=0)
 TELEMETRY_KEEP_LONG_HOURS = env.int("TELEMETRY_KEEP_LONG_HOURS", 8760, minimum=0)
 
+# Where `runbridge` says what it serves (the MQTT broker, for simulate_devices).
+BRIDGE_RUN_FILE = env.str("BRIDGE_RUN_FILE", default=str(BASE_DIR / "var" / "runbridge.json"))
 # What `runbridge` runs in one process (see bridge/embedded.py).
 BRIDGE_EMBEDDED_SERVICES = env.list(
     "BRIDGE_EMBEDDED_SERVICES",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 
 from bridge.embedded import EmbeddedContext
+from bridge.runfile import run_file_entry
 from protocols.mqtt.broker import EmbeddedBroker, embedded_broker, plan_broker
 from protocols.mqtt.config import MqttConfig, default_client_id
 from protocols.mqtt.server import MqttServer
@@ -17,7 +18,8 @@ async def serve(ctx: EmbeddedContext) -> None:
         config = MqttConfig.from_url(settings.MQTT_URL)
         ctx.banner.append(f"mqtt: bridging {config.broker} (MQTT_URL) as {config.client_id}")
         ctx.started()  # it connects (and reconnects) by itself from here
-        await MqttServer(application, config).run()
+        with run_file_entry("mqtt", {"host": config.host, "port": config.port}):
+            await MqttServer(application, config).run()
         return
     # Decided before the first await, so the banner is complete when the web server is ready.
     planned, binary = plan_broker("127.0.0.1", ctx.mqtt_port)
@@ -34,7 +36,8 @@ async def serve(ctx: EmbeddedContext) -> None:
             session_expiry=settings.MQTT_SESSION_EXPIRY,
             reconnect_max=settings.MQTT_RECONNECT_MAX,
         )
-        await MqttServer(application, config).run()
+        with run_file_entry("mqtt", {"host": broker.host, "port": broker.port}):
+            await MqttServer(application, config).run()
 
 
 def _banner(broker: EmbeddedBroker) -> str:

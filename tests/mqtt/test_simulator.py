@@ -1,0 +1,40 @@
+"""The simulator's readings and runbridge's run file (no broker needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+from django.test import override_settings
+
+from bridge.metrics import flatten
+from bridge.runfile import run_file_entry, run_file_read
+from protocols.mqtt.simulator import Readings
+
+
+def test_readings_drift_and_an_excursion_crosses_the_demo_rule_and_comes_back() -> None:
+    readings = Readings(random.Random(7))
+    calm = [readings.next()["temperature"] for _ in range(60)]
+    assert all(15 < t < 29 for t in calm)  # type: ignore[operator]
+    assert len(set(calm)) > 30  # noise: it moves
+    readings.excursion(True)
+    hot = [readings.next()["temperature"] for _ in range(12)]
+    assert max(hot) > 31  # type: ignore[type-var]
+    readings.excursion(False)
+    after = [readings.next()["temperature"] for _ in range(30)]
+    assert after[-1] < 29  # type: ignore[operator]
+    metrics = flatten(readings.next())
+    assert set(metrics) == {"temperature", "humidity", "env.battery"}
+
+
+def test_the_run_file_says_where_runbridge_serves_while_it_runs(tmp_path: Path) -> None:
+    path = tmp_path / "var" / "runbridge.json"
+    with override_settings(BRIDGE_RUN_FILE=str(path)):
+        assert run_file_read() == {}
+        with run_file_entry("mqtt", {"host": "127.0.0.1", "port": 1983}):
+            assert run_file_read()["mqtt"] == {"host": "127.0.0.1", "port": 1983}
+        assert not path.exists()
+        path.write_text(json.dumps({"pid": 2**22 + os.getpid(), "mqtt": {"host": "x", "port": 1}}))
+        assert run_file_read() == {}  # its process is gone: stale
