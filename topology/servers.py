@@ -1,0 +1,131 @@
+"""Debian's servers in place of the compose file's images: argv and first-run preparation.
+
+Each image's own conventions are kept: postgres' POSTGRES_USER/PASSWORD/DB make
+the superuser and the database on first start, mosquitto reads the config the
+compose entrypoint copies (its container paths and listener made local),
+Prosody reads the repo's config from the environment.
+"""
+
+from __future__ import annotations
+
+import getpass
+import glob
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+from topology.compose import ComposeError
+
+
+def _binary(name: str, *candidates: str) -> str:
+    for candidate in (name, *candidates):
+        found = shutil.which(candidate) or (candidate if os.path.exists(candidate) else None)
+        if found:
+            return found
+    raise ComposeError(f"{name} is not installed (scripts/install-system-deps.sh installs it)")
+
+
+def _postgres_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not found:
+        raise ComposeError("PostgreSQL is not installed (scripts/install-system-deps.sh installs it)")
+    return found[-1]
+
+
+def _as_postgres(argv: list[str]) -> list[str]:
+    # initdb and postgres refuse to run as root.
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+def server_argv(kind: str, argv: list[str], *, address: str, volumes: dict[str, str], state: Path) -> list[str]:
+    """The command that runs this image's server locally."""
+    if kind == "postgres":
+        data = volumes.get("/var/lib/postgresql/data", str(state / "volumes" / "postgres"))
+        return _as_postgres([
+            _postgres_bin("postgres"), "-D", data, "-p", "5432", "-k", str(state / "run" / "pg"),
+            "-c", f"listen_addresses={address}", "-c", "max_connections=300",
+        ])
+    if kind == "redis":
+        command = argv or ["redis-server"]
+        return [_binary(command[0]), *command[1:], "--bind", address, "--port", "6379",
+                "--dir", str(state / "volumes" / "redis")]
+    if kind == "mosquitto":
+        return [_binary("mosquitto", "/usr/sbin/mosquitto"), "-c", _mosquitto_config(argv)]
+    if kind == "prosody":
+        config = volumes.get("/etc/prosody/prosody.cfg.lua", "/etc/prosody/prosody.cfg.lua")
+        return [_binary("prosody"), "--config", config, "-F"]
+    raise ComposeError(f"no local server for {kind}")
+
+
+def _mosquitto_config(argv: list[str]) -> str:
+    words = shlex.split(argv[-1]) if argv[:2] == ["sh", "-c"] else argv
+    if "-c" not in words:
+        raise ComposeError("mosquitto's command names no config file (-c)")
+    return words[words.index("-c") + 1]
+
+
+def prepare(kind: str, argv: list[str], *, env: dict[str, str], address: str,
+            volumes: dict[str, str], state: Path) -> None:
+    """First-run work before the server starts (idempotent)."""
+    (state / "run").mkdir(parents=True, exist_ok=True)
+    for host in volumes.values():
+        if not Path(host).suffix:  # a folder (named volume or bind-mounted directory)
+            Path(host).mkdir(parents=True, exist_ok=True)
+    if kind == "postgres":
+        _prepare_postgres(env, volumes.get("/var/lib/postgresql/data", str(state / "volumes" / "postgres")), state)
+    elif kind == "redis":
+        (state / "volumes" / "redis").mkdir(parents=True, exist_ok=True)
+    elif kind == "mosquitto":
+        _prepare_mosquitto(argv, address=address, volumes=volumes)
+    elif kind == "prosody":
+        data = Path(env.get("PROSODY_DATA_DIR", state / "volumes" / "prosody"))
+        (data / "certs").mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            env["PROSODY_RUN_AS_ROOT"] = "1"
+
+
+def _prepare_postgres(env: dict[str, str], data: str, state: Path) -> None:
+    sockets = state / "run" / "pg"
+    sockets.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        for path in (Path(data), sockets):
+            shutil.chown(path, "postgres")
+    if (Path(data) / "PG_VERSION").exists():
+        return
+    user = env.get("POSTGRES_USER", "postgres")
+    database = env.get("POSTGRES_DB", user)
+    pwfile = Path(data).parent / f".{Path(data).name}.pw"
+    pwfile.write_text(env["POSTGRES_PASSWORD"] + "\n")
+    if os.geteuid() == 0:
+        shutil.chown(pwfile, "postgres")
+    try:
+        _run(_as_postgres([_postgres_bin("initdb"), "-D", data, "-U", user, f"--pwfile={pwfile}",
+                           "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8"]))
+    finally:
+        pwfile.unlink()
+    if database != "postgres":
+        _run(_as_postgres([_postgres_bin("postgres"), "--single", "-D", data, "postgres"]),
+             stdin=f"CREATE DATABASE {database};\n")
+
+
+def _prepare_mosquitto(argv: list[str], *, address: str, volumes: dict[str, str]) -> None:
+    # What the compose entrypoint does before `exec mosquitto` (copying the config).
+    if argv[:2] == ["sh", "-c"] and "exec " in argv[2]:
+        _run(["sh", "-c", argv[2].split("exec ", 1)[0].rstrip(" &;")])
+    path = Path(_mosquitto_config(argv))
+    text = path.read_text()
+    for target in sorted(volumes, key=len, reverse=True):
+        text = text.replace(target.rstrip("/") + "/", volumes[target].rstrip("/") + "/")
+    text = re.sub(r"(?m)^listener (\d+)\s*$", rf"listener \1 {address}", text)
+    text = re.sub(r"(?m)^log_dest stdout$", "log_dest stderr", text)
+    # Started as root, mosquitto would switch to its own user, who cannot write our folder.
+    path.write_text(text + f"\nuser {getpass.getuser()}\n")
+
+
+def _run(argv: list[str], *, stdin: str | None = None) -> None:
+    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise ComposeError(f"{' '.join(argv)} failed:\n{done.stdout}\n{done.stderr}")
