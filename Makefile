@@ -6,7 +6,7 @@ ADDR ?= 127.0.0.1:8000
 MQTT_PORT ?= 1883
 PYTEST_ARGS ?=
 
-.PHONY: run install system-deps lint test test-quick bench clean
+.PHONY: run stack install system-deps lint compose-check test test-quick bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ run: install
 	DEBUG=1 $(BIN)/python manage.py demo
 	DEBUG=1 $(BIN)/python manage.py runbridge $(ADDR) --mqtt-port $(MQTT_PORT)
 
+## docker-compose.yml's topology without Docker: Debian's servers, data in .stack/ (Ctrl-C stops it).
+stack: install
+	$(BIN)/python -m topology procfile
+	$(BIN)/honcho -f .stack/Procfile -d . start
+
 system-deps:
 	bash scripts/install-system-deps.sh
 
@@ -31,8 +36,13 @@ lint: install
 	$(BIN)/ruff check .
 	DEBUG=1 $(BIN)/mypy
 
+## The compose file as docker compose reads it (placeholder secrets; no Docker engine needed).
+compose-check:
+	printf 'SECRET_KEY=x\nPOSTGRES_PASSWORD=x\nMQTT_BRIDGE_PASSWORD=x\nXMPP_COMPONENT_SECRET=x\nALLOWED_HOSTS=localhost\n' > .compose-check.env
+	docker-compose --env-file .compose-check.env config -q; status=$$?; rm -f .compose-check.env; exit $$status
+
 ## Everything CI runs: system packages, lint, type checks, all tests with real servers.
-test: system-deps install lint
+test: system-deps install lint compose-check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## The fast loop: no real servers, no browser.
@@ -43,4 +53,4 @@ bench: install
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .stack .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real servers the integration tests start: redis-server, mosquitto,
-# prosody, PostgreSQL and Debian's chromium. Runs apt-get only for what is missing.
+# prosody, PostgreSQL and Debian's chromium; docker-compose (v1, Debian's) to validate
+# docker-compose.yml without a Docker engine (make compose-check). Runs apt-get only for what is missing.
 set -euo pipefail
 
 need=()
@@ -10,6 +11,7 @@ command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
 command -v prosody >/dev/null || need+=(prosody)
 command -v chromium >/dev/null || need+=(chromium)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v docker-compose >/dev/null || need+=(docker-compose)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "system packages: all present"

@@ -63,7 +63,9 @@ def main() -> int:
         if options.what == "procfile":
             reset_markers(plan)
             (state / "Procfile").write_text(procfile(plan, state_arg=options.state))
-            sys.stdout.write(f"{state / 'Procfile'}: {', '.join(plan.processes)}\n")
+            sys.stdout.write(f"{state / 'Procfile'}:\n")
+            for process in plan.processes.values():
+                sys.stdout.write(f"  {process.name:<18} {process.address}\n")
             return 0
         if options.what == "start":
             start(plan, options.name)

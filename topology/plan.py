@@ -11,6 +11,7 @@ from this repo (`build: .`) run their compose command in the project's venv.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import os
 import re
@@ -173,15 +174,15 @@ def make_plan(
         many = len(addresses[service.name]) > 1
         for replica, address in enumerate(addresses[service.name], start=1):
             name = f"{service.name}-{replica}" if many else service.name
-            rewrite = {"hosts": hosts, "volumes": volumes, "own": address}
+            rewrite = functools.partial(_rewrite, hosts=hosts, volumes=volumes, own=address)
             env = {**base_env(), **IMAGE_ENV,
-                   **{k: _rewrite(v, **rewrite, env=True) for k, v in service.environment.items()},
+                   **{k: rewrite(v, env=True) for k, v in service.environment.items()},
                    # Docker gives each container its id as HOSTNAME; locally the replica's name.
                    "HOSTNAME": name}
-            argv = [_rewrite(part, **rewrite) for part in service.argv]
+            argv = [rewrite(part) for part in service.argv]
             health = service.healthcheck.test if service.healthcheck else None
             if health is not None:
-                health = [_rewrite(part.replace("127.0.0.1", address), **rewrite) for part in health]
+                health = [rewrite(part.replace("127.0.0.1", address)) for part in health]
             oneshot = _is_oneshot(service, services)
             source_argv = argv
             if kind == "bridge":

@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from topology.compose import ComposeError
 from topology.plan import LocalProcess, Plan
-from topology.servers import prepare
+from topology.servers import INSTALL_HINT, prepare
 
 DEPENDENCY_TIMEOUT = 300.0  # seconds before a process gives up waiting for its dependencies
 HEALTHCHECK_TIMEOUT = 10.0
@@ -84,12 +84,18 @@ def start(plan: Plan, name: str) -> NoReturn:
     process = plan.by_name(name)
     wait_for_dependencies(plan, process)
     env = dict(process.env)
-    if process.kind != "bridge":
+    if process.kind != "bridge" and not process.oneshot:
         prepare(process.kind, process.source_argv, env=env, address=process.address,
                 volumes=process.volumes, state=plan.state)
     if not process.oneshot:
         sys.stdout.flush()
-        os.execvpe(process.argv[0], process.argv, env)
+        try:
+            os.execvpe(process.argv[0], process.argv, env)
+        except FileNotFoundError as exc:
+            raise ComposeError(f"{process.argv[0]} is not installed ({INSTALL_HINT})") from exc
+    for host in process.volumes.values():
+        if not Path(host).suffix:
+            Path(host).mkdir(parents=True, exist_ok=True)
     code = subprocess.call(process.argv, env=env)
     marker(plan, process.service, "done" if code == 0 else "failed").touch()
     if code != 0:

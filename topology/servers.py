@@ -19,20 +19,21 @@ from pathlib import Path
 
 from topology.compose import ComposeError
 
+INSTALL_HINT = "scripts/install-system-deps.sh installs the servers"
+
 
 def _binary(name: str, *candidates: str) -> str:
+    """The server's path; its bare name when missing (starting it then says what is missing)."""
     for candidate in (name, *candidates):
         found = shutil.which(candidate) or (candidate if os.path.exists(candidate) else None)
         if found:
             return found
-    raise ComposeError(f"{name} is not installed (scripts/install-system-deps.sh installs it)")
+    return name
 
 
 def _postgres_bin(name: str) -> str:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    if not found:
-        raise ComposeError("PostgreSQL is not installed (scripts/install-system-deps.sh installs it)")
-    return found[-1]
+    return found[-1] if found else name
 
 
 def _as_postgres(argv: list[str]) -> list[str]:
@@ -126,6 +127,9 @@ def _prepare_mosquitto(argv: list[str], *, address: str, volumes: dict[str, str]
 
 
 def _run(argv: list[str], *, stdin: str | None = None) -> None:
-    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    try:
+        done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    except FileNotFoundError as exc:
+        raise ComposeError(f"{exc.filename} is not installed ({INSTALL_HINT})") from exc
     if done.returncode != 0:
         raise ComposeError(f"{' '.join(argv)} failed:\n{done.stdout}\n{done.stderr}")

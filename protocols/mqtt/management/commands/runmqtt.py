@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import signal
 from typing import Any
 
@@ -14,6 +15,7 @@ from django.core.management.base import BaseCommand, CommandError
 from bridge.ops import add_ops_argument, ops_endpoint
 from protocols.mqtt.config import MqttConfig
 from protocols.mqtt.server import MqttServer, MqttServerError
+from protocols.mqtt.slots import PLACEHOLDER, ClientIdSlot, SlotLost
 
 
 class Command(BaseCommand):
@@ -23,7 +25,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--client-id",
             default=None,
-            help="this process's MQTT client id (stable across restarts; distinct per process)",
+            help="this process's MQTT client id (stable across restarts; distinct per process); "
+            "with {slot} in it, the lowest free slot leased in Redis (replicas)",
         )
         add_ops_argument(parser)
 
@@ -34,15 +37,20 @@ class Command(BaseCommand):
             config = MqttConfig.from_url(settings.MQTT_URL, client_id=options["client_id"])
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
+        slot = None
+        if PLACEHOLDER in config.client_id:
+            if not settings.REDIS_URL:
+                raise CommandError(f"an MQTT client id with {PLACEHOLDER} needs REDIS_URL (the leases)")
+            slot = ClientIdSlot(settings.REDIS_URL, config.client_id)
         self.stdout.write(f"runmqtt: {config.broker} as {config.client_id}")
         self.stdout.flush()
         try:
-            asyncio.run(self._main(config, options["ops_port"]))
+            asyncio.run(self._main(config, options["ops_port"], slot))
         except KeyboardInterrupt:
             pass
         self.stdout.write("runmqtt stopped")
 
-    async def _main(self, config: MqttConfig, ops_port: int | None) -> None:
+    async def _main(self, config: MqttConfig, ops_port: int | None, slot: ClientIdSlot | None) -> None:
         from project.asgi import application
 
         main = asyncio.current_task()
@@ -51,8 +59,25 @@ class Command(BaseCommand):
             loop.add_signal_handler(signal.SIGTERM, main.cancel)
         try:
             async with ops_endpoint(ops_port):
-                await MqttServer(application, config).run()
+                if slot is None:
+                    await MqttServer(application, config).run()
+                else:
+                    await self._run_in_slot(application, config, slot)
         except asyncio.CancelledError:
             pass
         except MqttServerError as exc:
             raise CommandError(str(exc)) from exc
+
+    async def _run_in_slot(self, application: Any, config: MqttConfig, slot: ClientIdSlot) -> None:
+        """The server under the slot's client id, for as long as the lease is ours."""
+        try:
+            config = dataclasses.replace(config, client_id=await slot.claim())
+            self.stdout.write(f"runmqtt: client id {config.client_id}")
+            self.stdout.flush()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(MqttServer(application, config).run())
+                group.create_task(slot.keep())
+        except* SlotLost as lost:
+            raise CommandError(str(lost.exceptions[0])) from None
+        finally:
+            await slot.release()
