@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Q, QuerySet
 
+from bridge.exceptions import Forbidden, NotFound
 from bridge.models import Device, Identity, Room, RoomMember
+from bridge.names import parse_chat_command
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,24 @@ def actor_of(identity: Identity) -> Actor:
     if identity.kind == Identity.Kind.XMPP and identity.jid:
         return XmppActor(identity.jid.split("/", 1)[0].lower())
     return None
+
+
+def check_chat_command(actor: Actor, room: Room, text: str) -> None:
+    """A `/cmd <device> <text>` posted into a room must name a device in that room which
+    the actor may command; raises the refusal (ordinary messages pass)."""
+    parsed = parse_chat_command(text)
+    if parsed is None:
+        return
+    device = Device.objects.filter(device_id=parsed[0]).first()
+    if device is None:
+        raise NotFound(f"Unknown device {parsed[0]!r}.", code="unknown_device")
+    if not _device_rooms(device).filter(pk=room.pk).exists():
+        raise Forbidden(f"Device {device.device_id!r} is not in this room.", code="device_not_in_room")
+    if not can_command(actor, device):
+        raise Forbidden(
+            f"You have no tie to device {device.device_id!r}: be a member of a room it is in, "
+            "or one of its operators.", code="forbidden_device",
+        )
 
 
 def readable_rooms(actor: Actor) -> QuerySet[Room]:

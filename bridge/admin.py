@@ -1,6 +1,6 @@
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db import transaction
 from django.http import HttpRequest
 
@@ -22,6 +22,7 @@ from bridge.models import (
 )
 from bridge.services.identities import identity_get_or_create
 from bridge.services.rooms import rooms_changed
+from bridge.services.tokens import token_revoke
 
 
 class RoomMemberInline(admin.TabularInline):
@@ -66,8 +67,26 @@ class MessageAdmin(admin.ModelAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ("user", "name", "created")
-    readonly_fields = ("key", "created")
+    """Only the key's hash is stored: the key is shown once, in the message after adding."""
+
+    list_display = ("user", "name", "prefix", "created", "last_used", "revoked")
+    list_filter = ("revoked",)
+    search_fields = ("user__username", "name", "prefix")
+    raw_id_fields = ("user",)
+    readonly_fields = ("prefix", "created", "last_used")
+    actions = ("revoke",)
+
+    def save_model(self, request: HttpRequest, obj: ApiToken, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if not change and obj.key:
+            messages.warning(
+                request, f"The new token's key (copy it now, it is not shown again): {obj.key}"
+            )
+
+    @admin.action(description="Revoke the selected tokens (they fail at once)")
+    def revoke(self, request: HttpRequest, queryset: Any) -> None:
+        for token in queryset.filter(revoked__isnull=True):
+            token_revoke(token=token)
 
 
 @admin.register(Presence)

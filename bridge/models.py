@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import uuid
 from typing import Any
@@ -188,21 +189,43 @@ class Message(models.Model):
 
 
 def _token_key() -> str:
+    """Kept for migration 0001, which names it; new keys are made in ApiToken.save."""
     return secrets.token_hex(20)
 
 
-class ApiToken(models.Model):
-    """`Authorization: Token <key>` for scripts posting through the HTTP API."""
+def token_hash(key: str) -> str:
+    """What is stored of a token: its SHA-256. Keys are 160 random bits, so a fast hash
+    is enough (nothing to brute-force), and a lookup stays one indexed query."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
-    key = models.CharField(max_length=40, unique=True, default=_token_key, editable=False)
+
+class ApiToken(models.Model):
+    """`Authorization: Token <key>` for scripts. Only the key's hash is stored: the key
+    is shown once, when the token is created (`tokens add`, the admin)."""
+
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(max_length=8, editable=False, help_text="The key's first characters.")
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
     )
     name = models.CharField(max_length=100, blank=True)
     created = models.DateTimeField(auto_now_add=True)
+    last_used = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked = models.DateTimeField(
+        null=True, blank=True, help_text="Set: the token no longer works (and its sockets close)."
+    )
+    # The clear key: only on the instance that created it, never stored.
+    key: str | None = None
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self.key_hash:
+            self.key = _token_key()
+            self.key_hash = token_hash(self.key)
+            self.prefix = self.key[:8]
+        super().save(*args, **kwargs)
 
     def __str__(self) -> str:
-        return f"{self.user} {self.name or self.key[:6]}"
+        return f"{self.user} {self.name or self.prefix}"
 
 
 class Presence(models.Model):

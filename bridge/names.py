@@ -56,3 +56,16 @@ def user_access_group(user_id: int | str) -> str:
 
 # MQTT edges join this to hear that a device, its rooms or its operators changed.
 DEVICE_ACCESS_GROUP: Final = "device-access"
+
+
+COMMAND_PREFIX: Final = "/cmd "
+
+
+def parse_chat_command(text: str) -> tuple[str, str] | None:
+    """`/cmd <device> <text>` in a room: (device id, text), or None for an ordinary message."""
+    if not text.startswith(COMMAND_PREFIX):
+        return None
+    device_id, _, command = text[len(COMMAND_PREFIX):].strip().partition(" ")
+    if not device_id or not command.strip():
+        return None
+    return device_id, command.strip()

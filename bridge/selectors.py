@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import QuerySet
 
@@ -20,6 +21,14 @@ def room_get(*, slug: str) -> Room:
         return Room.objects.get(slug=slug)
     except Room.DoesNotExist as exc:
         raise RoomNotFound(f"No room {slug!r}.") from exc
+
+
+def user_get(*, username: str) -> AbstractBaseUser:
+    User = get_user_model()
+    user: AbstractBaseUser | None = User.objects.filter(**{User.USERNAME_FIELD: username}).first()
+    if user is None:
+        raise NotFound(f"No user {username!r}.", code="unknown_user")
+    return user
 
 
 def device_get(*, device_id: str) -> Device:

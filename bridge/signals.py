@@ -13,7 +13,7 @@ from django.contrib.auth import get_user_model, user_logged_out
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
 from bridge.models import ApiToken, Device, Room, RoomMember
-from bridge.services.access import access_changed_on_commit
+from bridge.services.access import access_changed_on_commit, session_tag
 
 
 def _room_saved(sender: Any, instance: Room, update_fields: Any = None, **kwargs: Any) -> None:
@@ -44,8 +44,14 @@ def _user_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
 
 
 def _logged_out(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
-    if user is not None:
-        access_changed_on_commit(users=[user.pk], reason="logged_out")
+    # Sent before Django flushes the session: naming the session lets its sockets
+    # close without racing the flush; the user's other sessions stay signed in.
+    if user is None:
+        return
+    key = getattr(getattr(request, "session", None), "session_key", None)
+    access_changed_on_commit(
+        users=[user.pk], reason="logged_out", session=session_tag(key) if key else None
+    )
 
 
 def _user_groups_changed(sender: Any, instance: Any, action: str, pk_set: Any, model: Any,

@@ -12,8 +12,9 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from bridge.tasks.consumer import TaskConsumer
 from bridge.tasks.telemetry import TelemetryConsumer
 from protocols.mqtt.routing import mqtt_application
+from protocols.websocket.auth import TokenAuthMiddleware
 from protocols.websocket.routing import websocket_urlpatterns
-from protocols.websocket.security import allowed_hosts_origin_validator
+from protocols.websocket.security import origin_check
 from protocols.xmpp.routing import xmpp_application
 
 
@@ -21,8 +22,8 @@ def build_application(django_asgi_app: Any) -> ProtocolTypeRouter:
     return ProtocolTypeRouter(
         {
             "http": ASGIStaticFilesHandler(django_asgi_app),
-            "websocket": allowed_hosts_origin_validator(
-                AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+            "websocket": origin_check(
+                AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
             ),
             # The MQTT protocol server (runmqtt) opens one instance per broker connection.
             "mqtt": mqtt_application,

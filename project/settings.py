@@ -154,6 +154,9 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 
 # --- Security ---------------------------------------------------------------
 
+# WebSocket handshakes are accepted from exactly these origins (scheme://host[:port]);
+# empty: the site's own origin (the handshake's scheme and Host, the host in ALLOWED_HOSTS).
+WEBSOCKET_ALLOWED_ORIGINS = env.list("WEBSOCKET_ALLOWED_ORIGINS", default=[])
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False  # the chat page reads it to post
 SECURE_CONTENT_TYPE_NOSNIFF = True

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from bridge.views import alerts, api, devices, pages
+from bridge.views import alerts, api, devices, members, pages
 
 urlpatterns = [
     path("", pages.index, name="index"),
@@ -10,6 +10,8 @@ urlpatterns = [
     path("api/rooms/", api.rooms, name="api-rooms"),
     path("api/rooms/<str:room>/messages", api.messages, name="api-messages"),
     path("api/rooms/<str:room>/messages/", api.messages),  # the same, for slash habits
+    path("api/rooms/<str:room>/members", members.members, name="api-room-members"),
+    path("api/rooms/<str:room>/members/<str:kind>/<str:name>", members.member, name="api-room-member"),
     path("api/devices/<str:device>/commands", devices.commands, name="api-device-commands"),
     path("api/devices/<str:device>/telemetry", devices.telemetry, name="api-device-telemetry"),
     path("api/rooms/<str:room>/devices", devices.room_devices_list, name="api-room-devices"),

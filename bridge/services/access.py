@@ -16,6 +16,7 @@ re-reading the database sees the change.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable
 
@@ -28,10 +29,16 @@ from bridge.names import DEVICE_ACCESS_GROUP, ROOMS_GROUP, room_access_group, us
 logger = logging.getLogger(__name__)
 
 
+def session_tag(session_key: str) -> str:
+    """What identifies a session in events: a hash, so no usable session key crosses Redis."""
+    return hashlib.sha256(session_key.encode()).hexdigest()[:32]
+
+
 async def aaccess_changed(
     *, rooms: Iterable[str] = (), users: Iterable[int] = (), devices: Iterable[str] = (),
-    reason: str = "access_changed",
+    reason: str = "access_changed", session: str | None = None,
 ) -> None:
+    """`session`: the tag of a session that ended (logout): its sockets close whatever else holds."""
     layer = get_channel_layer()
     if layer is None:
         return
@@ -39,7 +46,10 @@ async def aaccess_changed(
         await layer.group_send(room_access_group(slug), {"type": "access.changed", "reason": reason})
         await layer.group_send(ROOMS_GROUP, {"type": "rooms.changed", "room": slug})
     for user_id in set(users):
-        await layer.group_send(user_access_group(user_id), {"type": "access.changed", "reason": reason})
+        event = {"type": "access.changed", "reason": reason}
+        if session is not None:
+            event["session"] = session
+        await layer.group_send(user_access_group(user_id), event)
     device_ids = sorted(set(devices))
     if device_ids:
         await layer.group_send(DEVICE_ACCESS_GROUP, {"type": "devices.changed", "devices": device_ids})
@@ -47,12 +57,14 @@ async def aaccess_changed(
 
 def access_changed(
     *, rooms: Iterable[str] = (), users: Iterable[int] = (), devices: Iterable[str] = (),
-    reason: str = "access_changed",
+    reason: str = "access_changed", session: str | None = None,
 ) -> None:
     """Announce now (call it after the commit). A failure is logged, never raised: the
     change is stored, and the edges' periodic resync or the next connect applies it."""
     try:
-        async_to_sync(aaccess_changed)(rooms=rooms, users=users, devices=devices, reason=reason)
+        async_to_sync(aaccess_changed)(
+            rooms=rooms, users=users, devices=devices, reason=reason, session=session
+        )
     except Exception:  # the channel layer's Redis is away: the change itself is committed
         logger.warning("could not announce an access change (rooms %s, users %s, devices %s)",
                        list(rooms), list(users), list(devices), exc_info=True)
@@ -60,10 +72,12 @@ def access_changed(
 
 def access_changed_on_commit(
     *, rooms: Iterable[str] = (), users: Iterable[int] = (), devices: Iterable[str] = (),
-    reason: str = "access_changed",
+    reason: str = "access_changed", session: str | None = None,
 ) -> None:
     """Announce once the current transaction commits (at once outside a transaction)."""
     rooms, users, devices = list(rooms), list(users), list(devices)
     transaction.on_commit(
-        lambda: access_changed(rooms=rooms, users=users, devices=devices, reason=reason)
+        lambda: access_changed(
+            rooms=rooms, users=users, devices=devices, reason=reason, session=session
+        )
     )

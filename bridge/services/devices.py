@@ -27,7 +27,6 @@ from bridge.services.presence import presence_join, presence_leave
 logger = logging.getLogger(__name__)
 
 STATUSES = ("online", "offline")
-COMMAND_PREFIX = "/cmd "
 # The channel-layer group of every process that publishes device commands (runmqtt).
 DEVICE_COMMANDS_GROUP = "device-commands"
 
@@ -192,16 +191,6 @@ async def adevice_commands_wake() -> None:
 
 def device_commands_wake() -> None:
     async_to_sync(adevice_commands_wake)()
-
-
-def parse_chat_command(text: str) -> tuple[str, str] | None:
-    """`/cmd <device> <text>` in a room: (device id, text), or None for an ordinary message."""
-    if not text.startswith(COMMAND_PREFIX):
-        return None
-    device_id, _, command = text[len(COMMAND_PREFIX):].strip().partition(" ")
-    if not device_id or not command.strip():
-        return None
-    return device_id, command.strip()
 
 
 def device_commands_claim(*, ids: Iterable[int] | None = None, limit: int = 100) -> list[CommandOut]:

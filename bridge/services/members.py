@@ -10,12 +10,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, Group
+from django.contrib.auth.models import Group
 from django.db import transaction
 
 from bridge.exceptions import InvalidInput, NotFound
-from bridge.models import Device, Room, RoomMember
+from bridge.models import Room, RoomMember
+from bridge.selectors import device_get, user_get
 
 # A bare JID: local@domain, no resource; what XMPP affiliations are keyed by.
 _BARE_JID = re.compile(r"^[^@/\s\x00-\x1f]{1,256}@[a-z0-9.-]{1,253}$")
@@ -46,27 +46,11 @@ def jid_normalized(jid: str) -> str:
     return value
 
 
-def _user(username: str) -> AbstractBaseUser:
-    User = get_user_model()
-    try:
-        user: AbstractBaseUser = User.objects.get(**{User.USERNAME_FIELD: username})
-    except User.DoesNotExist as exc:
-        raise NotFound(f"No user {username!r}.", code="unknown_user") from exc
-    return user
-
-
 def _group(name: str) -> Group:
     try:
         return Group.objects.get(name=name)
     except Group.DoesNotExist as exc:
         raise NotFound(f"No group {name!r}.", code="unknown_group") from exc
-
-
-def _device(device_id: str) -> Device:
-    device = Device.objects.filter(device_id=device_id).first()
-    if device is None:
-        raise NotFound(f"Unknown device {device_id!r}.", code="unknown_device")
-    return device
 
 
 def member_add(
@@ -82,13 +66,13 @@ def member_add(
         raise InvalidInput(f"Role must be one of {', '.join(ROLES)}.", code="invalid_role")
     with transaction.atomic():
         if member.device:
-            device = _device(member.device)
+            device = device_get(device_id=member.device)
             device.listen_rooms.add(room)
             if device_posts:
                 device.post_rooms.add(room)
             return f"device:{device.device_id}"
         if member.username:
-            user = _user(member.username)
+            user = user_get(username=member.username)
             defaults = {"role": role, **({"jid": jid_normalized(jid)} if jid else {})}
             row, _ = RoomMember.objects.update_or_create(room=room, user=user, defaults=defaults)
         elif member.group:
@@ -107,7 +91,7 @@ def member_remove(*, room: Room, member: MemberRef) -> bool:
     """Remove a member; False when it was not one. A device stops posting into and listening to the room."""
     with transaction.atomic():
         if member.device:
-            device = _device(member.device)
+            device = device_get(device_id=member.device)
             was = device.listen_rooms.filter(pk=room.pk).exists() or device.post_rooms.filter(
                 pk=room.pk
             ).exists()
@@ -116,7 +100,7 @@ def member_remove(*, room: Room, member: MemberRef) -> bool:
             return was
         rows = RoomMember.objects.filter(room=room)
         if member.username:
-            rows = rows.filter(user=_user(member.username).pk)
+            rows = rows.filter(user=user_get(username=member.username).pk)
         elif member.group:
             rows = rows.filter(group=_group(member.group))
         else:

@@ -12,6 +12,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from bridge import jsontext
+from bridge.access import check_chat_command
 from bridge.auth import api_user
 from bridge.envelope import message_envelope
 from bridge.exceptions import (
@@ -137,6 +138,8 @@ def messages(request: HttpRequest, room: str) -> HttpResponse:
     if request.method != "POST":
         raise MethodNotAllowed("Use GET or POST.")
     body = authenticated_json_body(request, user, "post")
+    if isinstance(body.get("text"), str):
+        check_chat_command(user, room_obj, body["text"])
     result = message_post(
         room=room_obj,
         sender=identity_for_user(user),

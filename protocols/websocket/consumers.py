@@ -12,14 +12,25 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import DatabaseError
 
 from bridge import jsontext
+from bridge.access import can_read, check_chat_command
+from bridge.auth import session_live, token_live
 from bridge.envelope import Envelope, message_envelope
-from bridge.exceptions import BridgeError, Forbidden, InvalidInput, TooLarge
+from bridge.exceptions import (
+    AuthRequired,
+    BridgeError,
+    Forbidden,
+    InvalidInput,
+    RoomNotFound,
+    TooLarge,
+)
 from bridge.models import Identity, Room
-from bridge.names import room_group
+from bridge.names import room_access_group, room_group, user_access_group
 from bridge.selectors import MAX_HISTORY, message_history, room_get, room_visible
+from bridge.services.access import session_tag
 from bridge.services.identities import identity_for_user
 from bridge.services.messages import amessage_post
 from bridge.services.presence import (
@@ -32,8 +43,13 @@ from bridge.services.presence import (
 logger = logging.getLogger(__name__)
 
 CLOSE_INVALID = 4400
+# The credentials the socket opened with no longer hold: logged out, deactivated,
+# password changed, token revoked (or a bad token at the handshake).
+CLOSE_UNAUTHORIZED = 4401
+# Not (or no longer) allowed to read the room: not a member, removed, room made private.
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
+CLOSE_CODES = {401: CLOSE_UNAUTHORIZED, 403: CLOSE_FORBIDDEN, 404: CLOSE_NOT_FOUND}
 
 
 def _history_after(room: Room, after: int | None) -> list[list[Envelope]]:
@@ -52,6 +68,7 @@ def _history_after(room: Room, after: int | None) -> list[list[Envelope]]:
 
 class RoomConsumer(AsyncWebsocketConsumer):
     room: Room | None = None
+    access_groups: list[str] = []  # replaced (never mutated) per connection
     identity: Identity | None = None
     last_seq = 0
     heartbeat: asyncio.Task[None] | None = None
@@ -68,19 +85,26 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 self.heartbeat.cancel()
 
     async def connect(self) -> None:
-        """Called on the handshake. Refusals are accepted first so the client can read why."""
+        """Called on the handshake. Refusals are accepted first so the client can read why.
+
+        The access groups are joined before access is checked, so a change
+        committed in between still reaches this socket (and re-checks it).
+        """
         slug = self.scope["url_route"]["kwargs"]["room"]
         user = self.scope.get("user")
         try:
+            if "auth_error" in self.scope:
+                raise self.scope["auth_error"]
             after = self._after_param()
             room = await database_sync_to_async(room_get)(slug=slug)
+            await self._join_access_groups(room, user)
             if not await database_sync_to_async(room_visible)(room, user):
                 raise Forbidden("This room is private: only its members may join it.")
         except BridgeError as exc:
+            await self._leave_access_groups()
             await self.accept()
             await self.send_error(exc)
-            close_code = {404: CLOSE_NOT_FOUND, 403: CLOSE_FORBIDDEN}.get(exc.status, CLOSE_INVALID)
-            await self.close(code=close_code)
+            await self.close(code=CLOSE_CODES.get(exc.status, CLOSE_INVALID))
             return
         self.room = room
         # Join before reading history, so nothing stored in between is missed.
@@ -92,6 +116,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if self.heartbeat is not None:
             self.heartbeat.cancel()
+        await self._leave_access_groups()
         if self.room is None:
             return
         await self.channel_layer.group_discard(room_group(self.room.slug), self.channel_name)
@@ -130,6 +155,10 @@ class RoomConsumer(AsyncWebsocketConsumer):
         assert self.room is not None
         if self.identity is None:
             self.identity = await database_sync_to_async(identity_for_user)(self.scope["user"])
+        if isinstance(frame.get("text"), str):
+            await database_sync_to_async(check_chat_command)(
+                self.scope["user"], self.room, frame["text"]
+            )
         result = await amessage_post(
             room=self.room,
             sender=self.identity,
@@ -141,6 +170,59 @@ class RoomConsumer(AsyncWebsocketConsumer):
         # An extension of the contract: tells the sender its message is stored.
         ack = {"type": "ack", "client_id": frame.get("client_id"), "id": result.envelope["id"]}
         await self.send(text_data=json.dumps({**ack, "seq": result.envelope["seq"]}))
+
+    # --- access ---------------------------------------------------------------
+
+    async def _join_access_groups(self, room: Room, user: Any) -> None:
+        self.access_groups = [room_access_group(room.slug)]
+        if user is not None and user.is_authenticated:
+            self.access_groups.append(user_access_group(user.pk))
+        for group in self.access_groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+
+    async def _leave_access_groups(self) -> None:
+        for group in self.access_groups:
+            await self.channel_layer.group_discard(group, self.channel_name)
+        self.access_groups = []
+
+    async def access_changed(self, event: dict[str, Any]) -> None:
+        """Who may read the room, or this user's credentials, changed: ask again.
+
+        Called for the room's privacy or members, and for the user's logout,
+        deactivation, password, groups or tokens. Closes with 4401 or 4403 (after
+        an `error` frame saying why) when this socket lost its right to the room.
+        """
+        if self.room is None:
+            return
+        refusal = await database_sync_to_async(self._access_refusal)(event)
+        if refusal is None:
+            return
+        logger.info("websocket %s closed: %s (%s)", self.channel_name, refusal.code, event.get("reason"))
+        await self.send_error(refusal)
+        await self.close(code=CLOSE_CODES.get(refusal.status, CLOSE_FORBIDDEN))
+
+    def _access_refusal(self, event: dict[str, Any]) -> BridgeError | None:
+        """Why this socket may no longer read its room, or None (runs in a database thread)."""
+        assert self.room is not None
+        user = self.scope.get("user")
+        if user is not None and user.is_authenticated:
+            token_id = self.scope.get("api_token")
+            session_key = getattr(self.scope.get("session"), "session_key", None)
+            if token_id is not None:
+                live = token_live(token_id)
+            else:
+                live = event.get("session") != (session_tag(session_key) if session_key else None)
+                live = live and session_live(session_key, user)
+            if not live:
+                return AuthRequired("Your sign-in ended (logged out, deactivated, new password "
+                                    "or revoked token): sign in again.", code="signed_out")
+            user = get_user_model().objects.filter(pk=user.pk).first()
+        room = Room.objects.filter(pk=self.room.pk).first()
+        if room is None:
+            return RoomNotFound("This room was deleted.")
+        if not can_read(user, room):
+            return Forbidden("You are no longer allowed to read this room.", code="not_a_member")
+        return None
 
     # --- from the room group -----------------------------------------------
 

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.models import ApiToken, Message, Room
+from bridge.services.members import MemberRef, member_add
 from bridge.services.rooms import room_create
 from tests.support.hostile import encoded, message_bodies
 from tests.support.processes import free_port
@@ -242,3 +243,61 @@ def test_any_body_is_stored_or_refused_with_a_json_error(client: Client, lobby: 
         assert response.status_code in (400, 413)
         assert set(response.json()["error"]) == {"code", "detail"}
         assert Message.objects.count() == before
+
+
+def test_private_room_is_for_members_over_http(client: Client, token: str) -> None:
+    room = room_create(slug="secret", private=True)
+    outsider = {"Authorization": f"Token {token}"}
+    assert client.get("/api/rooms/secret/messages", headers=outsider).status_code == 404
+    refused = post(client, "secret", {"text": "let me in"}, **outsider)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (404, "room_not_found")
+    assert "secret" not in [r["slug"] for r in client.get("/api/rooms/", headers=outsider).json()["rooms"]]
+    member_add(room=room, member=MemberRef(username="script"))
+    assert post(client, "secret", {"text": "in"}, **outsider).status_code == 201
+    assert [m["text"] for m in client.get("/api/rooms/secret/messages", headers=outsider).json()["messages"]] == ["in"]
+    assert client.get("/api/rooms/secret/messages").status_code == 404  # anonymous
+
+
+def test_tokens_are_stored_hashed_listed_and_revoked(client: Client) -> None:
+    import io
+
+    from django.core.management import call_command
+
+    get_user_model().objects.create_user(username="ops", password="pw")
+    room_create(slug="lobby")
+    out = io.StringIO()
+    call_command("tokens", "add", "ops", "--name", "ci", stdout=out)
+    key = out.getvalue().strip()
+    stored = ApiToken.objects.get()
+    assert key not in {stored.key_hash, stored.prefix} and stored.key_hash != "" and key.startswith(stored.prefix)
+    assert post(client, "lobby", {"text": "hi"}, Authorization=f"Token {key}").status_code == 201
+    stored.refresh_from_db()
+    assert stored.last_used is not None
+    listing = io.StringIO()
+    call_command("tokens", "list", stdout=listing)
+    assert f"{stored.pk}\tops\tci\t{stored.prefix}...\t" in listing.getvalue()
+    assert key not in listing.getvalue()
+    call_command("tokens", "revoke", stored.prefix, stdout=io.StringIO())
+    refused = post(client, "lobby", {"text": "again"}, Authorization=f"Token {key}")
+    assert (refused.status_code, refused.json()["error"]["code"]) == (401, "invalid_token")
+
+
+def test_room_admins_manage_members_over_the_api(client: Client, token: str) -> None:
+    room = room_create(slug="secret", private=True)
+    get_user_model().objects.create_user(username="bob", password="pw")
+    admin = {"Authorization": f"Token {token}"}
+    url = "/api/rooms/secret/members"
+    assert client.get(url, headers=admin).status_code == 404  # not even a member
+    member_add(room=room, member=MemberRef(username="script"))
+    refused = client.get(url, headers=admin)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "not_room_admin")
+    member_add(room=room, member=MemberRef(username="script"), role="admin")
+    added = client.post(url, json.dumps({"user": "bob", "jid": "bob@example.org"}),
+                        content_type="application/json", headers=admin)
+    assert added.status_code == 201
+    assert {"kind": "user", "name": "bob", "role": "member", "jid": "bob@example.org"} in added.json()["members"]
+    bad = client.post(url, json.dumps({"user": "ghost"}), content_type="application/json", headers=admin)
+    assert (bad.status_code, bad.json()["error"]["code"]) == (404, "unknown_user")
+    assert client.delete(f"{url}/user/bob", headers=admin).status_code == 204
+    gone = client.delete(f"{url}/user/bob", headers=admin)
+    assert (gone.status_code, gone.json()["error"]["code"]) == (404, "not_a_member")

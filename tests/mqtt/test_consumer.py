@@ -7,9 +7,13 @@ import json
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.contrib.auth import get_user_model
 from django.test import override_settings
 
 from bridge.models import DeviceCommand, Identity, Message, Telemetry
+from bridge.selectors import room_get
+from bridge.services.identities import identity_for_user
+from bridge.services.members import MemberRef, member_add
 from bridge.services.messages import amessage_post
 from project.asgi import application
 from protocols.mqtt.testing import MqttCommunicator
@@ -152,22 +156,31 @@ async def test_status_and_last_will_become_presence_in_the_devices_rooms(
     assert offline["state"] == "offline"
 
 
+def _user_identity(name: str, *, member_of: str | None = None) -> Identity:
+    user = get_user_model().objects.create_user(username=name, password="pw")
+    if member_of is not None:
+        member_add(room=room_get(slug=member_of), member=MemberRef(username=name))
+    return identity_for_user(user)
+
+
 async def test_cmd_in_a_room_is_published_to_the_device(bridge: MqttCommunicator) -> None:
-    alice = await database_sync_to_async(Identity.objects.create)(kind="user", name="alice")
+    alice = await database_sync_to_async(_user_identity)("alice", member_of="lobby")
+    bob = await database_sync_to_async(_user_identity)("bob")  # reads the lobby, no tie to sensor-1
+    await amessage_post(room="lobby", sender=bob, origin="web", text="/cmd sensor-1 self-destruct")
     await amessage_post(room="lobby", sender=alice, origin="web", text="/cmd sensor-1 reboot now")
 
     command = await bridge.receive_publish(topic="devices/sensor-1/commands")
     body = json.loads(command["payload"])
     assert body["text"] == "reboot now"
     assert body["sender"] == {"kind": "user", "name": "alice"}
-    # The chat message itself is an ordinary room message too.
+    # The chat messages themselves are ordinary room messages too.
     await bridge.receive_publish(topic="rooms/lobby/messages")
     assert await database_sync_to_async(DeviceCommand.objects.count)() == 1
 
 
 async def test_cmd_from_xmpp_or_for_a_device_outside_the_room_is_ignored(bridge: MqttCommunicator) -> None:
     mallory = await database_sync_to_async(Identity.objects.create)(kind="xmpp", name="mallory")
-    alice = await database_sync_to_async(Identity.objects.create)(kind="user", name="alice")
+    alice = await database_sync_to_async(_user_identity)("alice", member_of="vault")
     await amessage_post(room="lobby", sender=mallory, origin="xmpp", text="/cmd sensor-1 open the valve")
     await amessage_post(room="vault", sender=alice, origin="web", text="/cmd sensor-1 open the valve")
     await bridge.receive_publish(topic="rooms/lobby/messages")

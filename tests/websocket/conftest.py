@@ -33,8 +33,11 @@ def session_for() -> Callable[[str], object]:
 def ws() -> Connect:
     """A communicator on the full ASGI stack (origin check, session auth, routing)."""
 
-    def connect(path: str, *, cookie: str | None = None, origin: str = "http://localhost") -> WebsocketCommunicator:
-        headers = [(b"host", b"localhost"), (b"origin", origin.encode())]
+    def connect(
+        path: str, *, cookie: str | None = None, origin: str = "http://localhost",
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> WebsocketCommunicator:
+        headers = [(b"host", b"localhost"), (b"origin", origin.encode()), *(headers or [])]
         if cookie:
             headers.append((b"cookie", cookie.encode()))
         return WebsocketCommunicator(application, path, headers=headers)

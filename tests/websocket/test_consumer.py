@@ -210,7 +210,24 @@ async def test_a_second_tab_of_the_same_user_sees_itself_present(ws: Any, sessio
 async def test_a_refused_origin_is_logged_with_the_reason(ws: Any, lobby: Room, caplog: Any) -> None:
     comm = ws("/ws/rooms/lobby/", origin="http://evil.example")
     assert not (await comm.connect())[0]
-    assert any("evil.example" in r.getMessage() and "ALLOWED_HOSTS" in r.getMessage() for r in caplog.records)
+    assert any("evil.example" in r.getMessage() and "own origin" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("origin", ["http://localhost:4444", "https://localhost", "http://localhost.evil"])
+async def test_origin_must_match_scheme_host_and_port(ws: Any, lobby: Room, origin: str) -> None:
+    assert not (await ws("/ws/rooms/lobby/", origin=origin).connect())[0]
+
+
+async def test_allowed_origins_setting_replaces_the_own_origin(ws: Any, lobby: Room, settings: Any) -> None:
+    from protocols.websocket.security import Origin, OriginPolicy
+
+    settings.WEBSOCKET_ALLOWED_ORIGINS = ["https://chat.example.org"]
+    policy = OriginPolicy.from_settings()
+    scope = {"type": "websocket", "headers": [(b"host", b"localhost"), (b"origin", b"https://chat.example.org:443")]}
+    assert policy.refusal(scope) is None
+    scope["headers"][1] = (b"origin", b"http://localhost")
+    assert policy.refusal(scope) == "Origin http://localhost:80 is not in WEBSOCKET_ALLOWED_ORIGINS"
+    assert Origin.parse("ftp://x") is None and Origin.parse("http://x:99999") is None
 
 
 async def test_deeply_nested_json_is_an_error_frame_not_a_crash(ws: Any, session_for: Any, lobby: Room) -> None:

@@ -116,6 +116,13 @@
     }
   }
 
+  const CLOSE_REASONS = {
+    4400: "the request was malformed",
+    4401: "your sign-in ended (logged out, deactivated, new password or revoked token): sign in again and reload",
+    4403: "you are not (or no longer) a member of this room",
+    4404: "there is no such room",
+  };
+
   function connect() {
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
     const url = scheme + location.host + "/ws/rooms/" + encodeURIComponent(room) + "/" +
@@ -147,8 +154,10 @@
     socket.onclose = function (event) {
       socket = null;
       if (event.code >= 4400 && event.code < 4500) {
-        setStatus("closed: " + (errorEl.textContent || event.code), "closed");
-        return; // the server refused us for good (no such room, private room)
+        // The server refused us for good; say why in words, then the server's own detail.
+        const why = CLOSE_REASONS[event.code] || "refused";
+        setStatus("closed: " + why + (errorEl.textContent ? " — " + errorEl.textContent : ""), "closed");
+        return;
       }
       const delay = Math.min(30000, 500 * Math.pow(2, attempt)) * (0.5 + Math.random() / 2);
       attempt += 1;
