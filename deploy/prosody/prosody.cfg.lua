@@ -5,7 +5,9 @@
 -- docker compose use this same file:
 --
 --   PROSODY_DATA_DIR        data directory (accounts, rooms, archives)
---   PROSODY_INTERFACE       address to listen on (default 127.0.0.1)
+--   PROSODY_INTERFACE       address clients connect to (default 127.0.0.1)
+--   PROSODY_COMPONENT_INTERFACE  address of the component port (default
+--                           PROSODY_INTERFACE): loopback or an internal network only
 --   PROSODY_C2S_PORT        client port (default 5222)
 --   PROSODY_COMPONENT_PORT  component port, XEP-0114 (default 5347)
 --   XMPP_DOMAIN             the users' domain (default localhost)
@@ -32,7 +34,7 @@ log = { { levels = { min = ENV_PROSODY_LOG_LEVEL or "info" }, to = "console" } }
 
 interfaces = { ENV_PROSODY_INTERFACE or "127.0.0.1" }
 c2s_ports = { tonumber(ENV_PROSODY_C2S_PORT or "5222") }
-component_interfaces = { ENV_PROSODY_INTERFACE or "127.0.0.1" }
+component_interfaces = { ENV_PROSODY_COMPONENT_INTERFACE or ENV_PROSODY_INTERFACE or "127.0.0.1" }
 component_ports = { tonumber(ENV_PROSODY_COMPONENT_PORT or "5347") }
 -- No federation, no HTTP: a local stack for the bridge and its users.
 s2s_ports = {}
@@ -41,7 +43,7 @@ https_ports = {}
 c2s_direct_tls_ports = {}
 
 modules_enabled = {
-	"roster"; "saslauth"; "disco"; "ping"; "time"; "version";
+	"roster"; "saslauth"; "tls"; "disco"; "ping"; "time"; "version";
 	"register"; "carbons"; "mam"; "limits";
 }
 modules_disabled = { "s2s"; "offline" }
@@ -50,10 +52,14 @@ authentication = "internal_hashed"
 storage = "internal"
 certificates = data_dir .. "/certs"
 
--- Local development and tests run without certificates: plain connections on
--- loopback. Put TLS in front (or give Prosody certificates) anywhere else.
-c2s_require_encryption = false
-allow_unencrypted_plain_auth = true
+-- Clients: STARTTLS required, passwords only over TLS. Prosody finds the
+-- domain's certificate in `certificates` (DOMAIN.crt and DOMAIN.key); make a
+-- self-signed one with
+--   deploy/prosody/make-cert.sh "$PROSODY_DATA_DIR/certs" "$XMPP_DOMAIN" "$XMPP_MUC_SERVICE"
+-- or put a real one there. The component port (XEP-0114) has no TLS: keep it
+-- on loopback or an internal network (PROSODY_COMPONENT_INTERFACE).
+c2s_require_encryption = true
+allow_unencrypted_plain_auth = false
 allow_registration = false
 
 -- Stanza size and rate limits for clients: a flood or a huge stanza from one

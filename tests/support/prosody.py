@@ -13,6 +13,16 @@ from pathlib import Path
 from tests.support.processes import REPO, Proc, free_port, require_binary, start, wait_for_port
 
 CONFIG = REPO / "deploy" / "prosody" / "prosody.cfg.lua"
+MAKE_CERT = REPO / "deploy" / "prosody" / "make-cert.sh"
+
+
+def make_cert(cert_dir: Path, domain: str, *others: str) -> Path:
+    """The README's command: a self-signed certificate for `domain`; the path of its .crt."""
+    done = subprocess.run([str(MAKE_CERT), str(cert_dir), domain, *others], capture_output=True,
+                          text=True, timeout=60, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"make-cert.sh failed:\n{done.stdout}\n{done.stderr}")
+    return cert_dir / f"{domain}.crt"
 
 
 @dataclass
@@ -26,6 +36,7 @@ class Prosody:
     component_port: int = field(default_factory=free_port)
     proc: Proc | None = None
     starts: int = 0
+    name: str = "prosody"
 
     @property
     def muc(self) -> str:
@@ -38,6 +49,11 @@ class Prosody:
     @property
     def data_dir(self) -> Path:
         return self.base / "prosody-data"
+
+    @property
+    def ca_file(self) -> Path:
+        """The domain's certificate, which clients verify the server against (pinned)."""
+        return self.data_dir / "certs" / f"{self.domain}.crt"
 
     def env(self) -> dict[str, str]:
         return {
@@ -77,7 +93,8 @@ class Prosody:
 
     def start(self) -> Proc:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        (self.data_dir / "certs").mkdir(exist_ok=True)
+        if not self.ca_file.exists():
+            make_cert(self.data_dir / "certs", self.domain, self.muc)
         self.starts += 1
         self.proc = start(
             f"prosody-{self.starts}",

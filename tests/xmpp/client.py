@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from slixmpp import ClientXMPP, Message, Presence
 from slixmpp.xmlstream.handler import Callback
@@ -29,14 +30,22 @@ class Seen:
 
 
 class XmppTestClient:
-    def __init__(self, jid: str, password: str, *, port: int) -> None:
+    def __init__(self, jid: str, password: str, *, port: int, ca_file: Path | None) -> None:
+        """With `ca_file`: STARTTLS or nothing, the server's certificate checked against it
+        (and its name against the JID's domain). Without: plain TCP, plain authentication
+        (what a server should refuse)."""
         register_stanza_plugins()
         self.port = port
         self.xmpp = ClientXMPP(jid, password)
-        self.xmpp.enable_starttls = False
         self.xmpp.enable_direct_tls = False
-        self.xmpp.enable_plaintext = True
-        self.xmpp.plugin["feature_mechanisms"].unencrypted_plain = True
+        if ca_file is not None:
+            self.xmpp.enable_starttls = True
+            self.xmpp.enable_plaintext = False
+            self.xmpp.ca_certs = ca_file
+        else:
+            self.xmpp.enable_starttls = False
+            self.xmpp.enable_plaintext = True
+            self.xmpp.plugin["feature_mechanisms"].unencrypted_plain = True
         self.xmpp.whitespace_keepalive = False
         self.xmpp.register_plugin("xep_0313")
         self.inbox: asyncio.Queue[Seen] = asyncio.Queue()
@@ -44,6 +53,11 @@ class XmppTestClient:
         self.gone = asyncio.Event()
         self.xmpp.add_event_handler("session_start", lambda _: self.session.set())
         self.xmpp.add_event_handler("disconnected", lambda _: self.gone.set())
+        self.refusals: list[str] = []
+        for refusal in ("failed_all_auth", "no_auth", "connection_failed"):
+            self.xmpp.add_event_handler(
+                refusal, lambda _, name=refusal: (self.refusals.append(name), self.gone.set())
+            )
         self.xmpp.register_handler(
             Callback("test messages", MatchXPath(f"{{{self.xmpp.default_ns}}}message"), self._on_message)
         )
@@ -126,8 +140,10 @@ class XmppTestClient:
 
 
 @contextlib.asynccontextmanager
-async def xmpp_client(jid: str, password: str, *, port: int) -> AsyncIterator[XmppTestClient]:
-    client = XmppTestClient(jid, password, port=port)
+async def xmpp_client(
+    jid: str, password: str, *, port: int, ca_file: Path | None
+) -> AsyncIterator[XmppTestClient]:
+    client = XmppTestClient(jid, password, port=port, ca_file=ca_file)
     await client.start()
     try:
         yield client

@@ -1,4 +1,5 @@
-"""The XMPP edge as it runs: a real Prosody, real runxmpp and ASGI processes, a real client."""
+"""The XMPP edge as it runs: real Prosody and ejabberd (each test on both), real runxmpp and ASGI
+processes, a real client on STARTTLS."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from typing import Any
 import pytest
 import websockets
 
+from tests.support.ejabberd import Ejabberd
 from tests.support.http import login_cookie, request
 from tests.support.processes import Proc, query, start_manage
 from tests.support.prosody import Prosody
 from tests.support.stack import Stack, provision
-from tests.xmpp.client import Seen, xmpp_client
+from tests.xmpp.client import Seen, XmppTestClient, xmpp_client
 
 pytestmark = pytest.mark.slow
 
@@ -39,10 +41,10 @@ def bridging(proc: Proc, room: str, *, times: int = 1) -> bool:
     return proc.output().count(f"bridging {room}") >= times
 
 
-def runxmpp(stack: Stack, prosody: Prosody) -> Proc:
+def runxmpp(stack: Stack, server: XmppServer) -> Proc:
     proc = start_manage("runxmpp", ["runxmpp"], env=stack.env, log_dir=stack.tmp)
     stack.procs.append(proc)
-    wait_until(lambda: bridging(proc, f"lobby@{prosody.muc}") or proc.popen.poll() is not None,
+    wait_until(lambda: bridging(proc, f"lobby@{server.muc}") or proc.popen.poll() is not None,
                what="runxmpp bridging the lobby")
     assert proc.popen.poll() is None, proc.output()
     return proc
@@ -80,23 +82,33 @@ def occupant(room: str, nick: str) -> Callable[[Seen], bool]:
     return lambda s: s.kind == "presence" and s.sender == f"{room}/{nick}" and s.presence_type == "available"
 
 
-@pytest.fixture
-def prosody(tmp_path: Path) -> Iterator[Prosody]:
-    server = Prosody(base=tmp_path)
-    server.register("carol", PASSWORD)
-    server.start()
+XmppServer = Prosody | Ejabberd
+
+
+@pytest.fixture(params=["prosody", "ejabberd"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[XmppServer]:
+    """Each server with the repo's configuration for it, on loopback, with a user carol."""
+    xmpp_server: XmppServer = (Prosody if request.param == "prosody" else Ejabberd)(base=tmp_path)
+    xmpp_server.start()
     try:
-        yield server
+        xmpp_server.register("carol", PASSWORD)
+        yield xmpp_server
     finally:
-        server.stop()
+        xmpp_server.stop()
+
+
+def carol_client(server: XmppServer) -> Any:
+    """carol on STARTTLS, verifying the server's certificate."""
+    return xmpp_client(f"carol@{server.domain}", PASSWORD, port=server.c2s_port,
+                       ca_file=server.ca_file)
 
 
 @pytest.fixture
-def xmpp_stack(tmp_path: Path, prosody: Prosody, redis_url: str) -> Iterator[tuple[Stack, str, Proc]]:
-    stack = provision(tmp_path, REDIS_URL=redis_url, **prosody.bridge_settings())
+def xmpp_stack(tmp_path: Path, server: XmppServer, redis_url: str) -> Iterator[tuple[Stack, str, Proc]]:
+    stack = provision(tmp_path, REDIS_URL=redis_url, **server.bridge_settings())
     try:
         base = stack.asgi("web")
-        proc = runxmpp(stack, prosody)
+        proc = runxmpp(stack, server)
         yield stack, base, proc
     finally:
         stack.stop()
@@ -106,7 +118,7 @@ def xmpp_stack(tmp_path: Path, prosody: Prosody, redis_url: str) -> Iterator[tup
 
 
 async def test_web_mqtt_and_xmpp_each_reach_the_other_two_exactly_once(
-    tmp_path: Path, prosody: Prosody, redis_url: str
+    tmp_path: Path, server: XmppServer, redis_url: str
 ) -> None:
     from tests.support.mosquitto import mosquitto_server
     from tests.support.mqtt_device import TestDevice
@@ -114,8 +126,8 @@ async def test_web_mqtt_and_xmpp_each_reach_the_other_two_exactly_once(
     broker = mosquitto_server(tmp_path / "mosquitto", {"sensor-1": "pw-sensor-1"})
     stack = provision(tmp_path, REDIS_URL=redis_url, MQTT_URL=broker.bridge_url,
                       MQTT_UNKNOWN_DEVICES="refuse", MQTT_SWEEP_INTERVAL="1",
-                      **prosody.bridge_settings())
-    room = f"lobby@{prosody.muc}"
+                      **server.bridge_settings())
+    room = f"lobby@{server.muc}"
     device = None
     try:
         from tests.support.processes import manage
@@ -126,7 +138,7 @@ async def test_web_mqtt_and_xmpp_each_reach_the_other_two_exactly_once(
                             log_dir=tmp_path)
         stack.procs.append(mqtt)
         wait_until(lambda: "subscribed (mid" in mqtt.output(), what="runmqtt subscribed")
-        runxmpp(stack, prosody)
+        runxmpp(stack, server)
 
         device = TestDevice(broker.port, "sensor-1", "pw-sensor-1")
         device.subscribe("rooms/lobby/messages")
@@ -134,7 +146,7 @@ async def test_web_mqtt_and_xmpp_each_reach_the_other_two_exactly_once(
         cookie = await asyncio.to_thread(login_cookie, base, "demo", "demo")
         async with websockets.connect(  # type: ignore[arg-type]
             ws_url(base), origin=base, additional_headers={"Cookie": cookie}
-        ) as sock, xmpp_client(f"carol@{prosody.domain}", PASSWORD, port=prosody.c2s_port) as carol:
+        ) as sock, carol_client(server) as carol:
             await ws_frame(sock, "history")
             carol.join(room, "carol")
             # The browser user and the device are occupants, each under their own name.
@@ -223,24 +235,24 @@ def _log_time(line_re: str, text: str, nth: int) -> float:
     return datetime.strptime(stamps[nth], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
-async def test_prosody_restart_during_500_messages_loses_none_and_repeats_none(
-    xmpp_stack: tuple[Stack, str, Proc], prosody: Prosody, capsys: pytest.CaptureFixture[str]
+async def test_server_restart_during_500_messages_loses_none_and_repeats_none(
+    xmpp_stack: tuple[Stack, str, Proc], server: XmppServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     stack, base, bridge = xmpp_stack
-    room = f"lobby@{prosody.muc}"
+    room = f"lobby@{server.muc}"
     total = 500
     live: list[str] = []
-    async with xmpp_client(f"carol@{prosody.domain}", PASSWORD, port=prosody.c2s_port) as carol:
+    async with carol_client(server) as carol:
         carol.join(room, "carol")
         await carol.expect(occupant(room, "carol"))
         posted: list[int] = []
         poster = threading.Thread(target=_post_many, args=(base, stack.token, total, posted))
         poster.start()
         await asyncio.to_thread(wait_until, lambda: len(posted) >= 150, what="150 posted")
-        prosody.kill()
+        server.kill()
         killed_at = time.time()
         await asyncio.sleep(1)
-        prosody.start()
+        server.start()
         restarted_at = time.time()
         # The bridge is back by itself: the relay has rejoined the room.
         await asyncio.to_thread(wait_until, lambda: bridging(bridge, room, times=2), timeout=30,
@@ -253,10 +265,12 @@ async def test_prosody_restart_during_500_messages_loses_none_and_repeats_none(
         await asyncio.to_thread(poster.join, 120)
     await asyncio.to_thread(wait_until, lambda: cursor(stack) >= total, timeout=120,
                             what="all 500 delivered to the room")
-    async with xmpp_client(f"carol@{prosody.domain}", PASSWORD, port=prosody.c2s_port) as carol:
+    async with carol_client(server) as carol:
         archived = [body for nick, body, _ in await carol.archive(room) if nick == "demo"]
     expected = [f"m {i}" for i in range(total)]
-    assert archived == expected, (len(archived), [b for b, n in Counter(archived).items() if n > 1][:5])
+    missing = [body for body in expected if body not in set(archived)]
+    twice = [body for body, n in Counter(archived).items() if n > 1]
+    assert archived == expected, (len(archived), missing[:3], missing[-3:], twice[:5])
     assert len(live) == len(set(live))
     with capsys.disabled():
         print(f"\nxmpp restart: killed->restarted {restarted_at - killed_at:.1f} s, "
@@ -267,11 +281,11 @@ async def test_prosody_restart_during_500_messages_loses_none_and_repeats_none(
 
 
 async def test_an_occupants_message_redelivered_is_stored_once(
-    xmpp_stack: tuple[Stack, str, Proc], prosody: Prosody
+    xmpp_stack: tuple[Stack, str, Proc], server: XmppServer
 ) -> None:
     _, base, _ = xmpp_stack
-    room = f"lobby@{prosody.muc}"
-    async with xmpp_client(f"carol@{prosody.domain}", PASSWORD, port=prosody.c2s_port) as carol:
+    room = f"lobby@{server.muc}"
+    async with carol_client(server) as carol:
         carol.join(room, "carol")
         await carol.expect(occupant(room, "carol"))
         for _ in range(3):
@@ -285,29 +299,29 @@ async def test_an_occupants_message_redelivered_is_stored_once(
 
 
 async def test_bad_stanzas_get_errors_and_the_bridge_keeps_running(
-    xmpp_stack: tuple[Stack, str, Proc], prosody: Prosody
+    xmpp_stack: tuple[Stack, str, Proc], server: XmppServer
 ) -> None:
     _, base, bridge = xmpp_stack
-    room = f"lobby@{prosody.muc}"
-    async with xmpp_client(f"carol@{prosody.domain}", PASSWORD, port=prosody.c2s_port) as carol:
+    room = f"lobby@{server.muc}"
+    async with carol_client(server) as carol:
         carol.join(room, "carol")
         await carol.expect(occupant(room, "carol"))
 
         carol.say(room, "x" * 20000)
-        error = await carol.expect(lambda s: s.kind == "error" and s.sender == prosody.component)
+        error = await carol.expect(lambda s: s.kind == "error" and s.sender == server.component)
         assert error.error == "not-acceptable"
 
-        carol.tell(f"nosuchroom@{prosody.component}", "hello?")
+        carol.tell(f"nosuchroom@{server.component}", "hello?")
         error = await carol.expect(lambda s: s.kind == "error" and s.sender.startswith("nosuchroom@"))
         assert error.error == "item-not-found"
 
         # A room of the MUC service the bridge does not bridge: what is said there stays there.
-        carol.join(f"elsewhere@{prosody.muc}", "carol")
-        await carol.expect(occupant(f"elsewhere@{prosody.muc}", "carol"))
-        carol.say(f"elsewhere@{prosody.muc}", "not for the bridge")
+        carol.join(f"elsewhere@{server.muc}", "carol")
+        await carol.expect(occupant(f"elsewhere@{server.muc}", "carol"))
+        carol.say(f"elsewhere@{server.muc}", "not for the bridge")
 
-        carol.tell(prosody.component, "help")
-        help_reply = await carol.expect(lambda s: s.kind == "chat" and s.sender == prosody.component)
+        carol.tell(server.component, "help")
+        help_reply = await carol.expect(lambda s: s.kind == "chat" and s.sender == server.component)
         assert room in help_reply.body
 
         carol.say(room, "still here")
@@ -316,3 +330,45 @@ async def test_bad_stanzas_get_errors_and_the_bridge_keeps_running(
     assert [m["text"] for m in history(base)] == ["still here"]
     assert "refused a message of carol" in bridge.output()
     assert "unknown address" in bridge.output()
+
+
+# --- TLS on the client port, as the shipped configurations set it -------------------------
+
+
+async def test_a_client_on_starttls_verifying_the_certificate_logs_in_joins_and_chats(
+    xmpp_stack: tuple[Stack, str, Proc], server: XmppServer
+) -> None:
+    _, base, _ = xmpp_stack
+    room = f"lobby@{server.muc}"
+    async with carol_client(server) as carol:
+        # STARTTLS done, the server's certificate checked against ca_file (the pinned one).
+        peer = carol.xmpp.transport.get_extra_info("peercert")
+        assert peer is not None and ("DNS", server.domain) in peer["subjectAltName"]
+        carol.join(room, "carol")
+        await carol.expect(occupant(room, "carol"))
+        carol.say(room, "over tls")
+        await carol.expect(groupchat_from(room, "carol", "over tls"))
+        await asyncio.to_thread(wait_until, lambda: len(history(base)) >= 1, what="stored")
+    assert [m["text"] for m in history(base)] == ["over tls"]
+
+
+async def test_plain_authentication_without_tls_is_refused(server: XmppServer) -> None:
+    client = XmppTestClient(f"carol@{server.domain}", PASSWORD, port=server.c2s_port, ca_file=None)
+    with pytest.raises(TimeoutError):
+        await client.start(timeout=10)
+    await client.stop()
+    assert not client.session.is_set()
+
+
+async def test_a_client_pinning_another_certificate_does_not_connect(
+    server: XmppServer, tmp_path: Path
+) -> None:
+    from tests.support.prosody import make_cert
+
+    stranger = make_cert(tmp_path / "stranger", server.domain)
+    client = XmppTestClient(f"carol@{server.domain}", PASSWORD, port=server.c2s_port,
+                            ca_file=stranger)
+    with pytest.raises(TimeoutError):
+        await client.start(timeout=10)
+    await client.stop()
+    assert not client.session.is_set()
