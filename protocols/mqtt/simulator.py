@@ -106,12 +106,14 @@ class SimulatedDevice:
         return self.broker.topic(f"devices/{self.name}/{tail}")
 
     async def run(self, *, rate: float, run_id: str, stop: asyncio.Event) -> None:
-        """online, a hello into the room, readings at `rate` per second until `stop`, offline."""
+        """A hello into the room, online, readings at `rate` per second until `stop`, offline."""
         async with self.client() as client:
-            await client.publish(self._topic("status"), "online", qos=1, retain=True)
             await client.subscribe(self._topic("commands"), qos=1)
-            hello = {"text": f"{self.name} is online", "id": f"{run_id}-{self.name}-hello"}
+            # Hello first: a device new to a development bridge joins the room it first posts into,
+            # so its status then shows there.
+            hello = {"text": f"{self.name} is here", "id": f"{run_id}-{self.name}-hello"}
             await client.publish(self._topic(f"rooms/{self.room}"), json.dumps(hello), qos=1)
+            await client.publish(self._topic("status"), "online", qos=1, retain=True)
             answers = asyncio.create_task(self._answer(client))
             try:
                 while not stop.is_set():

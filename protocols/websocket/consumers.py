@@ -28,7 +28,7 @@ from bridge.exceptions import (
     TooLarge,
 )
 from bridge.models import Identity, Room
-from bridge.names import room_access_group, room_group, user_access_group
+from bridge.names import devices_group, room_access_group, room_group, user_access_group
 from bridge.selectors import MAX_HISTORY, message_history, room_get, room_visible
 from bridge.services.access import session_tag
 from bridge.services.identities import identity_for_user
@@ -109,6 +109,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.room = room
         # Join before reading history, so nothing stored in between is missed.
         await self.channel_layer.group_add(room_group(room.slug), self.channel_name)
+        await self.channel_layer.group_add(devices_group(room.slug), self.channel_name)
         await self.accept()
         await self._send_since(after)
         await self._announce_join(user)
@@ -120,6 +121,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if self.room is None:
             return
         await self.channel_layer.group_discard(room_group(self.room.slug), self.channel_name)
+        await self.channel_layer.group_discard(devices_group(self.room.slug), self.channel_name)
         gone = await database_sync_to_async(presence_leave)(
             room=self.room, connection=self.channel_name
         )
@@ -242,6 +244,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
         await self.send(
             text_data=json.dumps({"type": "presence", "who": event["who"], "state": event["state"]})
         )
+
+    async def devices_telemetry(self, event: dict[str, Any]) -> None:
+        """New readings of a device of this room (the devices panel); at most once."""
+        frame = {"type": "telemetry", "device": event["device"], "metrics": event["metrics"]}
+        await self.send(text_data=json.dumps(frame))
 
     # --- helpers -----------------------------------------------------------
 

@@ -13,6 +13,8 @@
   const input = document.getElementById("text");
 
   let lastSeq = 0;
+  let firstSeq = 0; // the oldest seq shown; scrolling to the top loads what is before it
+  let loadingOlder = null;
   let socket = null;
   let attempt = 0;
   let fetching = null;
@@ -40,7 +42,7 @@
     li.dataset.id = message.id;
     const time = document.createElement("time");
     time.dateTime = message.created;
-    time.textContent = new Date(message.created).toLocaleTimeString();
+    time.textContent = when(message.created);
     const who = document.createElement("span");
     who.className = "sender kind-" + message.sender.kind;
     who.textContent = message.sender.name;
@@ -60,13 +62,68 @@
     return li;
   }
 
+  // The time of day for today's messages; the date too for older ones.
+  function when(created) {
+    const date = new Date(created);
+    const today = new Date();
+    if (date.toDateString() === today.toDateString()) return date.toLocaleTimeString();
+    return date.toLocaleDateString() + " " + date.toLocaleTimeString();
+  }
+
   function append(message) {
     if (message.seq <= lastSeq) return; // already shown
     const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
     list.append(render(message));
     lastSeq = message.seq;
+    if (!firstSeq) firstSeq = message.seq;
     if (atBottom) list.scrollTop = list.scrollHeight;
   }
+
+  function olderMarker() {
+    let marker = list.querySelector("li.older");
+    if (!marker) {
+      marker = document.createElement("li");
+      marker.className = "older";
+      list.prepend(marker);
+    }
+    return marker;
+  }
+
+  // Scrolled to the top: the page before the oldest shown message, kept in view.
+  async function loadOlder() {
+    if (loadingOlder || firstSeq <= 1) return;
+    const marker = olderMarker();
+    marker.textContent = "loading older messages…";
+    loadingOlder = (async () => {
+      try {
+        const response = await fetch(
+          "/api/rooms/" + encodeURIComponent(room) + "/messages?before=" + firstSeq + "&limit=100",
+          { credentials: "same-origin" }
+        );
+        if (!response.ok) throw new Error("history: HTTP " + response.status);
+        const body = await response.json();
+        const height = list.scrollHeight;
+        const fragment = document.createDocumentFragment();
+        body.messages.forEach(function (message) { fragment.append(render(message)); });
+        marker.after(fragment);
+        if (body.messages.length) firstSeq = body.messages[0].seq;
+        if (!body.messages.length) firstSeq = 1; // a hole down to the start: nothing older
+        list.scrollTop += list.scrollHeight - height;
+        marker.textContent = firstSeq <= 1 ? "the beginning of the room" : "";
+        if (list.scrollHeight <= list.clientHeight) setTimeout(loadOlder, 0); // nothing to scroll yet
+      } catch (err) {
+        marker.textContent = "";
+        showError("Could not load older messages: " + err.message);
+      } finally {
+        loadingOlder = null;
+      }
+    })();
+    return loadingOlder;
+  }
+
+  list.addEventListener("scroll", function () {
+    if (list.scrollTop < 40) loadOlder();
+  });
 
   function add(message) {
     if (message.seq > lastSeq + 1 && lastSeq > 0) {
@@ -138,9 +195,12 @@
     socket.onmessage = function (event) {
       let frame;
       try { frame = JSON.parse(event.data); } catch (err) { return; }
+      document.dispatchEvent(new CustomEvent("bridge:frame", { detail: frame }));
       if (frame.type === "history") {
         frame.messages.forEach(append);
+        if (firstSeq <= 1 && frame.messages.length) olderMarker().textContent = "the beginning of the room";
         list.scrollTop = list.scrollHeight;
+        if (list.scrollHeight <= list.clientHeight) loadOlder(); // too short to scroll: fill it
       } else if (frame.type === "message") {
         add(frame.message);
       } else if (frame.type === "ack") {
