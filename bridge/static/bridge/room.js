@@ -79,14 +79,9 @@
     if (atBottom) list.scrollTop = list.scrollHeight;
   }
 
+  // A line above the list (not an item of it): loading, or the room's beginning reached.
   function olderMarker() {
-    let marker = list.querySelector("li.older");
-    if (!marker) {
-      marker = document.createElement("li");
-      marker.className = "older";
-      list.prepend(marker);
-    }
-    return marker;
+    return document.getElementById("older");
   }
 
   // Scrolled to the top: the page before the oldest shown message, kept in view.
@@ -105,7 +100,7 @@
         const height = list.scrollHeight;
         const fragment = document.createDocumentFragment();
         body.messages.forEach(function (message) { fragment.append(render(message)); });
-        marker.after(fragment);
+        list.prepend(fragment);
         if (body.messages.length) firstSeq = body.messages[0].seq;
         if (!body.messages.length) firstSeq = 1; // a hole down to the start: nothing older
         list.scrollTop += list.scrollHeight - height;
