@@ -27,6 +27,9 @@
   let chartTimer = null;
   let chartLoadedAt = 0;
   let early = []; // frames that came before the device list: replayed once it is there
+  let trail = []; // the chosen metric's readings seen live since it was chosen: [{t, v}]
+  let lastDrawn = null; // what the last chart load returned, redrawn with the trail
+  const MAX_TRAIL = 600;
 
   function ago(at) {
     const seconds = Math.max(0, Math.round((Date.now() - new Date(at).getTime()) / 1000));
@@ -137,7 +140,13 @@
     if (frame.type === "telemetry") {
       if (!devices.has(frame.device)) return; // a device new to the room: shown after a reload
       Object.keys(frame.metrics).forEach(function (metric) { setReading(frame.device, metric, frame.metrics[metric]); });
-      if (selected && selected.device === frame.device && frame.metrics[selected.metric]) scheduleChart();
+      const reading = selected && selected.device === frame.device && frame.metrics[selected.metric];
+      if (reading) {
+        trail.push({ t: new Date(reading.at).getTime(), v: reading.value });
+        if (trail.length > MAX_TRAIL) trail.shift();
+        redraw();
+        scheduleChart();
+      }
     } else if (frame.type === "presence" && frame.who.kind === "device") {
       setStatus(frame.who.name, frame.state);
     } else if (frame.type === "message") {
@@ -183,6 +192,8 @@
       }
     }
     selected = { device: id, metric: metric };
+    trail = [];
+    lastDrawn = null;
     const device = devices.get(id);
     device.row.classList.add("selected");
     const entry = device.readings.get(metric);
@@ -224,18 +235,35 @@
       if (!response.ok) throw new Error("HTTP " + response.status);
       const body = await response.json();
       if (selected !== want) return; // chosen something else meanwhile
-      draw(body.rollups, Date.now() - chosen.seconds * 1000, Date.now(), body.seconds);
-      chartNote.textContent = body.rollups.length + " windows of " + chosen.window +
-        " (mean, with min–max band) over the last " + span;
+      lastDrawn = { rollups: body.rollups, seconds: body.seconds, span: chosen.seconds };
+      redraw();
+      const windows = body.rollups.length === 1 ? " window" : " windows";
+      chartNote.textContent = body.rollups.length + windows + " of " + chosen.window +
+        " (mean, with min–max band) over the last " + span + "; dots: readings as they arrive";
     } catch (err) {
       chartNote.textContent = "Could not load the chart: " + err.message;
     }
   }
 
-  function draw(rollups, from, to, seconds) {
+  function redraw() {
+    if (!lastDrawn) return;
+    const to = Date.now();
+    let from = to - lastDrawn.span * 1000;
+    // Little data yet: the chart spans what there is, so a new device's chart is not a dot.
+    const firsts = [];
+    if (lastDrawn.rollups.length) firsts.push(new Date(lastDrawn.rollups[0].start).getTime());
+    if (trail.length) firsts.push(trail[0].t);
+    if (firsts.length) {
+      const first = Math.min.apply(null, firsts);
+      from = Math.max(from, first - Math.max(5000, (to - first) * 0.1));
+    }
+    draw(lastDrawn.rollups, from, to, lastDrawn.seconds, span === "hour" ? trail : []);
+  }
+
+  function draw(rollups, from, to, seconds, live) {
     const W = 600, H = 200, L = 44, R = 8, T = 10, B = 24;
     chart.replaceChildren();
-    if (!rollups.length) {
+    if (!rollups.length && !live.length) {
       const empty = document.createElementNS(SVG, "text");
       empty.setAttribute("x", W / 2); empty.setAttribute("y", H / 2);
       empty.setAttribute("text-anchor", "middle"); empty.setAttribute("class", "axis");
@@ -243,14 +271,17 @@
       chart.append(empty);
       return;
     }
-    let low = Math.min.apply(null, rollups.map(function (r) { return r.min; }));
-    let high = Math.max.apply(null, rollups.map(function (r) { return r.max; }));
+    const values = rollups.map(function (r) { return r.min; })
+      .concat(rollups.map(function (r) { return r.max; }), live.map(function (p) { return p.v; }));
+    let low = Math.min.apply(null, values);
+    let high = Math.max.apply(null, values);
     if (high - low < 1e-9) { low -= 1; high += 1; }
     const pad = (high - low) * 0.08;
     low -= pad; high += pad;
     const x = function (t) { return L + (W - L - R) * (t - from) / (to - from); };
     const y = function (v) { return T + (H - T - B) * (1 - (v - low) / (high - low)); };
-    const mid = function (r) { return new Date(r.start).getTime() + seconds * 500; };
+    // A window's point sits at its middle, or at now while it is still open.
+    const mid = function (r) { return Math.min(to, new Date(r.start).getTime() + seconds * 500); };
     const add = function (tag, attrs, text) {
       const node = document.createElementNS(SVG, tag);
       Object.keys(attrs).forEach(function (k) { node.setAttribute(k, attrs[k]); });
@@ -266,8 +297,13 @@
     add("text", { x: W - R, y: H - 6, "text-anchor": "end", class: "axis" }, new Date(to).toLocaleTimeString());
     const upper = rollups.map(function (r) { return x(mid(r)) + "," + y(r.max); });
     const lower = rollups.slice().reverse().map(function (r) { return x(mid(r)) + "," + y(r.min); });
-    add("polygon", { points: upper.concat(lower).join(" "), class: "band" });
-    add("polyline", { points: rollups.map(function (r) { return x(mid(r)) + "," + y(r.mean); }).join(" "), class: "line" });
+    if (rollups.length) {
+      add("polygon", { points: upper.concat(lower).join(" "), class: "band" });
+      add("polyline", { points: rollups.map(function (r) { return x(mid(r)) + "," + y(r.mean); }).join(" "), class: "line" });
+    }
+    live.forEach(function (p) {
+      if (p.t >= from) add("circle", { cx: x(p.t), cy: y(p.v), r: 1.6, class: "live" });
+    });
     rollups.forEach(function (r) {
       const point = add("circle", { cx: x(mid(r)), cy: y(r.mean), r: 2.5, class: "point" });
       const title = document.createElementNS(SVG, "title");

@@ -53,7 +53,10 @@
     text.className = "text";
     text.textContent = message.text;
     li.append(time, " ", who, " ", via, " ", text);
-    if (message.data) {
+    const alert = message.data && message.data.alert;
+    if (alert) {
+      li.classList.add("alert-" + alert.state); // the text says it all; no raw JSON
+    } else if (message.data) {
       const data = document.createElement("code");
       data.className = "data";
       data.textContent = JSON.stringify(message.data);
