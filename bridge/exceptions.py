@@ -52,3 +52,14 @@ class Forbidden(BridgeError):
 class MethodNotAllowed(BridgeError):
     code = "method_not_allowed"
     status = 405
+
+
+class RateLimited(BridgeError):
+    """A sender over its edge's rate (bridge/ratelimit.py); `retry_after` in seconds."""
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, detail: str, *, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 
@@ -52,6 +53,18 @@ class Env:
             raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from exc
         if minimum is not None and number < minimum:
             raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {number}")
+        return number
+
+    def float(self, name: Text, default: float, *, minimum: float | None = None) -> float:
+        value = self._environ.get(name)
+        if value is None or value.strip() == "":
+            return default
+        try:
+            number = float(value)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from exc
+        if not math.isfinite(number) or (minimum is not None and number < minimum):
+            raise ImproperlyConfigured(f"{name} must be a finite number of at least {minimum}, got {value!r}")
         return number
 
     def list(self, name: Text, default: list[Text]) -> list[Text]:

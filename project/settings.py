@@ -216,6 +216,19 @@ BRIDGE_EMBEDDED_SERVICES = env.list(
 OPS_HOST = env.str("OPS_HOST", default="127.0.0.1")
 OPS_PORT = env.int("OPS_PORT", 0, minimum=0)
 
+# --- Rate limits (bridge/ratelimit.py) --------------------------------------
+
+# One shape for every edge: <EDGE>_RATE messages per second per sender (0: no limit) and
+# <EDGE>_BURST at once. Shared through Redis when REDIS_URL is set, per process otherwise.
+WS_RATE = env.float("WS_RATE", 5, minimum=0)  # frames per signed-in user (or per socket)
+WS_BURST = env.int("WS_BURST", 20, minimum=1)
+API_RATE = env.float("API_RATE", 10, minimum=0)  # POSTs per API user
+API_BURST = env.int("API_BURST", 50, minimum=1)
+MQTT_RATE = env.float("MQTT_RATE", 20, minimum=0)  # messages per device
+MQTT_BURST = env.int("MQTT_BURST", 200, minimum=1)
+XMPP_RATE = env.float("XMPP_RATE", 2, minimum=0)  # messages per occupant's real JID
+XMPP_BURST = env.int("XMPP_BURST", 10, minimum=1)
+
 # --- MQTT -------------------------------------------------------------------
 
 # mqtt://user:password@host:1883/?client_id=bridge-1 (mqtts:// for TLS); unset: the embedded broker.
@@ -256,9 +269,6 @@ XMPP_SERVER_HOST = env.optional("XMPP_SERVER_HOST")  # where the server's compon
 XMPP_SERVER_PORT = env.int("XMPP_SERVER_PORT", 5347, minimum=1)  # its component port (XEP-0114)
 XMPP_MUC_SERVICE = env.optional("XMPP_MUC_SERVICE")  # e.g. conference.localhost
 XMPP_BRIDGE_NICK = env.str("XMPP_BRIDGE_NICK", default="bridge")  # the relay's nick in each room
-# Messages per second an XMPP occupant may send into the bridge, and the burst allowed.
-XMPP_RATE = float(env.int("XMPP_RATE", 2, minimum=1))
-XMPP_BURST = env.int("XMPP_BURST", 10, minimum=1)
 # Seconds between checks for rooms created without the edge hearing of it.
 XMPP_ROOM_SYNC_INTERVAL = env.int("XMPP_ROOM_SYNC_INTERVAL", 30, minimum=1)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -20,11 +21,13 @@ from bridge.exceptions import (
     BridgeError,
     InvalidInput,
     MethodNotAllowed,
+    RateLimited,
     RoomNotFound,
     TooLarge,
 )
 from bridge.health import HEALTH
 from bridge.probes import probe_channel_layer, probe_database
+from bridge.ratelimit import throttle
 from bridge.selectors import message_history, room_get, room_list, room_visible
 from bridge.services.identities import identity_for_user
 from bridge.services.messages import message_post
@@ -35,7 +38,10 @@ View = Callable[..., HttpResponse]
 
 
 def error_response(exc: BridgeError) -> JsonResponse:
-    return JsonResponse({"error": exc.as_dict()}, status=exc.status)
+    response = JsonResponse({"error": exc.as_dict()}, status=exc.status)
+    if isinstance(exc, RateLimited):
+        response["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    return response
 
 
 def allow(*methods: str) -> Callable[[View], View]:
@@ -71,6 +77,7 @@ def authenticated_json_body(request: HttpRequest, user: Any, action: str) -> dic
     """The JSON object a signed-in caller posted: size-checked and decoded, or a clear error."""
     if not user.is_authenticated:
         raise AuthRequired(f"Sign in or send 'Authorization: Token <key>' to {action}.")
+    throttle("api", f"user:{user.pk}")  # before reading: a flood of junk costs little too
     body = jsontext.loads(_body_bytes(request), what="The body")
     if not isinstance(body, dict):
         raise InvalidInput("The body must be a JSON object.", code="invalid_json")

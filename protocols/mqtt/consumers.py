@@ -18,6 +18,7 @@ from bridge.services.devices import DEVICE_COMMANDS_GROUP
 from bridge.services.messages import message_fanout
 from bridge.services.telemetry import atelemetry_wake
 from protocols.mqtt import outbound
+from protocols.mqtt.admission import Admission
 from protocols.mqtt.consumer import MqttConsumer
 from protocols.mqtt.events import ConnectEvent, DisconnectEvent, MessageEvent
 from protocols.mqtt.ingest import Outcome, ingest_batch
@@ -31,6 +32,8 @@ BATCH = 200
 # Each database round trip costs a connection and a commit; under load this turns
 # hundreds of them per second into a few. It adds at most this much latency.
 LINGER = 0.01
+# Messages received and not yet taken by the writer, at most (see `receive`).
+MAX_INBOX = 1000
 # Pauses before a batch that hit a transient database failure is tried again.
 RETRY_MIN, RETRY_MAX = 0.1, 5.0
 
@@ -42,6 +45,8 @@ class BridgeConsumer(MqttConsumer):
     topics: Topics
     _inbox: list[MessageEvent]
     _inbox_ready: asyncio.Event
+    _inbox_room: asyncio.Event
+    admission: Admission
     _online: asyncio.Event
     _rooms: set[str]
     _dirty: set[str]
@@ -52,7 +57,7 @@ class BridgeConsumer(MqttConsumer):
         super().__init__(*args, **kwargs)
         self._started_up = False
         self._rooms, self._dirty, self._wake = set(), set(), asyncio.Event()
-        self._inbox, self._inbox_ready = [], asyncio.Event()
+        self._inbox, self._inbox_ready, self._inbox_room = [], asyncio.Event(), asyncio.Event()
         self._online = asyncio.Event()
         self._commands_due = True
         self._started = timezone.now()
@@ -65,6 +70,7 @@ class BridgeConsumer(MqttConsumer):
                 prefix=settings.MQTT_TOPIC_PREFIX,
                 shared_group=settings.MQTT_SHARED_GROUP if event["protocol"] == 5 else "",
             )
+            self.admission = Admission(self.topics)
             await self.channel_layer.group_add(DEVICE_COMMANDS_GROUP, self.channel_name)
             # Cursors exist before the first device message is stored (see rooms_track).
             await self._track_rooms()
@@ -81,31 +87,56 @@ class BridgeConsumer(MqttConsumer):
     # --- devices in -----------------------------------------------------------
 
     async def receive(self, message: MessageEvent) -> None:
-        """Queue it for the writer; it is acknowledged after the writer's commit."""
+        """Queue it for the writer; it is acknowledged after the writer's commit.
+
+        The inbox holds at most MAX_INBOX messages: when it is full this waits, so
+        the server's queue stops draining and the server stops reading the socket
+        (flow control back to the broker, see protocols/mqtt/server.py).
+        """
+        while len(self._inbox) >= MAX_INBOX:
+            self._inbox_room.clear()
+            await self._inbox_room.wait()
         self._inbox.append(message)
         self._inbox_ready.set()
 
     async def _writer(self) -> None:
         """Store what arrived, in arrival order, a batch per transaction; then ack and tell."""
+        batch: list[MessageEvent] = []
         while True:
-            await self._inbox_ready.wait()
-            if len(self._inbox) < BATCH:
-                await asyncio.sleep(LINGER)  # let a burst gather: one commit for many
-            batch, self._inbox = self._inbox[:BATCH], self._inbox[BATCH:]
-            if not self._inbox:
-                self._inbox_ready.clear()
+            if not batch:
+                batch = await self._next_batch()
+                if not batch:
+                    continue
             outcomes = await self._store(batch)
             if outcomes is None:
-                # Rolled back, nothing acknowledged: the same batch again, first in line.
-                self._inbox = batch + self._inbox
-                self._inbox_ready.set()
-                continue
+                continue  # rolled back, nothing acknowledged: the same batch again
             for message in batch:
                 await self.ack(message)
             for outcome in outcomes:
                 await self._tell(outcome)
             if any(outcome.telemetry for outcome in outcomes):
                 await atelemetry_wake()
+            batch = []
+
+    async def _next_batch(self) -> list[MessageEvent]:
+        """Up to BATCH messages from the inbox, less those of devices over their rate.
+
+        Those are acknowledged and dropped here, before the database, and their
+        device is told once per batch on devices/<device>/errors.
+        """
+        await self._inbox_ready.wait()
+        if len(self._inbox) < BATCH:
+            await asyncio.sleep(LINGER)  # let a burst gather: one commit for many
+        batch, self._inbox = self._inbox[:BATCH], self._inbox[BATCH:]
+        if not self._inbox:
+            self._inbox_ready.clear()
+        self._inbox_room.set()
+        admitted, dropped = await self.admission.split(batch)
+        for refused in dropped:
+            for message in refused.messages:
+                await self.ack(message)
+            await self._refuse(refused.messages[0]["topic"], refused.error)
+        return admitted
 
     async def _store(self, batch: list[MessageEvent]) -> list[Outcome] | None:
         """One transaction for the batch; None when it should simply be tried again.

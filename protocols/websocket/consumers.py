@@ -24,11 +24,13 @@ from bridge.exceptions import (
     BridgeError,
     Forbidden,
     InvalidInput,
+    RateLimited,
     RoomNotFound,
     TooLarge,
 )
 from bridge.models import Identity, Room
 from bridge.names import devices_group, room_access_group, room_group, user_access_group
+from bridge.ratelimit import athrottle, limiter
 from bridge.selectors import MAX_HISTORY, message_history, room_get, room_visible
 from bridge.services.access import session_tag
 from bridge.services.identities import identity_for_user
@@ -42,6 +44,7 @@ from bridge.services.presence import (
 
 logger = logging.getLogger(__name__)
 
+CLOSE_POLICY = 1008  # a sender that keeps going over its rate limit
 CLOSE_INVALID = 4400
 # The credentials the socket opened with no longer hold: logged out, deactivated,
 # password changed, token revoked (or a bad token at the handshake).
@@ -71,6 +74,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
     access_groups: list[str] = []  # replaced (never mutated) per connection
     identity: Identity | None = None
     last_seq = 0
+    refused_in_a_row = 0
+    closed_for_rate = False
     heartbeat: asyncio.Task[None] | None = None
 
     # --- lifecycle ---------------------------------------------------------
@@ -131,14 +136,43 @@ class RoomConsumer(AsyncWebsocketConsumer):
     # --- from the client ---------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.room is None:
+        if self.room is None or self.closed_for_rate:
+            return  # frames already queued when we closed: nobody reads the answers
+        try:
+            await athrottle("ws", self._sender_key())
+        except RateLimited as exc:
+            await self._over_rate(exc)
             return
+        self.refused_in_a_row = 0
         try:
             frame = self._decode(text_data, bytes_data)
             await self._handle(frame)
         except BridgeError as exc:
             logger.info("websocket %s refused a frame: %s %s", self.channel_name, exc.code, exc.detail)
             await self.send_error(exc)
+
+    def _sender_key(self) -> str:
+        """Every frame counts against its sender: the signed-in user (all its sockets), else the socket."""
+        user = self.scope.get("user")
+        if user is not None and user.is_authenticated:
+            return f"user:{user.pk}"
+        return f"socket:{self.channel_name}"
+
+    async def _over_rate(self, exc: RateLimited) -> None:
+        """An error frame while the sender is over its rate; one that keeps going is closed (1008).
+
+        More refusals in a row than the burst means the client ignores the errors.
+        """
+        self.refused_in_a_row += 1
+        if self.refused_in_a_row == 1:
+            logger.info("websocket %s (%s) is over its rate", self.channel_name, self._sender_key())
+        if self.refused_in_a_row > limiter("ws").rate.burst:
+            logger.warning("websocket %s (%s) kept sending over its rate: closed with 1008",
+                           self.channel_name, self._sender_key())
+            self.closed_for_rate = True
+            await self.close(code=CLOSE_POLICY)
+            return
+        await self.send_error(exc)
 
     def _decode(self, text_data: str | None, bytes_data: bytes | None) -> dict[str, Any]:
         if text_data is None:

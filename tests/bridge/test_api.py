@@ -301,3 +301,15 @@ def test_room_admins_manage_members_over_the_api(client: Client, token: str) -> 
     assert client.delete(f"{url}/user/bob", headers=admin).status_code == 204
     gone = client.delete(f"{url}/user/bob", headers=admin)
     assert (gone.status_code, gone.json()["error"]["code"]) == (404, "not_a_member")
+
+
+def test_a_sender_over_its_rate_gets_429_with_retry_after_and_others_do_not(client: Client, lobby: Room, token: str) -> None:
+    other = ApiToken.objects.create(user=get_user_model().objects.create_user(username="other", password="pw")).key
+    with override_settings(API_RATE=0.01, API_BURST=2):
+        codes = [post(client, "lobby", {"text": str(i)}, Authorization=f"Token {token}").status_code for i in range(3)]  # type: ignore[attr-defined]
+        refused = post(client, "lobby", {"text": "again"}, Authorization=f"Token {token}")
+        assert post(client, "lobby", {"text": "me"}, Authorization=f"Token {other}").status_code == 201  # type: ignore[attr-defined]
+    assert codes == [201, 201, 429]
+    assert refused.status_code == 429 and int(refused["Retry-After"]) >= 1  # type: ignore[attr-defined,index]
+    assert refused.json()["error"]["code"] == "rate_limited"  # type: ignore[attr-defined]
+    assert list(Message.objects.values_list("text", flat=True)) == ["0", "1", "me"]

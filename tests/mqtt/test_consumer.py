@@ -272,3 +272,17 @@ async def test_a_message_the_code_cannot_handle_is_refused_not_fatal(
     assert len(bridge.acked) == 1
     error = await bridge.receive_publish(topic="devices/sensor-1/errors")
     assert json.loads(error["payload"])["code"] == "internal_error"
+
+
+async def test_a_device_over_its_rate_is_acknowledged_dropped_and_told(
+    bridge: MqttCommunicator, settings: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.MQTT_RATE, settings.MQTT_BURST = 0.01, 3  # type: ignore[attr-defined]
+    for i in range(6):
+        await bridge.deliver("devices/sensor-1/rooms/lobby", f"flood {i}")
+    error = json.loads((await bridge.receive_publish(topic="devices/sensor-1/errors"))["payload"])
+    assert error["code"] == "rate_limited" and error["topic"] == "devices/sensor-1/rooms/lobby"
+    texts = [text for _, _, text in await database_sync_to_async(_messages)()]
+    assert texts == ["flood 0", "flood 1", "flood 2"]
+    # Logged once for the streak, not once per message.
+    assert sum("over its rate" in r.getMessage() for r in caplog.records) == 1

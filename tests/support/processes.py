@@ -124,6 +124,11 @@ def bridge_env(tmp: Path, **overrides: str) -> dict[str, str]:
         DATABASE_URL=f"sqlite:///{tmp / 'bridge.sqlite3'}",
         PYTHONUNBUFFERED="1",
         LOG_LEVEL="INFO",
+        # Tests stream thousands of messages from one sender on purpose; the rate-limit
+        # and flood tests turn the limits on (bridge/ratelimit.py).
+        WS_RATE="0",
+        API_RATE="0",
+        MQTT_RATE="0",
     )
     env.update(overrides)
     return env

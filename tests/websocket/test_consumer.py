@@ -279,3 +279,32 @@ async def test_an_after_beyond_64_bits_is_an_error(ws: Any, lobby: Room) -> None
     comm = ws(f"/ws/rooms/lobby/?after={2**64}")
     assert (await comm.connect())[0]
     assert (await comm.receive_json_from())["code"] == "invalid_after"
+
+
+async def test_a_sender_over_its_rate_gets_error_frames_then_1008(ws: Any, session_for: Any, lobby: Room, settings: Any) -> None:
+    settings.WS_RATE, settings.WS_BURST = 0.01, 3
+    flooder = ws("/ws/rooms/lobby/", cookie=await session_for("flood"))
+    assert (await flooder.connect())[0]
+    await flooder.receive_json_from()
+    for i in range(3):
+        await flooder.send_json_to({"type": "message", "text": f"m{i}", "client_id": f"c{i}"})
+        assert (await frames_until(flooder, "ack"))["client_id"] == f"c{i}"
+    await flooder.send_json_to({"type": "message", "text": "too many"})
+    error = await frames_until(flooder, "error")
+    assert error["code"] == "rate_limited" and "try again" in error["detail"]
+    # Another user is not affected.
+    calm = ws("/ws/rooms/lobby/", cookie=await session_for("calm"))
+    assert (await calm.connect())[0]
+    await calm.receive_json_from()
+    await calm.send_json_to({"type": "message", "text": "hello", "client_id": "k"})
+    assert (await frames_until(calm, "ack"))["client_id"] == "k"
+    # Still open after one refusal; closed with 1008 once it ignores more than a burst of them.
+    for _ in range(3):
+        await flooder.send_json_to({"type": "message", "text": "more"})
+    await flooder.send_json_to({"type": "message", "text": "and more"})
+    while (output := await flooder.receive_output(timeout=3))["type"] != "websocket.close":
+        assert json.loads(output["text"])["type"] != "ack"
+    assert output["code"] == 1008
+    texts = await database_sync_to_async(lambda: sorted(Message.objects.values_list("text", flat=True)))()
+    assert texts == ["hello", "m0", "m1", "m2"]
+    await calm.disconnect()
