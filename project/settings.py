@@ -170,6 +170,8 @@ if not DEBUG:
 BRIDGE_MAX_TEXT = env.int("BRIDGE_MAX_TEXT", 4000, minimum=1)  # characters in one message
 BRIDGE_MAX_FRAME = env.int("BRIDGE_MAX_FRAME", 16384, minimum=256)  # bytes in one WS frame
 BRIDGE_HISTORY_LIMIT = 50
+# Seconds a WebSocket send may wait for a client that does not read before it is let go.
+BRIDGE_WS_SEND_TIMEOUT = env.int("BRIDGE_WS_SEND_TIMEOUT", 20, minimum=1)
 BRIDGE_TASKS_CHANNEL = "bridge-tasks"
 BRIDGE_TASK_LEASE = env.int("BRIDGE_TASK_LEASE", 300, minimum=5)  # seconds
 BRIDGE_RECONCILE_INTERVAL = env.int("BRIDGE_RECONCILE_INTERVAL", 15, minimum=1)  # seconds

@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import logging
 import ssl
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -32,6 +33,13 @@ Application = Callable[[Any, Any, Any], Coroutine[Any, Any, None]]
 # CONNACK codes meaning "this broker does not speak MQTT 5" (v5: 0x84; 3.1.1: 1).
 UNSUPPORTED_PROTOCOL = {132, 1}
 RECEIVE_MAXIMUM = 1000
+# Events waiting for the application, at most. When the queue is full, paho's network
+# thread waits in its callback, so it stops reading the socket and the broker holds what
+# it would send (QoS 1/2 queue up for the session; QoS 0 is the broker's to drop): the
+# flow control uvicorn does for HTTP, for MQTT. Seconds between checks for a shutdown
+# while waiting:
+MAX_QUEUED = 1000
+SLOT_WAIT = 0.5
 
 
 class MqttServerError(Exception):
@@ -52,7 +60,10 @@ class MqttServer:
         # ack_id -> (connection generation, mid, qos): an ack for a message of an
         # earlier connection is dropped; the broker redelivers it on the new one.
         self._unacked: dict[int, tuple[int, int, int]] = {}
-        self._queue: asyncio.Queue[IncomingEvent] = asyncio.Queue()
+        # Bounded by MAX_QUEUED: see there. `_slots` counts the free places, taken in
+        # paho's thread before enqueueing and given back when the application reads.
+        self._queue: asyncio.Queue[IncomingEvent] = asyncio.Queue(maxsize=MAX_QUEUED)
+        self._slots = threading.Semaphore(MAX_QUEUED)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: paho.Client | None = None
         self._fallback: asyncio.Task[None] | None = None
@@ -68,7 +79,7 @@ class MqttServer:
             "broker": self.config.broker,
             "protocol": 5 if self._protocol == paho.MQTTv5 else 4,
         }
-        app: asyncio.Task[None] = asyncio.create_task(self.application(scope, self._queue.get, self._send))
+        app: asyncio.Task[None] = asyncio.create_task(self.application(scope, self._receive, self._send))
         self._start_client()
         try:
             await app
@@ -142,6 +153,21 @@ class MqttServer:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(func, *args)
 
+    def _queue_from_thread(self, client: paho.Client, func: Callable[..., None], *args: Any) -> bool:
+        """Enqueue an event once the queue has room (waiting here stops paho reading).
+
+        False when `client` was replaced meanwhile (shutdown, fallback): the event is
+        dropped, and an unacknowledged message comes again on the next connection.
+        """
+        while not self._slots.acquire(timeout=SLOT_WAIT):
+            if client is not self._client:
+                return False
+        if client is not self._client:
+            self._slots.release()
+            return False
+        self._call(func, *args)
+        return True
+
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
     ) -> None:
@@ -161,7 +187,8 @@ class MqttServer:
             "connected to %s (MQTT %s, session present: %s)",
             self.config.broker, "5" if protocol == 5 else "3.1.1", flags.session_present,
         )
-        self._call(
+        self._queue_from_thread(
+            client,
             self._enqueue,
             {"type": "mqtt.connect", "session_present": bool(flags.session_present), "protocol": protocol},
         )
@@ -178,7 +205,7 @@ class MqttServer:
         self._generation += 1
         logger.warning("disconnected from %s: %s; reconnecting", self.config.broker, reason)
         self._call(self.connected.clear)
-        self._call(self._enqueue, {"type": "mqtt.disconnect", "reason": str(reason)})
+        self._queue_from_thread(client, self._enqueue, {"type": "mqtt.disconnect", "reason": str(reason)})
 
     def _on_subscribe(
         self, client: paho.Client, userdata: Any, mid: int, reasons: list[ReasonCode], properties: Any
@@ -193,9 +220,15 @@ class MqttServer:
         if client is not self._client:
             return  # unacknowledged: the broker sends it again on the current connection
         props = message.properties
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            # Brokers should refuse such topics; if one passes it, the application refuses
+            # it (invalid_topic) instead of paho's thread dying on it.
+            topic = bytes(message._topic).decode("utf-8", "replace")
         event: MessageEvent = {
             "type": "mqtt.message",
-            "topic": message.topic,
+            "topic": topic,
             "payload": bytes(message.payload),
             "qos": message.qos,
             "retain": bool(message.retain),
@@ -203,13 +236,19 @@ class MqttServer:
             "properties": props.json() if props is not None and props.names else {},
             "ack_id": None,
         }
-        self._call(self._enqueue_message, event, self._generation, message.mid)
+        self._queue_from_thread(client, self._enqueue_message, event, self._generation, message.mid)
 
     # --- the loop's side ------------------------------------------------------------
 
     def _schedule_fallback(self) -> None:
         if self._fallback is None:
             self._fallback = asyncio.create_task(self._fall_back_to_311())
+
+    async def _receive(self) -> IncomingEvent:
+        """The application's `receive`: the next event, freeing its place for paho's thread."""
+        event = await self._queue.get()
+        self._slots.release()
+        return event
 
     def _enqueue(self, event: IncomingEvent) -> None:
         self._queue.put_nowait(event)

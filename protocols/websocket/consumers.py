@@ -31,7 +31,7 @@ from bridge.exceptions import (
 from bridge.models import Identity, Room
 from bridge.names import devices_group, room_access_group, room_group, user_access_group
 from bridge.ratelimit import athrottle, limiter
-from bridge.selectors import MAX_HISTORY, message_history, room_get, room_visible
+from bridge.selectors import message_history, room_get, room_visible
 from bridge.services.access import session_tag
 from bridge.services.identities import identity_for_user
 from bridge.services.messages import amessage_post
@@ -55,18 +55,22 @@ CLOSE_NOT_FOUND = 4404
 CLOSE_CODES = {401: CLOSE_UNAUTHORIZED, 403: CLOSE_FORBIDDEN, 404: CLOSE_NOT_FOUND}
 
 
-def _history_after(room: Room, after: int | None) -> list[list[Envelope]]:
-    """The first frames' content: the latest messages, or every one after `after`, in chunks."""
+# Messages per history frame: the next page is read from the database only once this
+# one is written, so a connection holds one page of a room's history at most.
+HISTORY_PAGE = 200
+
+
+def _history_page(room: Room, after: int | None) -> list[Envelope]:
+    """The latest messages (`after` None), or the next page after `after`."""
     if after is None:
         batch = message_history(room=room, limit=settings.BRIDGE_HISTORY_LIMIT)
-        return [[message_envelope(m, room_slug=room.slug) for m in batch]]
-    chunks: list[list[Envelope]] = []
-    while True:
-        batch = message_history(room=room, after=after, limit=MAX_HISTORY)
-        chunks.append([message_envelope(m, room_slug=room.slug) for m in batch])
-        if len(batch) < MAX_HISTORY:
-            return chunks
-        after = batch[-1].seq
+    else:
+        batch = message_history(room=room, after=after, limit=HISTORY_PAGE)
+    return [message_envelope(m, room_slug=room.slug) for m in batch]
+
+
+class ClientGone(Exception):
+    """The socket takes nothing more: the peer went away, or its send buffer stayed full."""
 
 
 class RoomConsumer(AsyncWebsocketConsumer):
@@ -76,13 +80,32 @@ class RoomConsumer(AsyncWebsocketConsumer):
     last_seq = 0
     refused_in_a_row = 0
     closed_for_rate = False
+    left = False
     heartbeat: asyncio.Task[None] | None = None
 
     # --- lifecycle ---------------------------------------------------------
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        timeout = settings.BRIDGE_WS_SEND_TIMEOUT
+
+        async def bounded_send(message: Any) -> None:
+            """Every send waits while the server's write buffer is full (uvicorn's backpressure),
+            at most `timeout` seconds: a client that does not read is then let go."""
+            try:
+                async with asyncio.timeout(timeout):
+                    await send(message)
+            except TimeoutError as exc:
+                raise ClientGone(f"its send buffer stayed full for {timeout} s") from exc
+            except OSError as exc:  # uvicorn's ClientDisconnected: the peer is gone
+                raise ClientGone(f"it went away ({exc.__class__.__name__})") from exc
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, bounded_send)
+        except ClientGone as exc:
+            # Said goodbye for it: without this, a socket closed while we were writing
+            # left its user "online" until the presence row expired.
+            logger.info("websocket %s let go: %s", self.channel_name, exc)
+            await self._leave()
         finally:
             # Even if a handler failed: a renewal outliving its connection would keep
             # the user "online" forever; without it, the row expires on its own.
@@ -120,8 +143,15 @@ class RoomConsumer(AsyncWebsocketConsumer):
         await self._announce_join(user)
 
     async def disconnect(self, code: int) -> None:
+        await self._leave()
+
+    async def _leave(self) -> None:
+        """Leave the room once: no more fan-out, presence offline."""
         if self.heartbeat is not None:
             self.heartbeat.cancel()
+        if self.left:
+            return
+        self.left = True
         await self._leave_access_groups()
         if self.room is None:
             return
@@ -294,17 +324,28 @@ class RoomConsumer(AsyncWebsocketConsumer):
         return jsontext.whole_number(values[0], what="'after'", code="invalid_after", minimum=0)
 
     async def _send_since(self, after: int | None, *, history_frame: bool = True) -> None:
+        """History from the database, a page per frame, each read once the last is written.
+
+        History frames say `"more": true` while further history frames follow (an
+        extension of the contract: the first frame is still `history`). As gap fill
+        (`history_frame=False`) the messages go out as `message` frames.
+        """
         assert self.room is not None
-        chunks = await database_sync_to_async(_history_after)(self.room, after)
-        for chunk in chunks:
+        cursor = after
+        while True:
+            page = await database_sync_to_async(_history_page)(self.room, cursor)
+            more = cursor is not None and len(page) == HISTORY_PAGE
             if history_frame:
-                await self.send(text_data=json.dumps({"type": "history", "messages": chunk}))
+                await self.send(text_data=json.dumps({"type": "history", "messages": page, "more": more}))
             else:
-                for message in chunk:
+                for message in page:
                     if message["seq"] > self.last_seq:
                         await self.send(text_data=json.dumps({"type": "message", "message": message}))
-            if chunk:
-                self.last_seq = max(self.last_seq, chunk[-1]["seq"])
+            if page:
+                self.last_seq = max(self.last_seq, page[-1]["seq"])
+                cursor = page[-1]["seq"]
+            if not more:
+                break
         if after is not None:
             self.last_seq = max(self.last_seq, after)
 

@@ -308,3 +308,60 @@ async def test_a_sender_over_its_rate_gets_error_frames_then_1008(ws: Any, sessi
     texts = await database_sync_to_async(lambda: sorted(Message.objects.values_list("text", flat=True)))()
     assert texts == ["hello", "m0", "m1", "m2"]
     await calm.disconnect()
+
+
+async def test_long_history_comes_a_page_per_frame_with_more(ws: Any, lobby: Room) -> None:
+    from protocols.websocket.consumers import HISTORY_PAGE
+
+    alice = await database_sync_to_async(identity_get_or_create)(kind="user", name="alice")
+    for i in range(2 * HISTORY_PAGE + 7):
+        await database_sync_to_async(message_store)(room="lobby", sender=alice, origin="web", text=str(i))
+    comm = ws("/ws/rooms/lobby/?after=0")
+    assert (await comm.connect())[0]
+    frames = [await comm.receive_json_from() for _ in range(3)]
+    assert [(f["type"], len(f["messages"]), f["more"]) for f in frames] == [
+        ("history", HISTORY_PAGE, True), ("history", HISTORY_PAGE, True), ("history", 7, False)
+    ]
+    seqs = [m["seq"] for f in frames for m in f["messages"]]
+    assert seqs == list(range(1, 2 * HISTORY_PAGE + 8))
+    latest = ws("/ws/rooms/lobby/")
+    assert (await latest.connect())[0]
+    first = await latest.receive_json_from()
+    assert (len(first["messages"]), first["more"]) == (50, False)
+    await comm.disconnect()
+    await latest.disconnect()
+
+
+def _scope(path: str, cookie: str) -> dict[str, Any]:
+    return {
+        "type": "websocket", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "headers": [(b"host", b"localhost"), (b"origin", b"http://localhost"), (b"cookie", cookie.encode())],
+        "subprotocols": [], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+    }
+
+
+@pytest.mark.parametrize("gone", ["never_reads", "went_away"])
+async def test_a_socket_that_takes_nothing_more_is_let_go_and_goes_offline(session_for: Any, lobby: Room, settings: Any, gone: str) -> None:
+    """The server's send blocks (a client that does not read) or fails (one that left) after
+    the history frame: the consumer ends within BRIDGE_WS_SEND_TIMEOUT and the user is offline."""
+    import asyncio
+
+    from bridge.models import Presence
+    from project.asgi import application
+
+    settings.BRIDGE_WS_SEND_TIMEOUT = 1
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    await inbox.put({"type": "websocket.connect"})
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "websocket.send" and len(sent) > 2:  # after accept and history
+            if gone == "went_away":
+                raise ConnectionResetError("peer closed")
+            await asyncio.Event().wait()  # the write buffer never drains
+
+    await asyncio.wait_for(application(_scope("/ws/rooms/lobby/", await session_for("ghost")), inbox.get, send), 10)
+    assert [m["type"] for m in sent[:2]] == ["websocket.accept", "websocket.send"]
+    assert json.loads(sent[1]["text"])["type"] == "history"
+    assert not await database_sync_to_async(Presence.objects.exists)()

@@ -195,10 +195,13 @@
       try { frame = JSON.parse(event.data); } catch (err) { return; }
       document.dispatchEvent(new CustomEvent("bridge:frame", { detail: frame }));
       if (frame.type === "history") {
+        // A long history comes as several history frames; "more" says another follows.
         frame.messages.forEach(append);
         if (firstSeq <= 1 && frame.messages.length) olderMarker().textContent = "the beginning of the room";
-        list.scrollTop = list.scrollHeight;
-        if (list.scrollHeight <= list.clientHeight) loadOlder(); // too short to scroll: fill it
+        if (!frame.more) {
+          list.scrollTop = list.scrollHeight;
+          if (list.scrollHeight <= list.clientHeight) loadOlder(); // too short to scroll: fill it
+        }
       } else if (frame.type === "message") {
         add(frame.message);
       } else if (frame.type === "ack") {
