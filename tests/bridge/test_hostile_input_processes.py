@@ -135,8 +135,8 @@ def test_hostile_input_on_every_edge_gets_its_error_and_stores_nothing(edges: tu
         async with websockets.connect(f"{ws_base}/ws/rooms/lobby/", additional_headers=headers, max_size=2**22) as sock:
             await frame_of(sock, "history")
             codes = []
-            for frame, _ in HOSTILE:
-                await sock.send(frame)
+            for body, _ in HOSTILE:
+                await sock.send('{"type": "message", ' + body[1:])
                 codes.append((await frame_of(sock, "error"))["code"])
             assert codes == [code for _, code in HOSTILE]
             # The largest integer kept goes through the Redis channel layer (msgpack) to everyone.
