@@ -8,7 +8,7 @@ from django.db.models import QuerySet
 
 from bridge.access import can_read, readable_rooms
 from bridge.exceptions import InvalidInput, NotFound, RoomNotFound
-from bridge.models import Device, Message, Room
+from bridge.models import Device, Identity, Message, Room
 from bridge.names import is_device_id, is_room_slug
 
 MAX_HISTORY = 500
@@ -72,3 +72,10 @@ def message_history(
     latest = list(messages.order_by("-seq")[:limit])
     latest.reverse()
     return latest
+
+
+def linked_jids(*, user: AbstractBaseUser) -> list[str]:
+    """The bare JIDs whose XMPP messages are this user's (`identity_link_jid`)."""
+    return sorted(
+        Identity.objects.filter(kind=Identity.Kind.XMPP, user=user.pk).exclude(jid="").values_list("jid", flat=True)
+    )

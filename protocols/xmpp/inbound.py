@@ -19,6 +19,7 @@ from protocols.xmpp import store
 from protocols.xmpp.addresses import Jid, occupant_jid, room_jid
 from protocols.xmpp.events import XmppMessageEvent
 from protocols.xmpp.link import RoomLink
+from protocols.xmpp.linking import LinkRefused, link_by_token
 from protocols.xmpp.outbound import ID_PREFIX
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ class Inbound:
         """An XMPP occupant spoke: store it once, as its sender; refusals go back to it."""
         real = link.real_jid(nick)
         # The real bare JID where the room shows it: a nick change or a squatter keeps no quota.
-        key = Jid.parse(real).bare if real else occupant_jid(link.slug, nick, muc_service=self.edge.muc)
+        key = Jid.parse(real).bare.lower() if real else occupant_jid(link.slug, nick, muc_service=self.edge.muc)
         try:
             if not self.edge.limiter.allow(key):
                 raise BridgeError("Too many messages: slow down.", code="rate_limited")
@@ -129,6 +130,10 @@ class Inbound:
         """A direct message to the bridge's own address: `help`, or the room list."""
         if event["message_type"] not in ("chat", "normal") or not event["body"].strip():
             return
+        command, _, argument = event["body"].strip().partition(" ")
+        if command.lower() == "link" and argument.strip():
+            await self._link(event, argument)
+            return
         rooms = await database_sync_to_async(store.bridged_rooms)()
         lines = [f"  {room_jid(room.slug, muc_service=self.edge.muc)}  {room.title}" for room in rooms]
         body = "\n".join([
@@ -136,7 +141,23 @@ class Inbound:
             "MQTT devices, where everyone appears under their own name. Join one with your client.",
             "Rooms:",
             *(lines or ["  (none yet)"]),
-            "Send 'help' for this text.",
+            "Send 'help' for this text; 'link <code>' with the code from your page on the",
+            "bridge's website to have your messages appear as your own user there.",
         ])
+        await self.edge.send_message(sender=self.edge.component, to=event["sender"], body=body,
+                                     message_type="chat")
+
+    async def _link(self, event: XmppMessageEvent, token: str) -> None:
+        """`link <code>`: the server vouches for the sender's JID, the code for the user."""
+        jid = Jid.parse(event["sender"]).bare
+        try:
+            user = await database_sync_to_async(link_by_token)(token=token, jid=jid)
+        except (LinkRefused, ValueError) as exc:
+            logger.info("xmpp: refused to link %s: %s", jid, exc)
+            body = f"Not linked: {exc}"
+        else:
+            logger.info("xmpp: linked %s to the user %s", jid, user.get_username())
+            body = (f"Linked: what {jid} says in the bridged rooms is now {user.get_username()}'s. "
+                    "Unlink it on your page on the bridge's website.")
         await self.edge.send_message(sender=self.edge.component, to=event["sender"], body=body,
                                      message_type="chat")

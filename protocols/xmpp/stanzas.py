@@ -7,7 +7,7 @@ from slixmpp.componentxmpp import ComponentXMPP
 from slixmpp.plugins.xep_0045 import stanza as muc_stanza
 from slixmpp.plugins.xep_0203 import stanza as delay_stanza
 from slixmpp.plugins.xep_0359 import stanza as sid_stanza
-from slixmpp.xmlstream import register_stanza_plugin
+from slixmpp.xmlstream import StanzaBase, register_stanza_plugin
 
 from protocols.xmpp.events import (
     AffiliationItem,
@@ -27,6 +27,20 @@ NS_MUC_USER = "http://jabber.org/protocol/muc#user"
 NS_MUC_OWNER = "http://jabber.org/protocol/muc#owner"
 NS_MUC_ADMIN = "http://jabber.org/protocol/muc#admin"
 NS_DATA = "jabber:x:data"
+NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+
+
+def _error_condition(stanza: StanzaBase) -> str:
+    """The defined condition of an error stanza, read from the XML itself: slixmpp's
+    `stanza["error"]` looks in the client namespace and, on a component's stanzas,
+    creates a fresh error saying feature-not-implemented instead of reading this one."""
+    for child in stanza.xml:
+        if child.tag.rpartition("}")[2] == "error":
+            for condition in child:
+                namespace, _, name = condition.tag[1:].partition("}")
+                if namespace == NS_STANZAS and name != "text":
+                    return name
+    return "undefined-condition"
 
 
 def register_stanza_plugins() -> None:
@@ -60,7 +74,7 @@ def message_event(msg: Message) -> XmppMessageEvent:
         "stanza_id": _room_stanza_id(msg),
         "origin_id": origin.get("id", "") if origin is not None else "",
         "delayed": msg.xml.find(f"{{{NS_DELAY}}}delay") is not None,
-        "error_condition": msg["error"]["condition"] if message_type == "error" else "",
+        "error_condition": _error_condition(msg) if message_type == "error" else "",
         "subject": None if subject_element is None else (subject_element.text or ""),
     }
 
@@ -77,7 +91,7 @@ def presence_event(pres: Presence) -> XmppPresenceEvent:
         "nick": "",
         "affiliation": "",
         "role": "",
-        "error_condition": pres["error"]["condition"] if presence_type == "error" else "",
+        "error_condition": _error_condition(pres) if presence_type == "error" else "",
     }
     # Reading pres["muc"] would create the element: look first.
     if pres.xml.find(f"{{{NS_MUC_USER}}}x") is not None:
@@ -148,7 +162,7 @@ def iq_event(iq: Iq) -> XmppIqEvent:
         "sender": str(iq["from"]),
         "to": str(iq["to"]),
         "iq_type": iq_type,
-        "error_condition": iq["error"]["condition"] if iq_type == "error" else "",
+        "error_condition": _error_condition(iq) if iq_type == "error" else "",
         "form": form,
         "items": items,
     }

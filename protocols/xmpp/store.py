@@ -12,7 +12,7 @@ from bridge.envelope import Envelope, Sender, message_envelope
 from bridge.models import Identity, Presence, Room
 from bridge.selectors import message_history, room_list
 from bridge.services.cursors import edge_cursor_advance, edge_cursor_get
-from bridge.services.identities import identity_get_or_create
+from bridge.services.identities import identity_for_jid, identity_get_or_create
 from bridge.services.presence import (
     presence_join,
     presence_leave,
@@ -21,6 +21,8 @@ from bridge.services.presence import (
 )
 
 EDGE = "xmpp"
+# The `Presence.connection` of an XMPP occupant: "xmpp:<nick>".
+OCCUPANT_PREFIX = "xmpp:"
 
 
 @dataclass(frozen=True)
@@ -58,19 +60,34 @@ def messages_after(*, room_pk: int, slug: str, after: int, limit: int) -> list[E
 
 
 def present_senders(*, room_pk: int) -> list[Sender]:
+    """Who is in the room and needs a puppet there: present through the web or MQTT. A user
+    present only through their own linked XMPP account is in the room already."""
+    room = Room(pk=room_pk)
+    in_person = set(
+        Presence.objects.filter(room=room, connection__startswith=OCCUPANT_PREFIX)
+        .values_list("identity", flat=True)
+    )
+    elsewhere = set(
+        Presence.objects.filter(room=room).exclude(connection__startswith=OCCUPANT_PREFIX)
+        .values_list("identity", flat=True)
+    )
     return [
         {"kind": identity.kind, "name": identity.name}
-        for identity in presence_list(room=Room(pk=room_pk))
+        for identity in presence_list(room=room)
+        if identity.pk in elsewhere or identity.pk not in in_person
     ]
 
 
 def occupant_identity(*, nick: str, real_jid: str) -> Identity:
-    bare = real_jid.partition("/")[0]
-    return identity_get_or_create(kind=Identity.Kind.XMPP, name=nick, jid=bare)
+    """The sender behind an occupant: by its real JID where the room shows it (see
+    `identity_for_jid`); in a room that hides JIDs, the nick is all there is."""
+    if real_jid:
+        return identity_for_jid(jid=real_jid, nick=nick)
+    return identity_get_or_create(kind=Identity.Kind.XMPP, name=nick)
 
 
 def _occupant_connection(nick: str) -> str:
-    return f"xmpp:{nick}"
+    return f"{OCCUPANT_PREFIX}{nick}"
 
 
 def occupant_online(*, room_pk: int, nick: str, real_jid: str, ttl: timedelta) -> Sender | None:
@@ -89,5 +106,5 @@ def occupant_offline(*, room_pk: int, nick: str) -> Sender | None:
 
 def occupants_renew(*, ttl: timedelta) -> None:
     """The edge is alive: its occupants' presence must not expire (see `presence_sweep`)."""
-    for row in Presence.objects.filter(connection__startswith="xmpp:").values_list("connection", flat=True).distinct():
+    for row in Presence.objects.filter(connection__startswith=OCCUPANT_PREFIX).values_list("connection", flat=True).distinct():
         presence_renew(connection=row, ttl=ttl)

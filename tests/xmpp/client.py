@@ -99,6 +99,10 @@ class XmppTestClient:
         pres["muc_join"]["history"]["maxstanzas"] = str(history)
         pres.send()
 
+    def change_nick(self, room: str, nick: str) -> None:
+        """XEP-0045 7.6: an available presence to the new occupant address."""
+        self.xmpp.make_presence(pto=f"{room}/{nick}").send()
+
     def say(self, room: str, body: str, *, origin_id: str | None = None) -> None:
         msg = self.xmpp.make_message(mto=room, mbody=body, mtype="groupchat")
         if origin_id:

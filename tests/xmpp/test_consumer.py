@@ -367,3 +367,99 @@ async def test_a_puppet_join_nobody_answers_does_not_hold_the_room(
     assert (await comm.sent())["sender"] == ALICE  # the join, never answered
     said = await comm.sent(timeout=5)
     assert (said["sender"], said["body"]) == (RELAY, "<alice> anyone there?")
+
+
+# --- identities: the real JID, not the nick ------------------------------------------------
+
+
+def _senders() -> list[tuple[str, str, str]]:
+    return list(Message.objects.order_by("seq").values_list("sender__kind", "sender__name", "text"))
+
+
+async def test_a_nick_change_keeps_the_senders_identity(comm: XmppCommunicator) -> None:
+    await _ready(comm)
+    await comm.presence(sender=f"{ROOM}/carol", to=RELAY, real_jid="carol@localhost/phone")
+    await comm.message(sender=f"{ROOM}/carol", to=RELAY, id="c1", origin_id="c1", body="as carol")
+    await comm.presence(sender=f"{ROOM}/carol", to=RELAY, real_jid="carol@localhost/phone",
+                        presence_type="unavailable", status_codes=[303], nick="caroline")
+    await comm.presence(sender=f"{ROOM}/caroline", to=RELAY, real_jid="carol@localhost/phone")
+    await comm.message(sender=f"{ROOM}/caroline", to=RELAY, id="c2", origin_id="c2", body="renamed")
+    await comm.nothing_sent()
+    assert await database_sync_to_async(_senders)() == [
+        ("xmpp", "carol", "as carol"), ("xmpp", "carol", "renamed")
+    ]
+
+
+async def test_another_account_taking_a_nick_does_not_post_as_its_owner(comm: XmppCommunicator) -> None:
+    await _ready(comm)
+    await comm.presence(sender=f"{ROOM}/carol", to=RELAY, real_jid="carol@localhost/phone")
+    await comm.message(sender=f"{ROOM}/carol", to=RELAY, id="c1", origin_id="c1", body="real carol")
+    await comm.presence(sender=f"{ROOM}/carol", to=RELAY, real_jid="carol@localhost/phone",
+                        presence_type="unavailable")
+    await comm.presence(sender=f"{ROOM}/carol", to=RELAY, real_jid="mallory@localhost/x")
+    await comm.message(sender=f"{ROOM}/carol", to=RELAY, id="m1", origin_id="m1", body="fake carol")
+    # ... nor as a bridged web user whose nick it takes.
+    await comm.presence(sender=f"{ROOM}/alice", to=RELAY, real_jid="mallory@localhost/x")
+    await comm.message(sender=f"{ROOM}/alice", to=RELAY, id="m2", origin_id="m2", body="fake alice")
+    await comm.nothing_sent()
+    assert await database_sync_to_async(_senders)() == [
+        ("xmpp", "carol", "real carol"),
+        ("xmpp", "carol (mallory@localhost)", "fake carol"),
+        ("xmpp", "carol (mallory@localhost)", "fake alice"),
+    ]
+
+
+async def test_a_nick_squatter_has_no_fresh_quota(comm: XmppCommunicator, settings: Any) -> None:
+    await _ready(comm)
+    for nick in ("m1", "m2", "m3"):
+        await comm.presence(sender=f"{ROOM}/{nick}", to=RELAY, real_jid="mallory@localhost/x")
+    for i in range(12):  # XMPP_BURST is 10: the eleventh is refused, whatever the nick
+        await comm.message(sender=f"{ROOM}/m{i % 3 + 1}", to=RELAY, id=f"f{i}", origin_id=f"f{i}",
+                           body=f"flood {i}")
+    error = await comm.sent()
+    assert (error["type"], error["condition"], error["to"]) == (
+        "xmpp.error", "resource-constraint", "mallory@localhost/x"
+    )
+    assert len(await database_sync_to_async(_senders)()) == 10
+
+
+async def test_a_linked_account_speaks_as_its_user_with_one_presence(comm: XmppCommunicator) -> None:
+    from channels.layers import get_channel_layer
+    from django.contrib.auth import get_user_model
+
+    from bridge.names import room_group
+    from bridge.services.identities import identity_link_jid
+
+    user = await database_sync_to_async(get_user_model().objects.create_user)("dora", password="x")
+    await database_sync_to_async(identity_link_jid)(user=user, jid="dora@localhost")
+    layer = get_channel_layer()
+    web = await layer.new_channel()
+    await layer.group_add(room_group("lobby"), web)
+    await _ready(comm)
+    await comm.presence(sender=f"{ROOM}/dee", to=RELAY, real_jid="Dora@localhost/laptop")
+    online = await layer.receive(web)
+    assert (online["who"], online["state"]) == ({"kind": "user", "name": "dora"}, "online")
+    # She is in the room in person: no puppet joins for her.
+    assert await comm.nothing_sent(0.5)
+    await comm.message(sender=f"{ROOM}/dee", to=RELAY, id="d1", origin_id="d1", body="it is me")
+    await comm.nothing_sent()
+    assert await database_sync_to_async(_senders)() == [("user", "dora", "it is me")]
+
+
+async def test_link_by_direct_message_with_the_pages_code(comm: XmppCommunicator) -> None:
+    from django.contrib.auth import get_user_model
+
+    from bridge.selectors import linked_jids
+    from protocols.xmpp.linking import link_token
+
+    user = await database_sync_to_async(get_user_model().objects.create_user)("erin", password="x")
+    token = await database_sync_to_async(link_token)(user=user)
+    await _ready(comm)
+    await comm.message(sender="erin@localhost/phone", to="bridge.localhost", message_type="chat",
+                       id="l1", body="link not-a-code")
+    assert "Not linked" in (await comm.sent())["body"]
+    await comm.message(sender="erin@localhost/phone", to="bridge.localhost", message_type="chat",
+                       id="l2", body=f"link {token}")
+    reply = await comm.sent()
+    assert reply["to"] == "erin@localhost/phone" and reply["body"].startswith("Linked")
+    assert await database_sync_to_async(linked_jids)(user=user) == ["erin@localhost"]

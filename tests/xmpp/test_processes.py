@@ -372,3 +372,49 @@ async def test_a_client_pinning_another_certificate_does_not_connect(
         await client.start(timeout=10)
     await client.stop()
     assert not client.session.is_set()
+
+
+# --- identities --------------------------------------------------------------------------
+
+
+def senders(stack: Stack) -> list[tuple[str, str, str]]:
+    return [(str(k), str(n), str(t)) for k, n, t in query(
+        stack.database_url,
+        "SELECT i.kind, i.name, m.text FROM bridge_message m JOIN bridge_identity i "
+        "ON i.id = m.sender_id ORDER BY m.seq")]
+
+
+async def test_identity_is_the_real_jid_a_nick_change_keeps_it_a_squatter_gets_its_own(
+    xmpp_stack: tuple[Stack, str, Proc], server: XmppServer
+) -> None:
+    stack, base, _ = xmpp_stack
+    room = f"lobby@{server.muc}"
+    server.register("mallory", "mallory-pw")
+    mallory_client = xmpp_client(f"mallory@{server.domain}", "mallory-pw", port=server.c2s_port,
+                                 ca_file=server.ca_file)
+    async with carol_client(server) as carol, mallory_client as mallory:
+        # mallory sits on the web user demo's nick before demo's puppet comes.
+        mallory.join(room, "demo")
+        await mallory.expect(occupant(room, "demo"))
+        carol.join(room, "carol")
+        await carol.expect(occupant(room, "carol"))
+        carol.say(room, "as carol")
+        carol.change_nick(room, "caroline")
+        await carol.expect(occupant(room, "caroline"))
+        carol.say(room, "as caroline")
+        mallory.say(room, "I am demo")
+        # The room keeps flowing: demo's web messages reach XMPP from "demo (web)".
+        for i in range(3):
+            status, body = await asyncio.to_thread(
+                request, f"{base}/api/rooms/lobby/messages", method="POST",
+                body={"text": f"web {i}", "client_id": f"w-{i}"},
+                headers={"Authorization": f"Token {stack.token}"})
+            assert status == 201, body
+        for i in range(3):
+            await carol.expect(groupchat_from(room, "demo (web)", f"web {i}"), timeout=10)
+        await asyncio.to_thread(wait_until, lambda: len(history(base)) >= 6, what="all stored")
+    stored = senders(stack)
+    assert ("xmpp", "carol", "as carol") in stored
+    assert ("xmpp", "carol", "as caroline") in stored
+    assert ("xmpp", f"demo (mallory@{server.domain})", "I am demo") in stored
+    assert [s for s in stored if s[0] == "user"] == [("user", "demo", f"web {i}") for i in range(3)]
