@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from bridge.health import HEALTH, Health
+from bridge.instruments import render
 from bridge.probes import aprobe_all
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,16 @@ class Response:
 Handler = Callable[[], Awaitable[Response]]
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
            503: "Service Unavailable"}
+
+
+def metrics_routes() -> dict[str, Handler]:
+    """`/metrics`: this process's Prometheus metrics (the ops port is private by deployment)."""
+
+    async def metrics() -> Response:
+        body, content_type = await asyncio.to_thread(render)
+        return Response(200, body, content_type)
+
+    return {"/metrics": metrics}
 
 
 def health_routes(health: Health = HEALTH, *, probe: bool = True) -> dict[str, Handler]:
@@ -141,7 +152,7 @@ async def ops_endpoint(port: int | None) -> AsyncIterator[OpsServer | None]:
     if not port:
         yield None
         return
-    server = OpsServer(host=settings.OPS_HOST, port=port)
+    server = OpsServer(host=settings.OPS_HOST, port=port, routes={**health_routes(), **metrics_routes()})
     await server.start()
     try:
         yield server

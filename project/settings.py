@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import dj_database_url
@@ -45,7 +46,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "bridge.middleware.ApiJsonErrors",  # outermost: sees Django's own error pages too
+    "bridge.logcontext.RequestContext",  # a request id on every log line of the request
+    "bridge.middleware.ApiJsonErrors",  # sees Django's own error pages too
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -217,6 +219,12 @@ BRIDGE_EMBEDDED_SERVICES = env.list(
 # /readyz on OPS_HOST:OPS_PORT; 0 is off (each command's --ops-port overrides it).
 OPS_HOST = env.str("OPS_HOST", default="127.0.0.1")
 OPS_PORT = env.int("OPS_PORT", 0, minimum=0)
+# Client networks the web process's /metrics answers (comma-separated CIDRs); others get 403.
+METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=["127.0.0.0/8", "::1/128"])
+try:
+    METRICS_NETWORKS = tuple(ipaddress.ip_network(net, strict=False) for net in METRICS_ALLOWED_NETWORKS)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"METRICS_ALLOWED_NETWORKS: {exc}") from exc
 
 # --- Rate limits (bridge/ratelimit.py) --------------------------------------
 
@@ -279,13 +287,23 @@ XMPP_ROOM_SYNC_INTERVAL = env.int("XMPP_ROOM_SYNC_INTERVAL", 30, minimum=1)
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise ImproperlyConfigured(f"LOG_LEVEL must be a logging level name, got {LOG_LEVEL!r}")
+# plain (human lines) or json (one JSON object per line on stdout, with request, room, sender).
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
+if LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, got {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "bridge.logcontext.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "bridge.logcontext.ContextFilter"}},
+    "handlers": {
+        # JSON lines go to stdout (what log collectors read); plain lines to stderr as before.
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"],
+                    **({"stream": "ext://sys.stdout"} if LOG_FORMAT == "json" else {})},
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # Django's own console handler (DEBUG only) would print its lines twice.

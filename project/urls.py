@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from bridge.views import alerts, api, devices, members, pages
+from bridge.views import alerts, api, devices, members, metrics, pages
 from protocols.xmpp import views as xmpp_views
 
 urlpatterns = [
@@ -20,6 +20,7 @@ urlpatterns = [
     path("api/alerts/rules/<int:rule_id>", alerts.rule, name="api-alert-rule"),
     path("healthz", api.healthz, name="healthz"),
     path("readyz", api.readyz, name="readyz"),
+    path("metrics", metrics.metrics, name="metrics"),
     path("accounts/xmpp/", xmpp_views.account, name="xmpp-account"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from django.utils import timezone
 from bridge import jsontext
 from bridge.envelope import Envelope, message_envelope
 from bridge.exceptions import BridgeError, InvalidInput, TooLarge
+from bridge.instruments import FANOUT_SECONDS, MESSAGES_IN, MESSAGES_REPLAYED, STORE_SECONDS, timed
 from bridge.models import Identity, Message, Room
 from bridge.names import ORIGINS, room_group
 from bridge.selectors import room_get
@@ -165,7 +167,7 @@ def _store_valid(
     A key seen twice (already stored, or earlier in this batch) gives the stored
     row with `created=False`.
     """
-    with transaction.atomic():
+    with timed(STORE_SECONDS), transaction.atomic():
         locked = Room.objects.select_for_update().only("id", "last_seq").get(pk=room.pk)
         keys = [v.key for _, v in valid if v.key is not None]
         existing = _by_keys(room, keys) if keys else {}
@@ -186,6 +188,7 @@ def _store_valid(
             if v.key is not None:
                 existing[v.key] = row  # the same key twice in one batch: one row
             results[index] = PostResult(row, message_envelope(row, room_slug=room.slug), True)
+        transaction.on_commit(functools.partial(_count, valid, results))
         if new_rows:
             Message.objects.bulk_create(new_rows)
             Room.objects.filter(pk=room.pk).update(last_seq=seq)
@@ -197,6 +200,15 @@ def _store_valid(
             )
             if scheduled:
                 transaction.on_commit(tasks_wake)
+
+
+def _count(valid: list[tuple[int, _Valid]], results: list[PostResult | BridgeError]) -> None:
+    """Once committed: messages stored, and replays answered with what was stored."""
+    for index, v in valid:
+        result = results[index]
+        if isinstance(result, PostResult):
+            counter = MESSAGES_IN if result.created else MESSAGES_REPLAYED
+            counter.labels(edge=v.item.origin).inc()
 
 
 def _by_keys(room: Room, keys: list[str]) -> dict[str, Message]:
@@ -221,9 +233,10 @@ async def message_fanout(envelope: Envelope) -> None:
     if layer is None:
         return
     try:
-        await layer.group_send(
-            room_group(envelope["room"]), {"type": "room.message", "message": envelope}
-        )
+        with timed(FANOUT_SECONDS):
+            await layer.group_send(
+                room_group(envelope["room"]), {"type": "room.message", "message": envelope}
+            )
     except Exception:  # stored already: a lost fan-out only delays receivers
         logger.warning(
             "could not fan out %s#%s; receivers will catch up from history",

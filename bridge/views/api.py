@@ -26,6 +26,7 @@ from bridge.exceptions import (
     TooLarge,
 )
 from bridge.health import HEALTH
+from bridge.instruments import refused
 from bridge.probes import probe_channel_layer, probe_database
 from bridge.ratelimit import throttle
 from bridge.selectors import message_history, room_get, room_list, room_visible
@@ -38,6 +39,7 @@ View = Callable[..., HttpResponse]
 
 
 def error_response(exc: BridgeError) -> JsonResponse:
+    refused("api", exc.code)
     response = JsonResponse({"error": exc.as_dict()}, status=exc.status)
     if isinstance(exc, RateLimited):
         response["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))

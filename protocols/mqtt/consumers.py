@@ -13,6 +13,7 @@ from django.db import DatabaseError, OperationalError
 from django.utils import timezone
 
 from bridge.exceptions import BridgeError
+from bridge.instruments import delivered, refused
 from bridge.names import room_group
 from bridge.services.devices import DEVICE_COMMANDS_GROUP
 from bridge.services.messages import message_fanout
@@ -188,8 +189,10 @@ class BridgeConsumer(MqttConsumer):
                 )
 
     async def _refuse(self, topic: str, exc: BridgeError) -> None:
+        refused("mqtt", exc.code)
         device = self.topics.device_of(topic)
-        logger.warning("refused %s from %s: %s %s", topic, device or "?", exc.code, exc.detail)
+        logger.warning("refused %s from %s: %s %s", topic, device or "?", exc.code, exc.detail,
+                       extra={"sender": f"device:{device}" if device else None})
         if device is not None:
             body = {"code": exc.code, "detail": exc.detail, "topic": topic}
             await self.publish(self.topics.errors(device), json.dumps(body), qos=settings.MQTT_QOS)
@@ -242,6 +245,7 @@ class BridgeConsumer(MqttConsumer):
                 await self.publish(
                     self.topics.room_messages(slug), json.dumps(envelope), qos=settings.MQTT_QOS
                 )
+                delivered("mqtt")
             if claimed.commands:
                 await self._publish_commands(claimed.commands)
             if claimed.more:

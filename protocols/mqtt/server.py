@@ -23,6 +23,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from bridge.health import HEALTH
 from protocols.mqtt.config import MqttConfig
 from protocols.mqtt.events import IncomingEvent, MessageEvent, MqttScope
 
@@ -32,6 +33,7 @@ Application = Callable[[Any, Any, Any], Coroutine[Any, Any, None]]
 
 # CONNACK codes meaning "this broker does not speak MQTT 5" (v5: 0x84; 3.1.1: 1).
 UNSUPPORTED_PROTOCOL = {132, 1}
+HEALTH_CHECK = "mqtt_broker"  # in /readyz and bridge_dependency_up
 RECEIVE_MAXIMUM = 1000
 # Events waiting for the application, at most. When the queue is full, paho's network
 # thread waits in its callback, so it stops reading the socket and the broker holds what
@@ -180,6 +182,7 @@ class MqttServer:
                 self._call(self._schedule_fallback)
                 return
             logger.error("broker %s refused the connection: %s", self.config.broker, reason)
+            HEALTH.failing(HEALTH_CHECK, f"refused: {reason}")
             return
         self._generation += 1
         protocol = 5 if self._protocol == paho.MQTTv5 else 4
@@ -192,6 +195,7 @@ class MqttServer:
             self._enqueue,
             {"type": "mqtt.connect", "session_present": bool(flags.session_present), "protocol": protocol},
         )
+        HEALTH.ok(HEALTH_CHECK)
         self._call(self.connected.set)
 
     def _on_disconnect(
@@ -204,6 +208,7 @@ class MqttServer:
         # them again); they must not reach the next connection before its CONNACK.
         self._generation += 1
         logger.warning("disconnected from %s: %s; reconnecting", self.config.broker, reason)
+        HEALTH.failing(HEALTH_CHECK, f"disconnected: {reason}")
         self._call(self.connected.clear)
         self._queue_from_thread(client, self._enqueue, {"type": "mqtt.disconnect", "reason": str(reason)})
 

@@ -28,6 +28,8 @@ from bridge.exceptions import (
     RoomNotFound,
     TooLarge,
 )
+from bridge.instruments import WEBSOCKETS, delivered, refused
+from bridge.logcontext import bind
 from bridge.models import Identity, Room
 from bridge.names import devices_group, room_access_group, room_group, user_access_group
 from bridge.ratelimit import athrottle, limiter
@@ -120,6 +122,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
         """
         slug = self.scope["url_route"]["kwargs"]["room"]
         user = self.scope.get("user")
+        # This consumer's task logs about this room and user from here on.
+        bind(room=slug, sender=f"user:{user.username}" if user and user.is_authenticated else "anonymous")
         try:
             if "auth_error" in self.scope:
                 raise self.scope["auth_error"]
@@ -135,6 +139,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_CODES.get(exc.status, CLOSE_INVALID))
             return
         self.room = room
+        WEBSOCKETS.inc()
         # Join before reading history, so nothing stored in between is missed.
         await self.channel_layer.group_add(room_group(room.slug), self.channel_name)
         await self.channel_layer.group_add(devices_group(room.slug), self.channel_name)
@@ -155,6 +160,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         await self._leave_access_groups()
         if self.room is None:
             return
+        WEBSOCKETS.dec()
         await self.channel_layer.group_discard(room_group(self.room.slug), self.channel_name)
         await self.channel_layer.group_discard(devices_group(self.room.slug), self.channel_name)
         gone = await database_sync_to_async(presence_leave)(
@@ -303,6 +309,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             return
         self.last_seq = seq
         await self.send(text_data=json.dumps({"type": "message", "message": message}))
+        delivered("web")
 
     async def room_presence(self, event: dict[str, Any]) -> None:
         await self.send(
@@ -387,6 +394,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         )
 
     async def send_error(self, exc: BridgeError) -> None:
+        refused("web", exc.code)
         await self.send(text_data=json.dumps({"type": "error", **exc.as_dict()}))
 
 

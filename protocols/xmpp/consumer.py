@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from channels.consumer import AsyncConsumer
 
+from bridge.instruments import refused
 from protocols.xmpp.events import (
     XmppConnectEvent,
     XmppDisconnectEvent,
@@ -103,6 +104,7 @@ class XmppConsumer(AsyncConsumer):
         error_type: str = "modify",
         stanza: str = "message",
     ) -> None:
+        refused("xmpp", condition)
         await self.send(
             {"type": "xmpp.error", "sender": sender, "to": to, "id": id, "condition": condition,
              "text": text, "error_type": error_type, "stanza": stanza}

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from channels.db import database_sync_to_async
 
 from bridge.exceptions import BridgeError
+from bridge.instruments import refused
 from bridge.services.messages import amessage_post
 from protocols.xmpp import store
 from protocols.xmpp.addresses import Jid, occupant_jid, room_jid
@@ -111,6 +112,7 @@ class Inbound:
             )
         else:
             # An anonymous room hides the sender: a private message through the room instead.
+            refused("xmpp", condition)
             await self.edge.send_message(
                 sender=link.relay_jid, to=occupant_jid(link.slug, nick, muc_service=self.edge.muc),
                 body=text, message_type="chat",

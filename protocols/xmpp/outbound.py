@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from channels.db import database_sync_to_async
 
 from bridge.envelope import Envelope
+from bridge.instruments import delivered
 from protocols.xmpp import store
 from protocols.xmpp.events import XmppMessageEvent
 from protocols.xmpp.link import InFlight, PuppetState, RoomLink, sender_key
@@ -92,6 +93,7 @@ class Pump:
             else:
                 body = relayed_body(envelope)
         await self.edge.send_message(sender=sender_jid, to=link.room_jid, body=body, id=message_id)
+        delivered("xmpp")
         link.inflight.append(InFlight(seq=envelope["seq"], message_id=message_id, puppet=key,
                                       sent_at=time.monotonic()))
         link.sent_upto = envelope["seq"]
