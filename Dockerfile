@@ -28,4 +28,4 @@ RUN DEBUG=1 python manage.py collectstatic --noinput -v0 && chown -R root:root /
 USER bridge
 EXPOSE 8000 9100
 # SIGTERM reaches the process itself (exec form), which shuts down gracefully.
-CMD ["uvicorn", "project.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--lifespan", "off", "--ws-max-size", "1048576", "--proxy-headers", "--forwarded-allow-ips", "*"]
+CMD ["python", "manage.py", "runweb", "0.0.0.0:8000", "--forwarded-allow-ips", "*"]

@@ -176,6 +176,9 @@ BRIDGE_HISTORY_LIMIT = 50
 BRIDGE_WS_SEND_TIMEOUT = env.int("BRIDGE_WS_SEND_TIMEOUT", 20, minimum=1)
 BRIDGE_TASKS_CHANNEL = "bridge-tasks"
 BRIDGE_TASK_LEASE = env.int("BRIDGE_TASK_LEASE", 300, minimum=5)  # seconds
+# Seconds a stopping process (SIGTERM) gives the work in hand before it exits; keep it
+# below the orchestrator's kill timeout (compose: stop_grace_period 30 s).
+BRIDGE_SHUTDOWN_GRACE = env.int("BRIDGE_SHUTDOWN_GRACE", 20, minimum=0)
 BRIDGE_RECONCILE_INTERVAL = env.int("BRIDGE_RECONCILE_INTERVAL", 15, minimum=1)  # seconds
 BRIDGE_RETENTION_DAYS = env.int("BRIDGE_RETENTION_DAYS", 0, minimum=0)  # 0 keeps all
 # Seconds a web user's presence lasts unless its server renews it (every third of it):

@@ -28,6 +28,7 @@ def _command(plan: Plan, service: str, argv: list[str]) -> tuple[list[str], dict
     """`argv` as `docker compose exec SERVICE argv` would run it, made local."""
     process = plan.replicas(service)[0] if plan.replicas(service) else plan.by_name(service)
     env = dict(process.env)
+    argv = [process.localize(part) for part in argv]
     if process.kind == "bridge":
         if argv and argv[0] == "python":
             argv = [sys.executable, *argv[1:]]

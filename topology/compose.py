@@ -129,9 +129,18 @@ def _depends_on(value: object) -> dict[str, str]:
     raise ComposeError("depends_on: a list or a mapping")
 
 
-def load(path: Path, variables: Mapping[str, str]) -> dict[str, Service]:
-    """Every service of the compose file at `path`, interpolated with `variables`."""
+def _merged(base: Any, override: Any) -> Any:
+    """An override file over the base, as compose merges them: mappings deep, the rest replaced."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {**base, **{k: _merged(base.get(k), v) for k, v in override.items()}}
+    return override
+
+
+def load(path: Path, variables: Mapping[str, str], *, override: Path | None = None) -> dict[str, Service]:
+    """Every service of the compose file at `path` (and `override`), interpolated with `variables`."""
     document = yaml.safe_load(path.read_text())
+    if override is not None and override.exists():
+        document = _merged(document, yaml.safe_load(override.read_text()) or {})
     if not isinstance(document, dict) or not isinstance(document.get("services"), dict):
         raise ComposeError(f"{path}: no services")
     services = _interpolate_tree(document["services"], variables)

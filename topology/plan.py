@@ -23,6 +23,7 @@ from topology.compose import ComposeError, Service, load, read_env_file
 from topology.servers import server_argv
 
 REPO = Path(__file__).resolve().parent.parent
+OVERRIDE_FILE = "docker-compose.override.yml"
 COMPOSE_FILE = REPO / "docker-compose.yml"
 # Images we know how to run from Debian's packages; anything else is left out locally.
 SERVER_IMAGES = {
@@ -52,6 +53,13 @@ class LocalProcess:
     oneshot: bool
     volumes: dict[str, str]  # container path -> host path
     ports: tuple[int, ...] = ()
+
+    def localize(self, text: str) -> str:
+        """A container path of this service's volumes, as the local path."""
+        for target in sorted(self.volumes, key=len, reverse=True):
+            if text == target or text.startswith(target.rstrip("/") + "/"):
+                return self.volumes[target] + text[len(target):]
+        return text
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,7 @@ def _rewrite(text: str, *, hosts: dict[str, str], volumes: dict[str, str], own: 
     """
     if text == "0.0.0.0" or (env and text == "*"):
         return own
+    text = re.sub(r"^0\.0\.0\.0(?=:\d+$)", own, text)  # ADDR:PORT arguments
     if env and text in hosts:
         return hosts[text]
     for name, address in hosts.items():
@@ -149,7 +158,8 @@ def make_plan(
     subnet = variables.get("STACK_SUBNET", "127.0.77")
     if not re.fullmatch(r"127\.\d{1,3}\.\d{1,3}", subnet):
         raise ComposeError(f"STACK_SUBNET must look like 127.A.B, got {subnet!r}")
-    services = load(compose_file, variables)
+    # Like docker-compose.override.yml beside the compose file: the stack's own adjustments.
+    services = load(compose_file, variables, override=state / OVERRIDE_FILE)
     raw_volumes = _raw_volumes(compose_file)
     skipped: dict[str, str] = {}
     wanted: list[tuple[Service, str]] = []

@@ -8,6 +8,7 @@ is pending again once its lease runs out.
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import timedelta
 
 from django.conf import settings
@@ -23,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
 CLAIM_BATCH = 20
+# Set on SIGTERM (graceful stop): the task in hand finishes, nothing more is claimed.
+STOPPING = threading.Event()
+_BUSY = threading.Lock()  # held while this process's database thread runs tasks
 
 
 def _claim_one() -> Task | None:
@@ -95,12 +99,21 @@ def _run(task: Task) -> None:
 
 
 def run_due_tasks(*, limit: int = 1000) -> int:
-    """Run what is due now; returns how many tasks ran."""
+    """Run what is due now (until STOPPING); returns how many tasks ran."""
     ran = 0
-    while ran < limit:
-        task = _claim_one()
-        if task is None:
-            break
-        _run(task)
-        ran += 1
+    with _BUSY:
+        while ran < limit and not STOPPING.is_set():
+            task = _claim_one()
+            if task is None:
+                break
+            _run(task)
+            ran += 1
     return ran
+
+
+def wait_idle(timeout: float) -> bool:
+    """Whether the task in hand (if any) finished within `timeout` seconds."""
+    if not _BUSY.acquire(timeout=timeout):
+        return False
+    _BUSY.release()
+    return True

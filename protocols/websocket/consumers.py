@@ -43,6 +43,7 @@ from bridge.services.presence import (
     presence_list,
     presence_renew,
 )
+from protocols.websocket.lifecycle import track, untrack
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             return
         self.room = room
         WEBSOCKETS.inc()
+        track(self)
         # Join before reading history, so nothing stored in between is missed.
         await self.channel_layer.group_add(room_group(room.slug), self.channel_name)
         await self.channel_layer.group_add(devices_group(room.slug), self.channel_name)
@@ -161,6 +163,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if self.room is None:
             return
         WEBSOCKETS.dec()
+        untrack(self)
         await self.channel_layer.group_discard(room_group(self.room.slug), self.channel_name)
         await self.channel_layer.group_discard(devices_group(self.room.slug), self.channel_name)
         gone = await database_sync_to_async(presence_leave)(
@@ -348,6 +351,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 for message in page:
                     if message["seq"] > self.last_seq:
                         await self.send(text_data=json.dumps({"type": "message", "message": message}))
+                        delivered("web")
             if page:
                 self.last_seq = max(self.last_seq, page[-1]["seq"])
                 cursor = page[-1]["seq"]

@@ -7,6 +7,7 @@ import socket
 import uvicorn
 
 from bridge.embedded import EmbeddedContext
+from protocols.websocket.lifecycle import GracefulServer
 
 # Frames above BRIDGE_MAX_FRAME get an error frame from the consumer; this is the
 # hard ceiling where the server closes the connection (1009) to protect memory.
@@ -39,7 +40,7 @@ async def serve(ctx: EmbeddedContext) -> None:
             f"runbridge {ctx.host}:{ctx.port + 1}, or make run ADDR={ctx.host}:{ctx.port + 1})"
         ) from exc
     config.load()
-    server = uvicorn.Server(config)
+    server = GracefulServer(config)
     server.lifespan = config.lifespan_class(config)
     ctx.banner.insert(0, f"web: http://{ctx.host}:{ctx.port}/")
     await server.startup(sockets=[sock])
