@@ -107,6 +107,8 @@ def _rewrite(text: str, *, hosts: dict[str, str], volumes: dict[str, str], own: 
     text = re.sub(r"^0\.0\.0\.0(?=:\d+$)", own, text)  # ADDR:PORT arguments
     if env and text in hosts:
         return hosts[text]
+    # The container's own loopback (health checks, ALLOWED_HOSTS) is the replica's address.
+    text = re.sub(r"(?<![\d.])127\.0\.0\.1(?![\d])", own, text) if env else text
     for name, address in hosts.items():
         text = re.sub(rf"(?<=@){re.escape(name)}(?=[:/])|(?<=//){re.escape(name)}(?=[:/])", address, text)
     for target in sorted(volumes, key=len, reverse=True):
@@ -192,7 +194,7 @@ def make_plan(
             argv = [rewrite(part) for part in service.argv]
             health = service.healthcheck.test if service.healthcheck else None
             if health is not None:
-                health = [rewrite(part.replace("127.0.0.1", address)) for part in health]
+                health = [rewrite(part, env=True) for part in health]
             oneshot = _is_oneshot(service, services)
             source_argv = argv
             if kind == "bridge":

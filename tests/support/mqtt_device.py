@@ -22,7 +22,8 @@ class TestDevice:
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, port: int, name: str, password: str, *, inflight: int = 100) -> None:
+    def __init__(self, port: int, name: str, password: str, *, inflight: int = 100,
+                 host: str = "127.0.0.1") -> None:
         self.name = name
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._connected = threading.Event()
@@ -38,7 +39,7 @@ class TestDevice:
         client.on_connect = lambda c, u, f, rc, p: self._connected.set() if not rc.is_failure else None
         client.on_subscribe = lambda c, u, mid, rcs, p: self._subscribed.set()
         client.on_message = lambda c, u, m: self.messages.put((m.topic, m.payload))
-        client.connect("127.0.0.1", port, keepalive=30)
+        client.connect(host, port, keepalive=30)
         client.loop_start()
         if not self._connected.wait(10):
             raise TimeoutError(f"device {name} could not connect")

@@ -30,12 +30,14 @@ class Seen:
 
 
 class XmppTestClient:
-    def __init__(self, jid: str, password: str, *, port: int, ca_file: Path | None) -> None:
+    def __init__(self, jid: str, password: str, *, port: int, ca_file: Path | None,
+                 host: str = "127.0.0.1") -> None:
         """With `ca_file`: STARTTLS or nothing, the server's certificate checked against it
         (and its name against the JID's domain). Without: plain TCP, plain authentication
         (what a server should refuse)."""
         register_stanza_plugins()
         self.port = port
+        self.host = host
         self.xmpp = ClientXMPP(jid, password)
         self.xmpp.enable_direct_tls = False
         if ca_file is not None:
@@ -84,7 +86,7 @@ class XmppTestClient:
     async def start(self, timeout: float = 15) -> None:
         self.session.clear()
         self.gone.clear()
-        self.xmpp.connect("127.0.0.1", self.port)
+        self.xmpp.connect(self.host, self.port)
         await asyncio.wait_for(self.session.wait(), timeout)
         self.xmpp.send_presence()
 
