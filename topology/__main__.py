@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 from topology.compose import ComposeError
 from topology.plan import REPO, Plan, make_plan
 from topology.procfile import init_state, procfile
-from topology.runner import reset_markers, start
+from topology.runner import reset_markers, signal_service, start
 
 
 def _scale(values: list[str]) -> dict[str, int]:
@@ -54,6 +55,9 @@ def main() -> int:
     exe = sub.add_parser("exec", help="like `docker compose exec SERVICE CMD`")
     exe.add_argument("service")
     exe.add_argument("cmd", nargs=argparse.REMAINDER)
+    kill = sub.add_parser("kill", help="like `docker compose kill -s SIGNAL SERVICE`")
+    kill.add_argument("-s", "--signal", default="SIGKILL")
+    kill.add_argument("service")
     options = parser.parse_args()
 
     state = Path(options.state).resolve()
@@ -70,6 +74,15 @@ def main() -> int:
             return 0
         if options.what == "start":
             start(plan, options.name)
+        if options.what == "kill":
+            name = options.signal.upper()
+            try:
+                sig = signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
+            except KeyError:
+                raise ComposeError(f"no signal {options.signal!r} (HUP, TERM, KILL, ...)") from None
+            for signalled in signal_service(plan, options.service, sig):
+                sys.stdout.write(f"{signalled}: {sig.name}\n")
+            return 0
         if options.what == "run":
             process = plan.by_name(options.service)
             argv = [*process.entrypoint, *options.args] if options.args else process.argv

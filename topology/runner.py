@@ -29,6 +29,24 @@ def marker(plan: Plan, service: str, outcome: str) -> Path:
     return plan.state / "run" / f"{service}.{outcome}"
 
 
+def pidfile(plan: Plan, name: str) -> Path:
+    return plan.state / "run" / f"{name}.pid"
+
+
+def signal_service(plan: Plan, service: str, sig: signal.Signals) -> list[str]:
+    """Send `sig` to every running replica of `service` (like `docker compose kill -s`)."""
+    signalled = []
+    for process in plan.replicas(service) or [plan.by_name(service)]:
+        try:
+            os.kill(int(pidfile(plan, process.name).read_text()), sig)
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            continue
+        signalled.append(process.name)
+    if not signalled:
+        raise ComposeError(f"{service} is not running")
+    return signalled
+
+
 def reset_markers(plan: Plan) -> None:
     """Forget one-shot outcomes of a previous run (call before starting a stack)."""
     (plan.state / "run").mkdir(parents=True, exist_ok=True)
@@ -87,6 +105,8 @@ def start(plan: Plan, name: str) -> NoReturn:
     if process.kind != "bridge" and not process.oneshot:
         prepare(process.kind, process.source_argv, env=env, address=process.address,
                 volumes=process.volumes, state=plan.state)
+    # exec keeps the pid: `python -m topology kill` signals the server itself.
+    pidfile(plan, process.name).write_text(f"{os.getpid()}\n")
     if not process.oneshot:
         sys.stdout.flush()
         try:

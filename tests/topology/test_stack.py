@@ -131,7 +131,7 @@ async def test_the_compose_topology_end_to_end(stack: LocalStack) -> None:
     stack.topology("run", "manage", "devices", "add", "sensor-1", "--room", "lobby")
     stack.topology("exec", "mosquitto", "mosquitto_passwd", "-b", "/mosquitto/config/passwd",
                    "sensor-1", "sensor-pw")
-    stack.signal("mosquitto", signal.SIGHUP)  # reload the password file
+    stack.topology("kill", "-s", "HUP", "mosquitto")  # reload the password file
     stack.topology("exec", "prosody", "prosodyctl", "register", "alice", "localhost", "alice-pw")
 
     web, prosody = stack.process("web-1"), stack.process("prosody")
