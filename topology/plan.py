@@ -35,7 +35,7 @@ SERVER_IMAGES = {
 # What the image would put on PATH or in the environment of our own image (Dockerfile).
 IMAGE_ENV = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 # The image's user that owns what its server reads; locally, whoever runs the stack.
-CONTAINER_USERS = ("mosquitto:mosquitto",)
+CONTAINER_USERS = ("mosquitto:mosquitto", "prosody:prosody")
 
 
 @dataclass(frozen=True)

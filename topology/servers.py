@@ -19,7 +19,6 @@ from pathlib import Path
 
 from topology.compose import ComposeError
 
-MAKE_CERT = Path(__file__).resolve().parents[1] / "deploy" / "prosody" / "make-cert.sh"
 INSTALL_HINT = "scripts/install-system-deps.sh installs the servers"
 
 
@@ -85,11 +84,6 @@ def prepare(kind: str, argv: list[str], *, env: dict[str, str], address: str,
     elif kind == "prosody":
         data = Path(env.get("PROSODY_DATA_DIR", state / "volumes" / "prosody"))
         (data / "certs").mkdir(parents=True, exist_ok=True)
-        # The shipped config requires STARTTLS: a self-signed certificate on first run.
-        domain = env.get("XMPP_DOMAIN", "localhost")
-        if not (data / "certs" / f"{domain}.crt").exists():
-            _run([str(MAKE_CERT), str(data / "certs"), domain,
-                  env.get("XMPP_MUC_SERVICE", f"conference.{domain}")])
         if os.geteuid() == 0:
             env["PROSODY_RUN_AS_ROOT"] = "1"
 

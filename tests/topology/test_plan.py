@@ -35,6 +35,7 @@ def test_every_service_replica_gets_its_own_loopback_address(plan: Plan) -> None
     assert len(set(addresses)) == len(addresses)
     assert all(address.startswith("127.0.99.") for address in addresses)
     assert set(plan.skipped) == {"proxy", "manage"}
+    assert plan.by_name("prosody-cert").oneshot and not plan.by_name("prosody").oneshot
 
 
 def test_service_names_become_addresses_only_where_they_are_hosts(plan: Plan) -> None:

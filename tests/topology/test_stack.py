@@ -87,7 +87,8 @@ class Receivers:
         self.xmpp: list[str] = []
 
     async def websocket(self, url: str, ready: asyncio.Event) -> None:
-        async with websockets.connect(url, additional_headers={"Origin": "http://localhost"}) as sock:
+        origin = url.replace("ws://", "http://").split("/ws/")[0]  # the page's own origin
+        async with websockets.connect(url, additional_headers={"Origin": origin}) as sock:
             while True:
                 frame = json.loads(await sock.recv())
                 if frame["type"] == "history":
@@ -140,7 +141,9 @@ async def test_the_compose_topology_end_to_end(stack: LocalStack) -> None:
     receivers = Receivers()
     ready = asyncio.Event()
     watchers = [asyncio.ensure_future(receivers.websocket(f"ws://{web.address}:8000/ws/rooms/lobby/", ready))]
-    alice = XmppTestClient(f"alice@{domain}", "alice-pw", port=5222, host=prosody.address)
+    certificate = Path(prosody.env["PROSODY_DATA_DIR"]) / "certs" / f"{domain}.crt"
+    alice = XmppTestClient(f"alice@{domain}", "alice-pw", port=5222, host=prosody.address,
+                           ca_file=certificate)  # STARTTLS, the server's certificate pinned
     await alice.start()
     try:
         alice.join(room, "alice")
