@@ -12,8 +12,8 @@ from django.conf import settings
 from django.db import DatabaseError, OperationalError
 from django.utils import timezone
 
+from bridge import instruments
 from bridge.exceptions import BridgeError
-from bridge.instruments import delivered, refused
 from bridge.names import room_group
 from bridge.services.devices import DEVICE_COMMANDS_GROUP
 from bridge.services.messages import message_fanout
@@ -189,7 +189,7 @@ class BridgeConsumer(MqttConsumer):
                 )
 
     async def _refuse(self, topic: str, exc: BridgeError) -> None:
-        refused("mqtt", exc.code)
+        instruments.refused("mqtt", exc.code)
         device = self.topics.device_of(topic)
         logger.warning("refused %s from %s: %s %s", topic, device or "?", exc.code, exc.detail,
                        extra={"sender": f"device:{device}" if device else None})
@@ -245,7 +245,7 @@ class BridgeConsumer(MqttConsumer):
                 await self.publish(
                     self.topics.room_messages(slug), json.dumps(envelope), qos=settings.MQTT_QOS
                 )
-                delivered("mqtt")
+                instruments.delivered("mqtt")
             if claimed.commands:
                 await self._publish_commands(claimed.commands)
             if claimed.more:
