@@ -19,7 +19,7 @@ from bridge.services.devices import DEVICE_COMMANDS_GROUP
 from bridge.services.messages import message_fanout
 from bridge.services.telemetry import atelemetry_wake
 from protocols.mqtt import outbound
-from protocols.mqtt.admission import Admission
+from protocols.mqtt.admission import Admission, Dropped
 from protocols.mqtt.consumer import MqttConsumer
 from protocols.mqtt.events import ConnectEvent, DisconnectEvent, MessageEvent
 from protocols.mqtt.ingest import Outcome, ingest_batch
@@ -94,6 +94,12 @@ class BridgeConsumer(MqttConsumer):
         the server's queue stops draining and the server stops reading the socket
         (flow control back to the broker, see protocols/mqtt/server.py).
         """
+        shed, error = self.admission.shed(message)
+        if shed:  # its device has no token left: acknowledged and dropped on arrival
+            await self.ack(message)
+            if error is not None:
+                await self._refuse(message["topic"], error.error)
+            return
         while len(self._inbox) >= MAX_INBOX:
             self._inbox_room.clear()
             await self._inbox_room.wait()
@@ -137,7 +143,29 @@ class BridgeConsumer(MqttConsumer):
             for message in refused.messages:
                 await self.ack(message)
             await self._refuse(refused.messages[0]["topic"], refused.error)
+        if dropped:
+            await self._shed_backlog()
         return admitted
+
+    async def _shed_backlog(self) -> None:
+        """A device just ran out of tokens: what it sent that is still waiting goes now,
+        not in its turn, so the other devices' messages behind it are not held up."""
+        kept: list[MessageEvent] = []
+        shed: list[tuple[MessageEvent, Dropped | None]] = []
+        for message in self._inbox:  # no await in this loop: receive() appends meanwhile
+            drop, error = self.admission.shed(message)
+            if drop:
+                shed.append((message, error))
+            else:
+                kept.append(message)
+        self._inbox = kept
+        if not kept:
+            self._inbox_ready.clear()
+        self._inbox_room.set()
+        for message, error in shed:
+            await self.ack(message)
+            if error is not None:
+                await self._refuse(message["topic"], error.error)
 
     async def _store(self, batch: list[MessageEvent]) -> list[Outcome] | None:
         """One transaction for the batch; None when it should simply be tried again.

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -131,6 +134,27 @@ def test_thirty_sockets_that_never_read_cost_the_web_process_less_than_50_mb(web
 # --- floods ----------------------------------------------------------------------------------
 
 
+# python -c FLOODER PORT COUNT SECONDS: device flood-1 publishes COUNT QoS 0 messages, paced.
+FLOODER = """
+import sys, time
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+port, count, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+client = paho.Client(CallbackAPIVersion.VERSION2, client_id="flood-1-publisher", protocol=paho.MQTTv5)
+client.username_pw_set("flood-1", "pw")
+client.connect("127.0.0.1", port)
+client.loop_start()
+start = time.monotonic()
+for i in range(count):
+    client.publish("devices/flood-1/rooms/lobby", f"flood {i}", qos=0)
+    if i % 20 == 0:
+        time.sleep(max(0.0, start + i * seconds / count - time.monotonic()))
+time.sleep(1)
+client.disconnect()
+client.loop_stop()
+"""
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -176,12 +200,13 @@ def test_a_websocket_flood_is_throttled_while_another_user_posts_normally(flood_
     counts: Counter[str] = Counter()
 
     async def drain(sock: Any) -> None:
-        async for raw in sock:
-            frame = json.loads(raw)
-            if frame["type"] == "ack":
-                counts["acked"] += 1
-            elif frame["type"] == "error":
-                counts[frame["code"]] += 1
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for raw in sock:
+                frame = json.loads(raw)
+                if frame["type"] == "ack":
+                    counts["acked"] += 1
+                elif frame["type"] == "error":
+                    counts[frame["code"]] += 1
 
     async def flooder(start: float) -> None:
         sent = 0
@@ -248,20 +273,11 @@ def test_an_mqtt_flood_is_throttled_while_another_device_posts_normally(flood_st
     flood.subscribe("devices/flood-1/errors", qos=1)
     latencies: list[float] = []
     try:
-        stop = threading.Event()
-
-        def flooder() -> None:
-            start = time.monotonic()
-            for i in range(FLOOD):
-                flood.publish("devices/flood-1/rooms/lobby", f"flood {i}", qos=0)
-                if i % 20 == 0:
-                    time.sleep(max(0.0, start + i * FLOOD_SECONDS / FLOOD - time.monotonic()))
-            stop.set()
-
-        thread = threading.Thread(target=flooder)
-        thread.start()
+        # Its own process, so the flood does not share this process's interpreter with the
+        # device whose latency is measured.
+        flooder = subprocess.Popen([sys.executable, "-c", FLOODER, str(broker.port), str(FLOOD), str(FLOOD_SECONDS)])
         i = 0
-        while not stop.is_set():
+        while flooder.poll() is None:
             sent_at = time.perf_counter()
             calm.publish("devices/calm-1/rooms/lobby", json.dumps({"text": f"calm {i}", "id": f"calm-{i}"}))
             while json.loads(calm.expect("rooms/lobby/messages", timeout=30))["text"] != f"calm {i}":
@@ -269,7 +285,7 @@ def test_an_mqtt_flood_is_throttled_while_another_device_posts_normally(flood_st
             latencies.append(time.perf_counter() - sent_at)
             i += 1
             time.sleep(0.25)
-        thread.join()
+        assert flooder.wait() == 0
         got_errors.wait(10)
         time.sleep(2)  # the last batches
     finally:
@@ -279,9 +295,10 @@ def test_an_mqtt_flood_is_throttled_while_another_device_posts_normally(flood_st
     flood_stored = query(stack.database_url, "SELECT COUNT(*) FROM bridge_message WHERE text LIKE 'flood %'")[0][0]
     dropped = sum(int(e["detail"].split(" ", 1)[0]) for e in errors if e["code"] == "rate_limited")
     print(f"\n[abuse] MQTT flood: {FLOOD} QoS 0 messages in ~{FLOOD_SECONDS:.0f} s from one device; "
-          f"{flood_stored} stored, {dropped} reported dropped in {len(errors)} rate_limited errors "
-          f"(the rest dropped by the broker); other device: {len(latencies)} posts, round trip p50 "
-          f"{statistics.median(latencies) * 1000:.0f} ms, p99 {percentile(latencies, 0.99) * 1000:.0f} ms (goal < 200 ms)")
+          f"{flood_stored} stored, {FLOOD - flood_stored} not; the device was told of {dropped} drops in "
+          f"{len(errors)} rate_limited errors; other device: {len(latencies)} posts, round trip p50 "
+          f"{statistics.median(latencies) * 1000:.0f} ms, p99 {percentile(latencies, 0.99) * 1000:.0f} ms "
+          f"(goal < 200 ms; in order: {' '.join(f'{t * 1000:.0f}' for t in latencies)})")
     assert errors and all(e["code"] == "rate_limited" for e in errors)
     assert flood_stored <= 200 + 20 * (FLOOD_SECONDS + 5)  # burst + rate x time
     calm_stored = query(stack.database_url, "SELECT COUNT(*) FROM bridge_message WHERE text LIKE 'calm %'")[0][0]
