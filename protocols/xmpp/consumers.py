@@ -3,9 +3,10 @@
 One instance per component connection; it outlives reconnects of the stream.
 This module only routes: each stanza and group event goes to the part whose
 job it is, `rooms` (the lifecycle of each room link), `occupants` (XMPP users
-in, puppets out), `inbound` (messages in) and `outbound` (the pump). One lock
-runs them one at a time, stanza handlers and the supervised loops alike, so
-the room links' state never sees two writers.
+in, puppets out), `inbound` (messages in), `outbound` (the pump) and
+`members` (a private room's affiliations). One lock runs them one at a time,
+stanza handlers and the supervised loops alike, so the room links' state
+never sees two writers.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from protocols.xmpp.events import XmppIqEvent, XmppMessageEvent, XmppPresenceEve
 from protocols.xmpp.inbound import Inbound
 from protocols.xmpp.limits import RateLimiter
 from protocols.xmpp.link import RoomLink
+from protocols.xmpp.members import Members
 from protocols.xmpp.occupants import Occupants
 from protocols.xmpp.outbound import Pump
 from protocols.xmpp.rooms import Rooms
@@ -47,6 +49,7 @@ class BridgeXmppConsumer(XmppConsumer):
         self.occupants = Occupants(self)
         self.inbound = Inbound(self)
         self.pump = Pump(self)
+        self.members = Members(self)
         self._turn = asyncio.Lock()
         self._loops = Supervisor("xmpp")
         self._started = False

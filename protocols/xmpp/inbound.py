@@ -137,7 +137,8 @@ class Inbound:
             await self._link(event, argument)
             return
         rooms = await database_sync_to_async(store.bridged_rooms)()
-        lines = [f"  {room_jid(room.slug, muc_service=self.edge.muc)}  {room.title}" for room in rooms]
+        lines = [f"  {room_jid(room.slug, muc_service=self.edge.muc)}  {room.title}"
+                 for room in rooms if not room.private]
         body = "\n".join([
             "This is the chat bridge: each room below is a group chat shared with the web and",
             "MQTT devices, where everyone appears under their own name. Join one with your client.",

@@ -100,6 +100,9 @@ class RoomLink:
     lacks: list[str] = field(default_factory=list)
     # The id of the owner-form IQ in progress while CONFIGURING.
     pending_iq: str = ""
+    # A private room's member list asked for (`members`), and our puppets made members.
+    members_iq: str = ""
+    affiliated: set[str] = field(default_factory=set)
     occupants: dict[str, str] = field(default_factory=dict)  # nick -> real JID ("" unknown)
     puppets: dict[SenderKey, Puppet] = field(default_factory=dict)
     cursor_seq: int = 0  # delivered and confirmed, as stored
@@ -116,7 +119,8 @@ class RoomLink:
     def reset(self) -> None:
         """The stream dropped: nothing is joined, anything unconfirmed is sent again."""
         self.state = LinkState.OFFLINE
-        self.pending_iq = ""
+        self.pending_iq = self.members_iq = ""
+        self.affiliated.clear()
         self.occupants.clear()
         for puppet in self.puppets.values():
             puppet.state = PuppetState.OUT

@@ -133,6 +133,7 @@ class Occupants:
             return
         puppet.state = PuppetState.JOINING
         puppet.retry_at = time.monotonic() + self.edge.config.join_timeout
+        await self.edge.members.admit_puppet(link, puppet)
         await self.edge.send_join(sender=puppet.jid, to=self._seat(link, puppet))
 
     async def leave_if_idle(self, link: RoomLink, puppet: Puppet) -> None:

@@ -100,9 +100,12 @@ class Rooms:
             if link is None:
                 logger.info("xmpp: bridging the room %s", slug)
             elif link.state not in (LinkState.OFFLINE, LinkState.REFUSED):
-                if (link.title, link.private) != (room.title, room.private) and link.state is LinkState.READY:
-                    link.title, link.private = room.title, room.private
-                    await self._configure_again(link)
+                if link.state is LinkState.READY:
+                    if (link.title, link.private) != (room.title, room.private):
+                        link.title, link.private = room.title, room.private
+                        await self._configure_again(link)  # and the members after it
+                    else:
+                        await self.edge.members.sync(link)
                 continue
             await self.join(room)
 
@@ -200,7 +203,8 @@ class Rooms:
 
     async def iq_answer(self, link: RoomLink, event: XmppIqEvent) -> None:
         if event["id"] != link.pending_iq:
-            return  # an answer to a request given up on (the stream dropped in between)
+            await self.edge.members.iq_answer(link, event)
+            return
         link.pending_iq = ""
         if event["iq_type"] == "error":
             logger.error("xmpp: %s refused its configuration (%s); bridging with what it has",
@@ -216,6 +220,7 @@ class Rooms:
             return
         else:
             logger.info("xmpp: configured %s", link.room_jid)
+            await self.edge.members.sync(link)
         if link.state is LinkState.CONFIGURING:
             await self._catch_up(link)
 

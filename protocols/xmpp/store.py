@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from bridge.access import room_member_jids
 from bridge.envelope import Envelope, Sender, message_envelope
 from bridge.models import Identity, Presence, Room
-from bridge.selectors import message_history, room_list
+from bridge.selectors import message_history
 from bridge.services.cursors import edge_cursor_advance, edge_cursor_get
 from bridge.services.identities import identity_for_jid, identity_get_or_create
 from bridge.services.presence import (
@@ -34,11 +35,16 @@ class BridgedRoom:
 
 
 def bridged_rooms() -> list[BridgedRoom]:
-    """Every room XMPP clients may join: the public ones."""
+    """Every room: public ones as public MUC rooms, private ones as members-only rooms."""
     return [
         BridgedRoom(slug=room.slug, pk=room.pk, title=room.display_title, private=room.private)
-        for room in room_list(user=None)
+        for room in Room.objects.order_by("slug")
     ]
+
+
+def member_jids(*, room_pk: int) -> set[str]:
+    """The bare JIDs a private room's MUC admits (see `bridge.access.room_member_jids`)."""
+    return room_member_jids(Room.objects.get(pk=room_pk))
 
 
 def cursor_seq(*, room_pk: int) -> int:

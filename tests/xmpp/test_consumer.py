@@ -69,7 +69,8 @@ async def _join_room(comm: XmppCommunicator, *, room: str = ROOM, created: bool 
     await comm.iq(sender=room, to=RELAY, id=submit["id"])
     update = await comm.sent()
     assert update["type"] == "xmpp.presence" and "join" not in update
-    await comm.presence(sender=f"{room}/bridge", to=RELAY, status_codes=[110], real_jid=RELAY)
+    await comm.presence(sender=f"{room}/bridge", to=RELAY, status_codes=[110], real_jid=RELAY,
+                        affiliation="owner", role="moderator")
 
 
 def system_post(text: str) -> None:
@@ -275,13 +276,41 @@ async def test_xmpp_occupants_are_present_for_the_web(comm: XmppCommunicator) ->
     assert (await layer.receive(web))["who"] == {"kind": "xmpp", "name": "erin"}
 
 
-async def test_a_room_made_private_is_left_and_no_longer_relayed(comm: XmppCommunicator) -> None:
+async def test_a_private_room_is_members_only_with_its_members_jids(comm: XmppCommunicator) -> None:
+    from django.contrib.auth import get_user_model
+
+    from bridge.models import Room
+    from bridge.services.identities import identity_link_jid
+    from bridge.services.members import MemberRef, member_add
+
     await _ready(comm)
+    user = await database_sync_to_async(get_user_model().objects.create_user)("ivy", password="x")
+    await database_sync_to_async(identity_link_jid)(user=user, jid="ivy@localhost")
     await database_sync_to_async(room_create)(slug="lobby", private=True)
-    leave = await comm.sent()
-    assert leave == {"type": "xmpp.presence", "sender": RELAY, "to": f"{ROOM}/bridge", "presence_type": "unavailable"}
-    await _post_as_web("not for the public room")
-    assert await comm.nothing_sent(0.5)
+    # Made private: configured again, members-only and hidden ...
+    ask = await comm.sent()
+    assert (ask["iq_type"], ask["query"]) == ("get", "owner")
+    await comm.iq(sender=ROOM, to=RELAY, id=ask["id"], form=OWNER_FORM)
+    submit = await comm.sent()
+    assert submit["form"]["muc#roomconfig_membersonly"] == ["1"]
+    assert submit["form"]["muc#roomconfig_publicroom"] == ["0"]
+    await comm.iq(sender=ROOM, to=RELAY, id=submit["id"])
+    # ... then its member list is brought in step with Django's.
+    members = await comm.sent()
+    assert (members["iq_type"], members["query"], members["items"]) == (
+        "get", "admin", [{"jid": "", "affiliation": "member"}]
+    )
+    await database_sync_to_async(
+        lambda: member_add(room=Room.objects.get(slug="lobby"), member=MemberRef(username="ivy"))
+    )()
+    await comm.iq(sender=ROOM, to=RELAY, id=members["id"], items=[
+        {"jid": "gone@localhost", "affiliation": "member"},
+        {"jid": "user~alice@bridge.localhost", "affiliation": "member"},
+    ])
+    change = await comm.sent()
+    assert (change["iq_type"], change["query"]) == ("set", "admin")
+    assert change["items"] == [{"jid": "ivy@localhost", "affiliation": "member"},
+                               {"jid": "gone@localhost", "affiliation": "none"}]
 
 
 async def test_a_puppet_the_room_refuses_speaks_through_the_relay(

@@ -418,3 +418,62 @@ async def test_identity_is_the_real_jid_a_nick_change_keeps_it_a_squatter_gets_i
     assert ("xmpp", "carol", "as caroline") in stored
     assert ("xmpp", f"demo (mallory@{server.domain})", "I am demo") in stored
     assert [s for s in stored if s[0] == "user"] == [("user", "demo", f"web {i}") for i in range(3)]
+
+
+# --- private rooms -----------------------------------------------------------------------
+
+
+async def test_a_private_room_admits_only_its_members_and_follows_membership_changes(
+    tmp_path: Path, server: XmppServer, redis_url: str
+) -> None:
+    from slixmpp.exceptions import IqError, IqTimeout
+
+    from tests.support.processes import manage
+
+    stack = provision(tmp_path, REDIS_URL=redis_url, **server.bridge_settings())
+    secret = f"secret@{server.muc}"
+    try:
+        manage(["rooms", "add", "secret", "--private"], env=stack.env)
+        manage(["rooms", "members", "add", "secret", "--jid", f"carol@{server.domain}"], env=stack.env)
+        base = stack.asgi("web")
+        bridge = runxmpp(stack, server)
+        await asyncio.to_thread(wait_until, lambda: bridging(bridge, secret), what="secret bridged")
+        server.register("mallory", "mallory-pw")
+        mallory_client = xmpp_client(f"mallory@{server.domain}", "mallory-pw",
+                                     port=server.c2s_port, ca_file=server.ca_file)
+        async with carol_client(server) as carol, mallory_client as mallory:
+            carol.join(secret, "carol")
+            await carol.expect(occupant(secret, "carol"))
+            mallory.join(secret, "mallory")
+            refused = await mallory.expect(lambda s: s.sender.startswith(secret) and bool(s.error))
+            assert refused.error == "registration-required"
+            status, body = await asyncio.to_thread(
+                request, f"{base}/api/rooms/secret/messages", method="POST",
+                body={"text": "members only", "client_id": "s-1"},
+                headers={"Authorization": f"Token {stack.token}"})
+            assert status == 201, body
+            await carol.expect(groupchat_from(secret, "demo", "members only"))
+            # The archive is the members' too.
+            try:
+                leaked = await mallory.archive(secret)
+            except (IqError, IqTimeout):
+                leaked = []
+            assert leaked == []
+            seen_by_mallory = []
+            while not mallory.inbox.empty():
+                seen_by_mallory.append(mallory.inbox.get_nowait().body)
+            assert "members only" not in seen_by_mallory
+
+            # Made a member in Django: the room lets mallory in.
+            await asyncio.to_thread(manage, ["rooms", "members", "add", "secret", "--jid",
+                                             f"mallory@{server.domain}"], env=stack.env)
+            deadline = asyncio.get_running_loop().time() + 15
+            while True:
+                mallory.join(secret, "mallory")
+                seen = await mallory.expect(lambda s: s.sender == f"{secret}/mallory", timeout=5)
+                if not seen.error:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, "mallory never admitted"
+                await asyncio.sleep(0.5)
+    finally:
+        stack.stop()
