@@ -18,6 +18,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
+$(VENV)/.bench-installed: pyproject.toml | $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	touch $@
+
 ## Quick start: SQLite, in-memory channel layer, embedded MQTT broker, one process.
 run: install
 	DEBUG=1 $(BIN)/python manage.py migrate --noinput -v0
@@ -49,8 +53,11 @@ test: system-deps install lint compose-check
 test-quick: install
 	$(BIN)/python -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
 
-bench: install
-	$(BIN)/python -m benchmarks
+## Every scenario, the bridge against its peers: a table, var/bench/results.json and charts.
+## BENCH_ARGS=--quick for fewer, shorter runs; --only fanout,idle for some scenarios.
+BENCH_ARGS ?=
+bench: $(VENV)/.bench-installed
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .stack .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,47 @@
+"""One WebSocket client sending stamped chat messages at a steady rate into a room.
+
+Run: python -m benchmarks.load.ws_sender --url ws://... --rate 50 --count 500 --tag run1 [--bridge --cookie ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+from benchmarks.load import rawws
+from benchmarks.load.stats import stamp_text
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--rate", type=float, required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--tag", default="")
+    parser.add_argument("--bridge", action="store_true", help="the bridge's frames, else the tutorial's")
+    parser.add_argument("--cookie", default="")
+    parser.add_argument("--origin", default="")
+    args = parser.parse_args()
+
+    headers = {k: v for k, v in (("Cookie", args.cookie), ("Origin", args.origin)) if v}
+    sock = await rawws.connect(args.url, lambda payload: None, headers=headers)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for n in range(args.count):
+        due = started + n / args.rate
+        if due > loop.time():
+            await asyncio.sleep(due - loop.time())
+        text = stamp_text(time.monotonic(), args.tag, n)
+        body = {"type": "message", "text": text} if args.bridge else {"message": text}
+        sock.send_text(json.dumps(body))
+    elapsed = loop.time() - started
+    await asyncio.sleep(0.5)  # let the last frames leave before the close
+    sock.close()
+    sys.stdout.write(json.dumps({"sent": args.count, "seconds": round(elapsed, 3)}) + "\n")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,71 @@
+"""(3) Idle connections: N WebSocket clients sit in one room on one server process.
+
+Memory per connection (the server's resident memory after the connections
+minus before, divided by N) and CPU while they idle. Targets: the bridge on
+uvicorn (Redis channel layer); the tutorial consumer on Daphne.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import Load, Options, cpu_seconds, rss_kib, say
+from benchmarks.stacks import Stack
+
+SETTLE = 5.0
+
+
+def run(opts: Options) -> list[dict[str, Any]]:
+    rows = []
+    connections = opts.pick(2000, 10000)
+    for target in ("bridge", "daphne+RedisChannelLayer"):
+        say(f"idle: {target}, {connections} connections")
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            stack = Stack(Path(tmp), opts, f"idle-{target}")
+            try:
+                rows.append({"scenario": "idle", "target": target, "connections": connections,
+                             **_target(stack, target, connections)})
+            finally:
+                stack.stop()
+    return rows
+
+
+def _target(stack: Stack, target: str, connections: int) -> dict[str, Any]:
+    opts = stack.opts
+    stack.infra()
+    if target == "bridge":
+        env = stack.bridge_env()
+        address = stack.bridge_asgi(env)
+        args = ["--url", f"ws://{address}/ws/rooms/lobby/", "--origin", f"http://{address}", "--bridge"]
+    else:
+        env = stack.peer_env()
+        address = stack.peer_asgi(env, "daphne")
+        args = ["--url", f"ws://{address}/ws/chat/lobby/"]
+    pid = stack.procs[-1].popen.pid
+    warm = Load("ws_listeners", [*args, "--clients", "20"], cpus=opts.load_cpus)
+    warm.read()
+    warm.close()  # every code path loaded once before the baseline
+    time.sleep(SETTLE)
+    before = rss_kib(pid)
+    idle = Load("ws_listeners", [*args, "--clients", str(connections)], cpus=opts.load_cpus)
+    try:
+        ready = idle.read()
+        say(f"  {connections} connected in {ready.get('connect_s')} s")
+        time.sleep(SETTLE)
+        after = rss_kib(pid)
+        window = opts.pick(10.0, 30.0)
+        cpu0 = cpu_seconds(pid)
+        time.sleep(window)
+        cpu1 = cpu_seconds(pid)
+        idle.tell("status")
+        still = idle.read()["open"]
+    finally:
+        idle.close()
+    per = (after - before) / connections
+    say(f"  {per:.1f} KiB per connection, idle CPU {100 * (cpu1 - cpu0) / window:.2f} %, {still} still open")
+    return {"kib_per_connection": round(per, 1), "idle_cpu_pct": round(100 * (cpu1 - cpu0) / window, 2),
+            "open": still, "rss_before_kib": before, "rss_after_kib": after,
+            "connect_s": ready.get("connect_s")}

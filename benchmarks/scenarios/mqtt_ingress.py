@@ -1,0 +1,146 @@
+"""(1) MQTT ingress: devices publish QoS 1 chat messages with ids into one room with a few
+WebSocket listeners.
+
+For each target: a burst (every message at once, as fast as the broker takes
+them) gives the highest rate stored and fanned out to the listeners; then a
+steady stream at half that rate gives the publish-to-WebSocket latency.
+Targets: one `runmqtt` on SQLite and on PostgreSQL (uvicorn serving the
+listeners, Redis channel layer); the peer, mqttasgi with a plain Channels
+consumer (ORM insert + group_send) and the tutorial consumer on Daphne; the
+floor, mosquitto to one plain paho subscriber.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import Load, Options, Profile, median_row, say
+from benchmarks.stacks import DEVICE_PASSWORD, Stack
+from tests.support.mosquitto import BRIDGE_PASSWORD, BRIDGE_USER
+
+DEVICES = 10
+LISTENERS = 5
+KEYS = ("rate", "p50_ms", "p99_ms", "steady_rate", "delivered")
+
+
+def run(opts: Options) -> list[dict[str, Any]]:
+    rows = []
+    for target in ("bridge-sqlite", "bridge-postgresql", "mqttasgi", "mosquitto-floor"):
+        if not opts.wants(target):
+            continue
+        say(f"mqtt ingress: {target}")
+        with tempfile.TemporaryDirectory(prefix=f"bench-{target}-") as tmp:
+            stack = Stack(Path(tmp), opts, f"mqtt_ingress-{target}")
+            try:
+                rows.append({"scenario": "mqtt_ingress", "target": target, **_target(stack, target)})
+            finally:
+                stack.stop()
+    return rows
+
+
+def _target(stack: Stack, target: str) -> dict[str, Any]:
+    opts = stack.opts
+    stack.infra(devices=DEVICES, postgres=target == "bridge-postgresql")
+    assert stack.broker is not None
+    profiled = None
+    if target.startswith("bridge"):
+        env = stack.bridge_env()
+        profiled = stack.bridge_runmqtt(env)
+        address = stack.bridge_asgi(env)
+        listen = ["--url", f"ws://{address}/ws/rooms/lobby/", "--origin", f"http://{address}", "--bridge"]
+        burst = opts.pick(3000, 10000)
+    elif target == "mqttasgi":
+        env = stack.peer_env()
+        profiled = stack.peer_mqttasgi(env)
+        address = stack.peer_asgi(env, "daphne")
+        listen = ["--url", f"ws://{address}/ws/chat/lobby/"]
+        burst = opts.pick(300, 1000)  # it stores about a hundred a second
+    else:
+        listen = []
+        burst = opts.pick(20000, 50000)
+
+    def listeners() -> Load:
+        if not listen:
+            return _Floor(stack)  # type: ignore[return-value]
+        load = Load("ws_listeners", [*listen, "--clients", str(LISTENERS), "--idle", "15"],
+                    cpus=opts.load_cpus)
+        load.read()
+        return load
+
+    audience = listeners()
+    try:
+        # Warm-up: devices registered (bridge: on first use), every process connected and subscribed.
+        _one_run(stack, audience, count=DEVICES * 5, rate=0, tag=f"warm-{uuid.uuid4().hex[:6]}")
+        bursts = []
+        for n in range(opts.runs):
+            with Profile(opts, profiled.popen.pid if profiled and n == 0 else 0, f"mqtt_ingress-{target}"):
+                got = _one_run(stack, audience, count=burst, rate=0, tag=f"b{n}-{uuid.uuid4().hex[:6]}")
+            say(f"  burst {n + 1}/{opts.runs}: {got['rate']} msg/s ({got['delivered']}/{burst} delivered)")
+            bursts.append(got)
+        rate = median_row(bursts, ["rate"])["rate"] or 1.0
+        steady = max(10.0, round(rate / 2))
+        seconds = opts.pick(5, 15)
+        steadies = []
+        for n in range(opts.runs):
+            got = _one_run(stack, audience, count=int(steady * seconds), rate=steady,
+                           tag=f"s{n}-{uuid.uuid4().hex[:6]}")
+            say(f"  steady {steady:.0f} msg/s {n + 1}/{opts.runs}: p50 {got['p50_ms']} ms, p99 {got['p99_ms']} ms")
+            steadies.append(got)
+    finally:
+        audience.close()
+    row = median_row(bursts, ["rate", "delivered"])
+    latency = median_row(steadies, ["p50_ms", "p99_ms"])
+    return {
+        "rate": row["rate"], "delivered": row["delivered"], "burst": burst,
+        "steady_rate": steady, "p50_ms": latency["p50_ms"], "p99_ms": latency["p99_ms"],
+        "sample_ms": latency.get("sample_ms", []), "runs": {"burst": row["runs"], "steady": latency["runs"]},
+    }
+
+
+def _one_run(stack: Stack, audience: Any, *, count: int, rate: float, tag: str) -> dict[str, Any]:
+    """Devices publish `count` messages; the listeners' view of them."""
+    assert stack.broker is not None
+    audience.tell(f"{tag} {count}")
+    devices = Load("mqtt_devices", [
+        "--port", str(stack.broker.port), "--devices", str(DEVICES), "--password", DEVICE_PASSWORD,
+        "--count", str(count), "--rate", str(rate), "--tag", tag,
+    ], cpus=stack.opts.load_cpus)
+    devices.result()
+    seen = audience.read()
+    clients = seen.get("clients_per_run", LISTENERS)
+    delivered = seen["deliveries"] // clients if clients else seen["deliveries"]
+    span = seen.get("span_s") or 0
+    return {
+        "rate": round(delivered / span, 1) if span else None, "delivered": delivered,
+        "p50_ms": seen["p50_ms"], "p99_ms": seen["p99_ms"], "sample_ms": seen["sample_ms"],
+    }
+
+
+class _Floor:
+    """The floor's audience: one paho subscriber per run, told the run's tag like the others."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.load: Load | None = None
+
+    def tell(self, line: str) -> None:
+        assert self.stack.broker is not None
+        tag, count = line.split()
+        self.load = Load("mqtt_listener", [
+            "--port", str(self.stack.broker.port), "--user", BRIDGE_USER, "--password", BRIDGE_PASSWORD,
+            "--topic", "devices/+/rooms/lobby", "--expect", count, "--tag", tag,
+        ], cpus=self.stack.opts.load_cpus)
+        self.load.read()  # subscribed
+
+    def read(self) -> dict[str, Any]:
+        assert self.load is not None
+        got = self.load.result()
+        got["clients_per_run"] = 1
+        return got
+
+    def close(self) -> None:
+        if self.load is not None:
+            self.load.close()
