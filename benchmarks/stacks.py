@@ -88,7 +88,10 @@ class Stack:
     # --- the bridge -------------------------------------------------------------
 
     def bridge_env(self, **extra: str) -> dict[str, str]:
-        overrides = {"LOG_LEVEL": "WARNING", "ALLOWED_HOSTS": "127.0.0.1,localhost", **extra}
+        # Production settings (DEBUG off: no query log), but plain-HTTP cookies on loopback
+        # and devices registered on first use, as the development default does.
+        overrides = {"DEBUG": "0", "SECURE_COOKIES": "0", "MQTT_UNKNOWN_DEVICES": "register",
+                     "LOG_LEVEL": "WARNING", "ALLOWED_HOSTS": "127.0.0.1,localhost", **extra}
         if self.redis_url:
             overrides["REDIS_URL"] = self.redis_url
         if self.database_url:
