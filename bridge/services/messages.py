@@ -244,6 +244,35 @@ async def message_fanout(envelope: Envelope) -> None:
         )
 
 
+async def messages_fanout(envelopes: Sequence[Envelope]) -> None:
+    """Tell every edge about several stored messages: one `room.messages` per room.
+
+    One channel-layer round trip per room instead of one per message (each costs
+    a Redis round trip, and each receiver a dispatch): what a batch of device
+    messages needs. Each envelope is JSON-encoded here, once, so a receiver that
+    forwards it (a WebSocket) does not encode it again per socket. The event:
+    `{"type": "room.messages", "room": slug, "messages": [{"seq", "json"}, ...]}`,
+    ascending `seq`, each seq once. Best effort, like `message_fanout`.
+    """
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    by_room: dict[str, dict[int, Envelope]] = {}
+    for envelope in envelopes:
+        by_room.setdefault(envelope["room"], {})[envelope["seq"]] = envelope
+    for slug, messages in by_room.items():
+        items = [{"seq": seq, "json": json.dumps(messages[seq])} for seq in sorted(messages)]
+        try:
+            await layer.group_send(
+                room_group(slug), {"type": "room.messages", "room": slug, "messages": items}
+            )
+        except Exception:  # stored already: a lost fan-out only delays receivers
+            logger.warning(
+                "could not fan out %s#%s-%s; receivers will catch up from history",
+                slug, items[0]["seq"], items[-1]["seq"], exc_info=True,
+            )
+
+
 def message_post(
     *,
     room: str | Room,

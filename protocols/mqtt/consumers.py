@@ -16,7 +16,7 @@ from bridge import instruments
 from bridge.exceptions import BridgeError
 from bridge.names import room_group
 from bridge.services.devices import DEVICE_COMMANDS_GROUP
-from bridge.services.messages import message_fanout
+from bridge.services.messages import messages_fanout
 from bridge.services.telemetry import atelemetry_wake
 from protocols.mqtt import outbound
 from protocols.mqtt.admission import Admission, Dropped
@@ -119,6 +119,8 @@ class BridgeConsumer(MqttConsumer):
                 continue  # rolled back, nothing acknowledged: the same batch again
             for message in batch:
                 await self.ack(message)
+            # The batch's messages in one group message per room, not one per message.
+            await messages_fanout([o.envelope for o in outcomes if o.envelope is not None])
             for outcome in outcomes:
                 await self._tell(outcome)
             if any(outcome.telemetry for outcome in outcomes):
@@ -206,8 +208,6 @@ class BridgeConsumer(MqttConsumer):
     async def _tell(self, outcome: Outcome) -> None:
         if outcome.error is not None:
             await self._refuse(outcome.topic, outcome.error)
-        if outcome.envelope is not None:
-            await message_fanout(outcome.envelope)
         if outcome.presence is not None:
             rooms, who, state = outcome.presence
             for slug in rooms:
@@ -230,6 +230,11 @@ class BridgeConsumer(MqttConsumer):
     async def room_message(self, event: dict[str, Any]) -> None:
         """A message was stored in a room: wake the publisher (several may coalesce)."""
         self._dirty.add(event["message"]["room"])
+        self._wake.set()
+
+    async def room_messages(self, event: dict[str, Any]) -> None:
+        """Several messages were stored in a room (a batch): the same wake-up."""
+        self._dirty.add(event["room"])
         self._wake.set()
 
     async def room_presence(self, event: dict[str, Any]) -> None:

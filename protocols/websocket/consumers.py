@@ -314,6 +314,19 @@ class RoomConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=json.dumps({"type": "message", "message": message}))
         delivered("web")
 
+    async def room_messages(self, event: dict[str, Any]) -> None:
+        """Several messages stored at once, ascending `seq`, each already JSON-encoded
+        by the sender of the event: the frame is built around it, not encoded again."""
+        for item in event["messages"]:
+            seq = item["seq"]
+            if seq <= self.last_seq:
+                continue
+            if seq > self.last_seq + 1:
+                await self._send_since(self.last_seq, history_frame=False)  # also sends the rest
+                continue
+            self.last_seq = seq
+            await self.send(text_data='{"type": "message", "message": ' + item["json"] + "}")
+
     async def room_presence(self, event: dict[str, Any]) -> None:
         await self.send(
             text_data=json.dumps({"type": "presence", "who": event["who"], "state": event["state"]})

@@ -114,6 +114,12 @@ class BridgeXmppConsumer(XmppConsumer):
         if link is not None:
             await self.pump.pump(link)
 
+    async def room_messages(self, event: dict[str, Any]) -> None:
+        """Several messages stored at once (a batch from devices): one pump for all."""
+        link = self.rooms.get(event["room"])
+        if link is not None:
+            await self.pump.pump(link)
+
     async def room_presence(self, event: dict[str, Any]) -> None:
         await self.occupants.room_presence(event)
 

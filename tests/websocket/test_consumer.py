@@ -9,7 +9,7 @@ from channels.db import database_sync_to_async
 from bridge.models import Message, Room
 from bridge.services.identities import identity_get_or_create
 from bridge.services.members import MemberRef, member_add
-from bridge.services.messages import message_post, message_store
+from bridge.services.messages import message_post, message_store, messages_fanout
 from bridge.services.rooms import room_create
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
@@ -70,6 +70,25 @@ async def test_a_dropped_group_message_is_filled_from_the_database(ws: Any, lobb
     first = await comm.receive_json_from()
     second = await comm.receive_json_from()
     assert [first["message"]["text"], second["message"]["text"]] == ["lost", "next"]
+    await comm.disconnect()
+
+
+async def test_a_batch_event_becomes_one_frame_per_message_in_seq_order(ws: Any, lobby: Room) -> None:
+    comm = ws("/ws/rooms/lobby/")
+    assert (await comm.connect())[0]
+    assert (await comm.receive_json_from())["messages"] == []
+    alice = await database_sync_to_async(identity_get_or_create)(kind="user", name="alice")
+    stored = [
+        (await database_sync_to_async(message_store)(room="lobby", sender=alice, origin="mqtt", text=t)).envelope
+        for t in ("one", "two", "three", "four")
+    ]
+    # 1 and 2 in a first batch; a repeat of 2, then 4 with 3 missing (dropped): 3 comes from the database.
+    await messages_fanout(stored[:2])
+    await messages_fanout([stored[1], stored[3]])
+    frames = [await comm.receive_json_from() for _ in range(4)]
+    assert [(f["type"], f["message"]["seq"]) for f in frames] == [("message", n) for n in (1, 2, 3, 4)]
+    assert frames[0]["message"] == stored[0]
+    assert await comm.receive_nothing(timeout=0.2)
     await comm.disconnect()
 
 

@@ -505,3 +505,21 @@ async def test_link_by_direct_message_with_the_pages_code(comm: XmppCommunicator
     reply = await comm.sent()
     assert reply["to"] == "erin@localhost/phone" and reply["body"].startswith("Linked")
     assert await database_sync_to_async(linked_jids)(user=user) == ["erin@localhost"]
+
+
+async def test_a_batch_of_device_messages_wakes_the_relay_once_for_all(comm: XmppCommunicator) -> None:
+    from bridge.services.messages import message_store, messages_fanout
+
+    await _ready(comm)
+    device = await database_sync_to_async(identity_get_or_create)(kind="device", name="sensor-1")
+    stored = [
+        (await database_sync_to_async(message_store)(room="lobby", sender=device, origin="mqtt", text=t)).envelope
+        for t in ("one", "two")
+    ]
+    await messages_fanout(stored)
+
+    join = await comm.sent()
+    assert join["type"] == "xmpp.presence" and join["to"] == f"{ROOM}/sensor-1"
+    await comm.presence(sender=f"{ROOM}/sensor-1", to=join["sender"], status_codes=[110])
+    said = [await comm.sent(), await comm.sent()]
+    assert [s["body"] for s in said] == ["one", "two"]
