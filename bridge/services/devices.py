@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +90,27 @@ def device_room_for_post(*, device: Device, room: str) -> Room:
         device.listen_rooms.add(room_obj)
         return room_obj
     raise Forbidden(f"Device {device.device_id!r} may not post into {room!r}.", code="forbidden_room")
+
+
+def devices_for_messages(*, device_ids: Collection[str]) -> dict[str, Device]:
+    """The enabled devices among `device_ids`, in one query: the batch form of the lookup in
+    `device_for_message`. Whoever is missing goes through `device_for_message` (which
+    registers or refuses, and refuses disabled devices)."""
+    found = Device.objects.select_related("identity").filter(device_id__in=device_ids, enabled=True)
+    return {d.device_id: d for d in found}
+
+
+def device_rooms_for_posts(*, pairs: Collection[tuple[str, str]]) -> dict[tuple[str, str], Room]:
+    """(device id, room slug) pairs whose device may post into the room, in one query: the
+    batch form of the first check of `device_room_for_post`. A pair missing from the
+    answer goes through `device_room_for_post` (register mode, or the refusal)."""
+    if not pairs:
+        return {}
+    through = Device.post_rooms.through.objects.select_related("room", "device").filter(
+        device__device_id__in={d for d, _ in pairs}, room__slug__in={r for _, r in pairs}
+    )
+    allowed = {(t.device.device_id, t.room.slug): t.room for t in through}
+    return {pair: room for pair, room in allowed.items() if pair in pairs}
 
 
 def device_rooms(*, device: Device) -> list[Room]:

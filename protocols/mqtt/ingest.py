@@ -23,7 +23,9 @@ from bridge.models import Device, Room
 from bridge.services.devices import (
     device_for_message,
     device_room_for_post,
+    device_rooms_for_posts,
     device_status_set,
+    devices_for_messages,
     telemetry_store,
 )
 from bridge.services.messages import NewMessage, message_store_many
@@ -56,11 +58,32 @@ def decode_json(text: str) -> Any:
 
 
 class _Lookups:
-    """Devices and their rooms, looked up once per batch (a batch is mostly a few devices)."""
+    """Devices and their rooms, looked up once per batch (a batch is mostly a few devices).
+
+    `prefetch` answers the common case (known, enabled devices posting where they may)
+    for the whole batch in two queries; anything else takes the one-by-one path,
+    which registers, refuses or explains.
+    """
 
     def __init__(self) -> None:
         self.devices: dict[str, Device] = {}
         self.rooms: dict[tuple[str, str], Room] = {}
+
+    def prefetch(self, topics: Topics, messages: list[tuple[str, bytes]]) -> None:
+        pairs: set[tuple[str, str]] = set()
+        device_ids: set[str] = set()
+        for topic, _ in messages:
+            try:
+                kind, device_id, room = topics.parse(topic)
+            except BridgeError:
+                continue  # refused in its turn
+            if kind != "bridge":
+                device_ids.add(device_id)
+            if kind == "post" and room is not None:
+                pairs.add((device_id, room))
+        if device_ids:
+            self.devices.update(devices_for_messages(device_ids=device_ids))
+        self.rooms.update(device_rooms_for_posts(pairs=pairs))
 
     def device(self, device_id: str) -> Device:
         if device_id not in self.devices:
@@ -83,6 +106,7 @@ def ingest_batch(*, topics: Topics, messages: list[tuple[str, bytes]]) -> list[O
     """
     outcomes = [Outcome(topic=topic) for topic, _ in messages]
     lookups = _Lookups()
+    lookups.prefetch(topics, messages)
     posts: dict[int, list[tuple[Outcome, NewMessage]]] = {}
     rooms: dict[int, Room] = {}
     with transaction.atomic():

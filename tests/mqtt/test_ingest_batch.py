@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
@@ -124,3 +125,43 @@ async def test_a_redelivered_batch_is_told_again_for_receivers_to_dedupe_by_seq(
 
     assert [i["seq"] for i in first["messages"]] == [i["seq"] for i in again["messages"]] == [1]
     assert await database_sync_to_async(_rows)("lobby") == [(1, "once")]
+
+
+@pytest.mark.django_db
+def test_the_lookups_of_a_batch_do_not_grow_with_its_devices(rooms: None) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    for n in range(2, 7):
+        device_register(device_id=f"sensor-{n}", post_rooms=["lobby"])
+
+    def queries(devices: list[str]) -> int:
+        batch = [(f"devices/{d}/rooms/lobby", f"hi from {d}".encode()) for d in devices]
+        with CaptureQueriesContext(connection) as captured:
+            outcomes = ingest_batch(topics=TOPICS, messages=batch)
+        assert all(o.error is None for o in outcomes)
+        return len(captured.captured_queries)
+
+    queries(["sensor-2"])  # the room's first stats task is created here, later ones reuse it
+    assert queries(["sensor-2"]) == queries([f"sensor-{n}" for n in range(2, 7)])
+
+
+@pytest.mark.django_db
+def test_a_batch_refuses_the_disabled_the_unknown_and_the_misplaced_in_their_turn(
+    rooms: None, settings: Any
+) -> None:
+    from bridge.models import Device
+
+    settings.MQTT_UNKNOWN_DEVICES = "refuse"
+    device_register(device_id="sensor-2", post_rooms=["lobby"])
+    device_register(device_id="sensor-3", post_rooms=["lobby"])
+    Device.objects.filter(device_id="sensor-3").update(enabled=False)
+    outcomes = ingest_batch(topics=TOPICS, messages=[
+        ("devices/sensor-2/rooms/lobby", b"ok"), ("devices/sensor-3/rooms/lobby", b"disabled"),
+        ("devices/stranger/rooms/lobby", b"unknown"), ("devices/sensor-2/rooms/kitchen", b"misplaced"),
+        ("devices/sensor-1/rooms/kitchen", b"ok too"),
+    ])
+
+    assert [o.error.code if o.error else None for o in outcomes] == [
+        None, "device_disabled", "unknown_device", "forbidden_room", None]
+    assert _rows("lobby") == [(1, "ok")] and _rows("kitchen") == [(1, "ok too")]
