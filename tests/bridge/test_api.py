@@ -313,3 +313,13 @@ def test_a_sender_over_its_rate_gets_429_with_retry_after_and_others_do_not(clie
     assert refused.status_code == 429 and int(refused["Retry-After"]) >= 1  # type: ignore[attr-defined,index]
     assert refused.json()["error"]["code"] == "rate_limited"  # type: ignore[attr-defined]
     assert list(Message.objects.values_list("text", flat=True)) == ["0", "1", "me"]
+
+
+def test_a_crash_under_api_is_a_json_500(lobby: Room, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(**kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("bridge.views.api.room_list", broken)
+    response = Client(raise_request_exception=False).get("/api/rooms/")
+    assert response.status_code == 500 and response["Content-Type"] == "application/json"
+    assert response.json()["error"]["code"] == "internal_error"
