@@ -8,7 +8,8 @@ from collections.abc import Mapping
 
 from django.core.exceptions import ImproperlyConfigured
 
-Text = str  # the methods below shadow the builtin inside the class
+Text = str  # the methods below shadow the builtins inside the class
+Number = float
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -44,27 +45,25 @@ class Env:
         raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {value!r}")
 
     def int(self, name: Text, default: int, *, minimum: int | None = None) -> int:
-        value = self._environ.get(name)
-        if value is None or value.strip() == "":
-            return default
-        try:
-            number = int(value)
-        except ValueError as exc:
-            raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from exc
-        if minimum is not None and number < minimum:
-            raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {number}")
-        return number
+        return int(self._number(name, default, int, "an integer", minimum))
 
     def float(self, name: Text, default: float, *, minimum: float | None = None) -> float:
+        return float(self._number(name, default, float, "a number", minimum))
+
+    def _number(
+        self, name: Text, default: Number, cast: type, kind: Text, minimum: Number | None
+    ) -> Number:
         value = self._environ.get(name)
         if value is None or value.strip() == "":
             return default
         try:
-            number = float(value)
+            number = cast(value)
         except ValueError as exc:
-            raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from exc
-        if not math.isfinite(number) or (minimum is not None and number < minimum):
-            raise ImproperlyConfigured(f"{name} must be a finite number of at least {minimum}, got {value!r}")
+            raise ImproperlyConfigured(f"{name} must be {kind}, got {value!r}") from exc
+        if not math.isfinite(number):
+            raise ImproperlyConfigured(f"{name} must be a finite number, got {value!r}")
+        if minimum is not None and number < minimum:
+            raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {number}")
         return number
 
     def list(self, name: Text, default: list[Text]) -> list[Text]:
