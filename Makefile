@@ -6,7 +6,7 @@ ADDR ?= 127.0.0.1:8000
 MQTT_PORT ?= 1883
 PYTEST_ARGS ?=
 
-.PHONY: run stack install system-deps lint compose-check test test-quick bench clean
+.PHONY: run stack install system-deps lint compose-check test test-quick test-faults bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,9 +45,15 @@ compose-check:
 	printf 'SECRET_KEY=x\nPOSTGRES_PASSWORD=x\nMQTT_BRIDGE_PASSWORD=x\nXMPP_COMPONENT_SECRET=x\nALLOWED_HOSTS=localhost\n' > .compose-check.env
 	docker-compose --env-file .compose-check.env config -q; status=$$?; rm -f .compose-check.env; exit $$status
 
-## Everything CI runs: system packages, lint, type checks, all tests with real servers.
+## Everything CI runs: system packages, lint, type checks, all tests with real servers
+## (the fault suite's fast scenarios included; its long ones are `make test-faults`).
 test: system-deps install lint compose-check
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not long" $(PYTEST_ARGS)
+
+## The fault suite: real servers, faults from outside (kill -9, SIGSTOP, a TCP proxy);
+## one line per scenario with its pass condition and figures (pytest -s shows them live).
+test-faults: install
+	$(BIN)/python -m pytest tests/faults -m faults -s $(PYTEST_ARGS)
 
 ## The fast loop: no real servers, no browser.
 test-quick: install

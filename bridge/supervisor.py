@@ -27,6 +27,8 @@ from bridge.health import HEALTH, Health
 
 logger = logging.getLogger(__name__)
 
+HEALTHY_AFTER = 1.0  # seconds a restarted loop must keep running to count as recovered
+
 
 @dataclass
 class LoopStats:
@@ -95,20 +97,23 @@ class Supervisor:
     ) -> None:
         delay = self.backoff_initial
         stats = self.stats[loop]
+        streak = 0
         while True:
             started = time.monotonic()
-            self.health.ok(self._check(loop), critical=critical)
             try:
-                await factory()
+                await self._run_once(loop, factory, critical, healthy_now=streak == 0)
                 stats.runs += 1
                 logger.warning("%s.%s returned; starting it again", self.name, loop)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a supervisor outlives its loops
                 stats.failures += 1
+                streak += 1
                 stats.last_error = f"{type(exc).__name__}: {exc}"
                 self.health.failing(self._check(loop), stats.last_error, critical=critical)
-                logger.warning(
+                # Once per streak at WARNING (a 30 s Redis outage is one line, not twenty).
+                logger.log(
+                    logging.WARNING if streak == 1 else logging.DEBUG,
                     "%s.%s failed (%s); restarting in %.1f s",
                     self.name,
                     loop,
@@ -118,8 +123,33 @@ class Supervisor:
                 )
             if time.monotonic() - started > 60:
                 delay = self.backoff_initial  # it ran for a while: a fresh failure, not a streak
+                streak = 0
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.backoff_max)
+
+    async def _run_once(
+        self,
+        loop: str,
+        factory: Callable[[], Awaitable[None]],
+        critical: bool,
+        *,
+        healthy_now: bool,
+    ) -> None:
+        """Run the loop once. After a failure it counts as healthy again only once it has
+        kept running for HEALTHY_AFTER seconds, so /readyz (and the log) do not flap
+        between "recovered" and "failing" while a dependency is still away."""
+        if healthy_now:
+            self.health.ok(self._check(loop), critical=critical)
+            await factory()
+            return
+        task = asyncio.ensure_future(factory())
+        try:
+            done, _ = await asyncio.wait({task}, timeout=HEALTHY_AFTER)
+            if not done:
+                self.health.ok(self._check(loop), critical=critical)
+            await task
+        finally:
+            task.cancel()
 
     async def _periodic(
         self,

@@ -175,7 +175,9 @@ BRIDGE_HISTORY_LIMIT = 50
 # Seconds a WebSocket send may wait for a client that does not read before it is let go.
 BRIDGE_WS_SEND_TIMEOUT = env.int("BRIDGE_WS_SEND_TIMEOUT", 20, minimum=1)
 BRIDGE_TASKS_CHANNEL = "bridge-tasks"
-BRIDGE_TASK_LEASE = env.int("BRIDGE_TASK_LEASE", 300, minimum=5)  # seconds
+# Seconds a worker holds a task unless it renews the lease (it does, every third of it,
+# while the task runs): a killed worker's task is taken over within this long.
+BRIDGE_TASK_LEASE = env.int("BRIDGE_TASK_LEASE", 15, minimum=3)
 # Seconds a stopping process (SIGTERM) gives the work in hand before it exits; keep it
 # below the orchestrator's kill timeout (compose: stop_grace_period 30 s).
 BRIDGE_SHUTDOWN_GRACE = env.int("BRIDGE_SHUTDOWN_GRACE", 20, minimum=0)

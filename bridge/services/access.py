@@ -21,9 +21,9 @@ import logging
 from collections.abc import Iterable
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.db import transaction
 
+from bridge import layer
 from bridge.names import DEVICE_ACCESS_GROUP, ROOMS_GROUP, room_access_group, user_access_group
 
 logger = logging.getLogger(__name__)
@@ -39,9 +39,7 @@ async def aaccess_changed(
     reason: str = "access_changed", session: str | None = None,
 ) -> None:
     """`session`: the tag of a session that ended (logout): its sockets close whatever else holds."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
+    # Bounded and best effort (bridge.layer): a frozen Redis must not hang an admin save.
     for slug in set(rooms):
         await layer.group_send(room_access_group(slug), {"type": "access.changed", "reason": reason})
         await layer.group_send(ROOMS_GROUP, {"type": "rooms.changed", "room": slug})

@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from bridge import jsontext
+from bridge import jsontext, layer
 from bridge.exceptions import Forbidden, InvalidInput, NotFound, TooLarge
 from bridge.metrics import flatten
 from bridge.models import Device, DeviceCommand, Identity, Message, Room, Telemetry
@@ -205,9 +204,7 @@ def device_command_create(
 
 async def adevice_commands_wake() -> None:
     """Nudge the MQTT edge. Losing this only delays the command: its sweep finds it."""
-    layer = get_channel_layer()
-    if layer is not None:
-        await layer.group_send(DEVICE_COMMANDS_GROUP, {"type": "devices.command"})
+    await layer.group_send(DEVICE_COMMANDS_GROUP, {"type": "devices.command"})
 
 
 def device_commands_wake() -> None:

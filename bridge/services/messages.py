@@ -12,12 +12,11 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from bridge import jsontext
+from bridge import jsontext, layer
 from bridge.envelope import Envelope, message_envelope
 from bridge.exceptions import BridgeError, InvalidInput, TooLarge
 from bridge.instruments import FANOUT_SECONDS, MESSAGES_IN, MESSAGES_REPLAYED, STORE_SECONDS, timed
@@ -229,19 +228,12 @@ async def message_fanout(envelope: Envelope) -> None:
     Best effort by design: the message is stored, so a channel layer that is down
     delays live delivery (receivers catch up by `seq`) but must not fail the post.
     """
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        with timed(FANOUT_SECONDS):
-            await layer.group_send(
-                room_group(envelope["room"]), {"type": "room.message", "message": envelope}
-            )
-    except Exception:  # stored already: a lost fan-out only delays receivers
-        logger.warning(
-            "could not fan out %s#%s; receivers will catch up from history",
-            envelope["room"], envelope["seq"], exc_info=True,
-        )
+    message = {"type": "room.message", "message": envelope}
+    with timed(FANOUT_SECONDS):
+        sent = await layer.group_send(room_group(envelope["room"]), message)
+    if not sent:
+        logger.info("could not fan out %s#%s; receivers will catch up from history",
+                    envelope["room"], envelope["seq"])
 
 
 async def messages_fanout(envelopes: Sequence[Envelope]) -> None:
@@ -254,23 +246,15 @@ async def messages_fanout(envelopes: Sequence[Envelope]) -> None:
     `{"type": "room.messages", "room": slug, "messages": [{"seq", "json"}, ...]}`,
     ascending `seq`, each seq once. Best effort, like `message_fanout`.
     """
-    layer = get_channel_layer()
-    if layer is None:
-        return
     by_room: dict[str, dict[int, Envelope]] = {}
     for envelope in envelopes:
         by_room.setdefault(envelope["room"], {})[envelope["seq"]] = envelope
     for slug, messages in by_room.items():
         items = [{"seq": seq, "json": json.dumps(messages[seq])} for seq in sorted(messages)]
-        try:
-            await layer.group_send(
-                room_group(slug), {"type": "room.messages", "room": slug, "messages": items}
-            )
-        except Exception:  # stored already: a lost fan-out only delays receivers
-            logger.warning(
-                "could not fan out %s#%s-%s; receivers will catch up from history",
-                slug, items[0]["seq"], items[-1]["seq"], exc_info=True,
-            )
+        event = {"type": "room.messages", "room": slug, "messages": items}
+        if not await layer.group_send(room_group(slug), event):
+            logger.info("could not fan out %s#%s-%s; receivers will catch up from history",
+                        slug, items[0]["seq"], items[-1]["seq"])
 
 
 def message_post(

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from bridge import layer
 from bridge.models import Identity, Presence, Room
 from bridge.names import room_group
 
@@ -40,7 +40,14 @@ def presence_join(
 
 def presence_renew(*, connection: str, ttl: timedelta) -> int:
     """A live connection's heartbeat: push its rows' expiry forward."""
-    return Presence.objects.filter(connection=connection).update(expires=timezone.now() + ttl)
+    return presence_renew_many(connections=[connection], ttl=ttl)
+
+
+def presence_renew_many(*, connections: list[str], ttl: timedelta) -> int:
+    """One server's heartbeat for all its live connections, in one UPDATE."""
+    return Presence.objects.filter(connection__in=connections).update(
+        expires=timezone.now() + ttl
+    )
 
 
 def presence_expire() -> list[tuple[str, Identity]]:
@@ -80,12 +87,10 @@ def presence_list(*, room: Room) -> list[Identity]:
 def presence_sweep() -> int:
     """Expire dead connections and tell the rooms who went offline (run by the reconciler)."""
     gone = presence_expire()
-    layer = get_channel_layer()
     for slug, identity in gone:
-        if layer is not None:
-            async_to_sync(layer.group_send)(
-                room_group(slug),
-                {"type": "room.presence", "who": identity.as_sender(), "state": "offline",
-                 "origin": "system", "room": slug},
-            )
+        async_to_sync(layer.group_send)(
+            room_group(slug),
+            {"type": "room.presence", "who": identity.as_sender(), "state": "offline",
+             "origin": "system", "room": slug},
+        )
     return len(gone)

@@ -3,10 +3,10 @@ from __future__ import annotations
 import logging
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from bridge import layer
 from bridge.exceptions import InvalidInput
 from bridge.models import Room
 from bridge.names import ROOMS_GROUP, is_room_slug
@@ -55,11 +55,6 @@ def rooms_changed(*, slug: str) -> None:
     At most once, like every channel-layer message: the edges also resync
     periodically, so a lost announcement only delays a new room.
     """
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        async_to_sync(layer.group_send)(ROOMS_GROUP, {"type": "rooms.changed", "room": slug})
-    except Exception:  # the room exists: the edges' resync finds it anyway
-        logger.warning("could not announce room %s; edges will find it at their resync", slug,
-                       exc_info=True)
+    if not async_to_sync(layer.group_send)(ROOMS_GROUP, {"type": "rooms.changed", "room": slug}):
+        # The room exists: the edges' resync finds it anyway.
+        logger.info("could not announce room %s; edges will find it at their resync", slug)

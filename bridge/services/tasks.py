@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from bridge import layer
 from bridge.models import Task
 
 logger = logging.getLogger(__name__)
@@ -36,15 +36,23 @@ def task_schedule(
     return True
 
 
+def tasks_prune(*, now: datetime | None = None) -> int:
+    """Delete done and failed tasks finished more than BRIDGE_TASK_KEEP_HOURS ago (0 keeps)."""
+    hours = settings.BRIDGE_TASK_KEEP_HOURS
+    if not hours:
+        return 0
+    cutoff = (now or timezone.now()) - timedelta(hours=hours)
+    deleted, _ = Task.objects.filter(
+        state__in=[Task.State.DONE, Task.State.FAILED], finished_at__lt=cutoff
+    ).delete()
+    return deleted
+
+
 async def atasks_wake() -> None:
-    layer = get_channel_layer()
-    if layer is not None:
-        await layer.send(settings.BRIDGE_TASKS_CHANNEL, {"type": "tasks.wake"})
+    """Nudge a worker. Losing this message only delays work: the reconciler finds it."""
+    if not await layer.send(settings.BRIDGE_TASKS_CHANNEL, {"type": "tasks.wake"}):
+        logger.info("could not wake the task workers; the reconciler will")
 
 
 def tasks_wake() -> None:
-    """Nudge a worker. Losing this message only delays work: the reconciler finds it."""
-    try:
-        async_to_sync(atasks_wake)()
-    except Exception:
-        logger.warning("could not wake the task workers; the reconciler will", exc_info=True)
+    async_to_sync(atasks_wake)()

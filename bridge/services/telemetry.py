@@ -16,16 +16,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from channels.exceptions import ChannelFull
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from bridge import layer
 from bridge.envelope import Envelope
 from bridge.metrics import units_of
-from bridge.models import Device, DeviceMetric, Task, Telemetry, TelemetryRollup
+from bridge.models import Device, DeviceMetric, Telemetry, TelemetryRollup
 from bridge.services.alerts import alerts_for_readings
+from bridge.services.tasks import tasks_prune
 
 logger = logging.getLogger(__name__)
 
@@ -193,16 +193,10 @@ def _upsert_latest(latest: dict[tuple[int, str], tuple[float, datetime, str]]) -
 
 
 async def atelemetry_wake() -> None:
-    """Nudge a telemetry worker. Best effort: the sweep finds what a lost wake-up left."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        await layer.send(settings.BRIDGE_TELEMETRY_CHANNEL, {"type": "telemetry.wake"})
-    except ChannelFull:
-        pass  # wake-ups are already waiting: one of them will do
-    except Exception:  # Redis away: the sweep catches up
-        logger.warning("could not wake the telemetry workers; their sweep will", exc_info=True)
+    """Nudge a telemetry worker. Best effort (bounded, skipped while Redis is away): the
+    sweep finds what a lost wake-up left."""
+    if not await layer.send(settings.BRIDGE_TELEMETRY_CHANNEL, {"type": "telemetry.wake"}):
+        logger.debug("could not wake the telemetry workers; their sweep will")
 
 
 def telemetry_prune(*, now: datetime | None = None) -> dict[str, int]:
@@ -221,11 +215,7 @@ def telemetry_prune(*, now: datetime | None = None) -> dict[str, int]:
             deleted[period], _ = TelemetryRollup.objects.filter(
                 period=period, start__lt=cutoff
             ).delete()
-    if settings.BRIDGE_TASK_KEEP_HOURS:
-        cutoff = now - timedelta(hours=settings.BRIDGE_TASK_KEEP_HOURS)
-        deleted["tasks"], _ = Task.objects.filter(
-            state__in=[Task.State.DONE, Task.State.FAILED], finished_at__lt=cutoff
-        ).delete()
+    deleted["tasks"] = tasks_prune(now=now)
     if any(deleted.values()):
         logger.info("retention deleted %s", deleted)
     return deleted

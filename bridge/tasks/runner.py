@@ -26,10 +26,14 @@ MAX_ATTEMPTS = 5
 CLAIM_BATCH = 20
 # Set on SIGTERM (graceful stop): the task in hand finishes, nothing more is claimed.
 STOPPING = threading.Event()
-_BUSY = threading.Lock()  # held while this process's database thread runs tasks
+# Held while this process runs a task (reentrant: run_due_tasks holds it around run_claimed).
+_BUSY = threading.RLock()
 
 
-def _claim_one() -> Task | None:
+def claim_one() -> Task | None:
+    """Take the next due task with a lease (one conditional UPDATE), or None."""
+    if STOPPING.is_set():
+        return None  # stopping (SIGTERM): claim nothing more
     now = timezone.now()
     lease = now + timedelta(seconds=settings.BRIDGE_TASK_LEASE)
     candidates = (
@@ -44,6 +48,14 @@ def _claim_one() -> Task | None:
         if claimed:
             return Task.objects.get(pk=pk)
     return None
+
+
+def lease_renew(*, pk: int) -> bool:
+    """The heartbeat of a running task: push its lease forward (False if no longer ours)."""
+    lease = timezone.now() + timedelta(seconds=settings.BRIDGE_TASK_LEASE)
+    return bool(
+        Task.objects.filter(pk=pk, state=Task.State.RUNNING).update(locked_until=lease)
+    )
 
 
 def requeue_expired() -> int:
@@ -66,36 +78,38 @@ def requeue_expired() -> int:
     return count
 
 
-def _run(task: Task) -> None:
-    func = task_func(task.name)
-    now = timezone.now()
-    if func is None:
-        logger.error("task %s has unknown name %r; marking failed", task.pk, task.name)
-        Task.objects.filter(pk=task.pk).update(
-            state=Task.State.FAILED, finished_at=now, last_error=f"unknown task {task.name!r}"
-        )
-        return
-    try:
-        with transaction.atomic():
-            run_task(task.name, task.args)
+def run_claimed(task: Task) -> None:
+    """Run a task this worker claimed; done, or pending again (failed after MAX_ATTEMPTS)."""
+    with _BUSY:
+        func = task_func(task.name)
+        now = timezone.now()
+        if func is None:
+            logger.error("task %s has unknown name %r; marking failed", task.pk, task.name)
             Task.objects.filter(pk=task.pk).update(
-                state=Task.State.DONE,
-                finished_at=timezone.now(),
-                runs=task.runs + 1,
-                attempts=task.attempts + 1,
+                state=Task.State.FAILED, finished_at=now, last_error=f"unknown task {task.name!r}"
             )
-    except Exception as exc:
-        attempts = task.attempts + 1
-        failed = attempts >= MAX_ATTEMPTS
-        logger.exception("task %s (%s) failed, attempt %s", task.pk, task.name, attempts)
-        Task.objects.filter(pk=task.pk).update(
-            state=Task.State.FAILED if failed else Task.State.PENDING,
-            attempts=attempts,
-            last_error=f"{type(exc).__name__}: {exc}",
-            locked_until=None,
-            due_at=now + timedelta(seconds=2**attempts),
-            finished_at=now if failed else None,
-        )
+            return
+        try:
+            with transaction.atomic():
+                run_task(task.name, task.args)
+                Task.objects.filter(pk=task.pk).update(
+                    state=Task.State.DONE,
+                    finished_at=timezone.now(),
+                    runs=task.runs + 1,
+                    attempts=task.attempts + 1,
+                )
+        except Exception as exc:
+            attempts = task.attempts + 1
+            failed = attempts >= MAX_ATTEMPTS
+            logger.exception("task %s (%s) failed, attempt %s", task.pk, task.name, attempts)
+            Task.objects.filter(pk=task.pk).update(
+                state=Task.State.FAILED if failed else Task.State.PENDING,
+                attempts=attempts,
+                last_error=f"{type(exc).__name__}: {exc}",
+                locked_until=None,
+                due_at=now + timedelta(seconds=2**attempts),
+                finished_at=now if failed else None,
+            )
 
 
 def run_due_tasks(*, limit: int = 1000) -> int:
@@ -103,10 +117,10 @@ def run_due_tasks(*, limit: int = 1000) -> int:
     ran = 0
     with _BUSY:
         while ran < limit and not STOPPING.is_set():
-            task = _claim_one()
+            task = claim_one()
             if task is None:
                 break
-            _run(task)
+            run_claimed(task)
             ran += 1
     return ran
 

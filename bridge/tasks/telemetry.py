@@ -14,10 +14,10 @@ from typing import Any
 
 from channels.consumer import AsyncConsumer
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
 
+from bridge import layer
 from bridge.envelope import Envelope
 from bridge.names import devices_group
 from bridge.services.alerts import alerts_check_silence
@@ -54,16 +54,12 @@ async def telemetry_work() -> int:
 
 async def _send_live(result: RollupResult) -> None:
     """New readings to the pages showing the devices' rooms. At most once, like chat."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
     for device, metrics in result.latest.items():
         event = {"type": "devices.telemetry", "device": device, "metrics": metrics}
         for slug in result.rooms.get(device, ()):
-            try:
-                await layer.group_send(devices_group(slug), event)
-            except Exception:  # stored already: a page catches up from the API
-                logger.warning("could not send live readings of %s", device, exc_info=True)
+            if not await layer.group_send(devices_group(slug), event):
+                # Stored already: a page catches up from the API.
+                logger.info("could not send live readings of %s", device)
                 return
 
 

@@ -12,18 +12,22 @@ from django.conf import settings
 from django.db import DatabaseError, OperationalError
 from django.utils import timezone
 
-from bridge import instruments
+from bridge import instruments, layer
 from bridge.exceptions import BridgeError
+from bridge.health import HEALTH
+from bridge.layer import LayerMember
 from bridge.names import room_group
+from bridge.probes import DATABASE
 from bridge.services.devices import DEVICE_COMMANDS_GROUP
 from bridge.services.messages import messages_fanout
 from bridge.services.telemetry import atelemetry_wake
+from bridge.supervisor import Supervisor
 from protocols.mqtt import outbound
 from protocols.mqtt.admission import Admission, Dropped
 from protocols.mqtt.consumer import MqttConsumer
 from protocols.mqtt.events import ConnectEvent, DisconnectEvent, MessageEvent
 from protocols.mqtt.ingest import Outcome, ingest_batch
-from protocols.mqtt.topics import Topics
+from protocols.mqtt.topics import Topics, shorten
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +43,14 @@ MAX_INBOX = 1000
 RETRY_MIN, RETRY_MAX = 0.1, 5.0
 
 
-class BridgeConsumer(MqttConsumer):
-    """Stores what devices send, publishes every room message and every device command."""
+class BridgeConsumer(LayerMember, MqttConsumer):
+    """Stores what devices send, publishes every room message and every device command.
+
+    The writer and the publisher run under a `Supervisor` ("mqtt"): a failure
+    is logged, reported in /readyz and the loop restarted, never the end of the
+    process. The channel layer is best effort (wake-ups); the database is the
+    truth, and the publisher's sweep and `layer_recovered_hook` catch up.
+    """
 
     auto_ack = False
     topics: Topics
@@ -63,6 +73,14 @@ class BridgeConsumer(MqttConsumer):
         self._commands_due = True
         self._started = timezone.now()
         self._retry_pause = RETRY_MIN
+        self.supervisor = Supervisor("mqtt", backoff_max=5.0)
+        self._batch: list[MessageEvent] = []  # taken from the inbox, not yet acknowledged
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.supervisor.stop()
 
     async def connect(self, event: ConnectEvent) -> None:
         if not self._started_up:
@@ -72,11 +90,14 @@ class BridgeConsumer(MqttConsumer):
                 shared_group=settings.MQTT_SHARED_GROUP if event["protocol"] == 5 else "",
             )
             self.admission = Admission(self.topics)
-            await self.channel_layer.group_add(DEVICE_COMMANDS_GROUP, self.channel_name)
+            await self.join(DEVICE_COMMANDS_GROUP)
             # Cursors exist before the first device message is stored (see rooms_track).
-            await self._track_rooms()
-            self.start_background(self._writer(), name="mqtt writer")
-            self.start_background(self._publisher(), name="mqtt publisher")
+            try:
+                await self._track_rooms()
+            except DatabaseError as exc:
+                HEALTH.failing(DATABASE, exc)  # the publisher's sweep tracks them once it answers
+            self.supervisor.run("writer", self._writer, critical=True)
+            self.supervisor.run("publisher", self._publisher, critical=True)
         await self.subscribe(self.topics.inbound_filters(), qos=1)
         self._online.set()
         self._wake.set()  # publish what piled up while we were away
@@ -117,16 +138,22 @@ class BridgeConsumer(MqttConsumer):
         self._inbox_ready.set()
 
     async def _writer(self) -> None:
-        """Store what arrived, in arrival order, a batch per transaction; then ack and tell."""
-        batch: list[MessageEvent] = []
+        """Store what arrived, in arrival order, a batch per transaction; then ack and tell.
+
+        The batch in hand is kept on the instance until it is acknowledged: a
+        rolled-back batch, or a writer restarted by the supervisor, starts again
+        from the same messages.
+        """
         while True:
-            if not batch:
-                batch = await self._next_batch()
-                if not batch:
+            if not self._batch:
+                self._batch = await self._next_batch()
+                if not self._batch:
                     continue
+            batch = self._batch
             outcomes = await self._store(batch)
             if outcomes is None:
                 continue  # rolled back, nothing acknowledged: the same batch again
+            self._batch = []
             for message in batch:
                 await self.ack(message)
             # The batch's messages in one group message per room, not one per message.
@@ -135,7 +162,6 @@ class BridgeConsumer(MqttConsumer):
                 await self._tell(outcome)
             if any(outcome.telemetry for outcome in outcomes):
                 await atelemetry_wake()
-            batch = []
 
     async def _next_batch(self) -> list[MessageEvent]:
         """Up to BATCH messages from the inbox, less those of devices over their rate.
@@ -194,10 +220,13 @@ class BridgeConsumer(MqttConsumer):
                 topics=self.topics, messages=pairs
             )
             self._retry_pause = RETRY_MIN
+            HEALTH.ok(DATABASE)
             return outcomes
         except OperationalError as exc:
-            logger.warning("batch of %d rolled back (%s); retrying in %.1f s",
-                           len(batch), exc, self._retry_pause)
+            HEALTH.failing(DATABASE, exc)
+            logger.log(logging.WARNING if self._retry_pause == RETRY_MIN else logging.DEBUG,
+                       "batch of %d rolled back (%s); retrying in %.1f s",
+                       len(batch), exc, self._retry_pause)
             await asyncio.sleep(self._retry_pause)
             self._retry_pause = min(self._retry_pause * 2, RETRY_MAX)
             return None
@@ -221,7 +250,7 @@ class BridgeConsumer(MqttConsumer):
         if outcome.presence is not None:
             rooms, who, state = outcome.presence
             for slug in rooms:
-                await self.channel_layer.group_send(
+                await layer.group_send(
                     room_group(slug),
                     {"type": "room.presence", "who": who, "state": state, "origin": "mqtt"},
                 )
@@ -229,10 +258,10 @@ class BridgeConsumer(MqttConsumer):
     async def _refuse(self, topic: str, exc: BridgeError) -> None:
         instruments.refused("mqtt", exc.code)
         device = self.topics.device_of(topic)
-        logger.warning("refused %s from %s: %s %s", topic, device or "?", exc.code, exc.detail,
-                       extra={"sender": f"device:{device}" if device else None})
+        logger.warning("refused %s from %s: %s %s", shorten(topic), device or "?", exc.code,
+                       shorten(exc.detail), extra={"sender": f"device:{device}" if device else None})
         if device is not None:
-            body = {"code": exc.code, "detail": exc.detail, "topic": topic}
+            body = {"code": exc.code, "detail": shorten(exc.detail), "topic": shorten(topic)}
             await self.publish(self.topics.errors(device), json.dumps(body), qos=settings.MQTT_QOS)
 
     # --- room messages and commands out -------------------------------------------
@@ -276,9 +305,11 @@ class BridgeConsumer(MqttConsumer):
                     self._dirty |= self._rooms
                     self._commands_due = True
                 await self._publish_due()
-            except DatabaseError:
+            except DatabaseError as exc:
                 # A claim commits whole or not at all: the next wake-up or sweep tries again.
-                logger.exception("could not claim messages to publish; retrying at the next sweep")
+                HEALTH.failing(DATABASE, exc)
+                logger.info("could not claim messages to publish (%s); retrying at the next sweep",
+                            exc)
 
     async def _publish_due(self) -> None:
         while self._dirty:
@@ -311,5 +342,12 @@ class BridgeConsumer(MqttConsumer):
             known=self._rooms, started=self._started
         )
         for slug in set(slugs) - self._rooms:
-            await self.channel_layer.group_add(room_group(slug), self.channel_name)
+            await self.join(room_group(slug))
         self._rooms.update(slugs)
+
+    async def layer_recovered_hook(self) -> None:
+        """Wake-ups sent while the layer was away are lost: look at every room now."""
+        self._dirty |= self._rooms
+        self._commands_due = True
+        self._wake.set()
+

@@ -26,6 +26,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from bridge.health import HEALTH
 from protocols.mqtt.config import MqttConfig
 from protocols.mqtt.events import IncomingEvent, MessageEvent, MqttScope
+from protocols.mqtt.topics import shorten
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,12 @@ class MqttServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: paho.Client | None = None
         self._fallback: asyncio.Task[None] | None = None
+        # The broker's Maximum Packet Size (MQTT 5 CONNACK): a larger PUBLISH would make the
+        # broker drop the connection, and paho would send it again after every reconnect.
+        self._max_packet: int | None = None
+        self._inflight: dict[int, str] = {}  # mid -> topic of QoS > 0 publishes not yet acknowledged
+        self.published = 0
+        self.refused = 0
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -119,6 +126,7 @@ class MqttServer:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
         properties = None
         kwargs: dict[str, Any] = {}
         if self._protocol == paho.MQTTv5:
@@ -130,6 +138,7 @@ class MqttServer:
         client.connect_async(
             config.host, config.port, keepalive=config.keepalive, properties=properties, **kwargs
         )
+        HEALTH.starting(HEALTH_CHECK, "connecting")  # ready once subscribed (see _on_subscribe)
         # Set before paho's thread starts: callbacks from any other (replaced) client are ignored.
         self._client = client
         client.loop_start()
@@ -184,6 +193,8 @@ class MqttServer:
             logger.error("broker %s refused the connection: %s", self.config.broker, reason)
             HEALTH.failing(HEALTH_CHECK, f"refused: {reason}")
             return
+        max_packet = getattr(properties, "MaximumPacketSize", None) if properties else None
+        self._call(self._set_max_packet, max_packet)
         self._generation += 1
         protocol = 5 if self._protocol == paho.MQTTv5 else 4
         logger.info(
@@ -195,7 +206,6 @@ class MqttServer:
             self._enqueue,
             {"type": "mqtt.connect", "session_present": bool(flags.session_present), "protocol": protocol},
         )
-        HEALTH.ok(HEALTH_CHECK)
         self._call(self.connected.set)
 
     def _on_disconnect(
@@ -218,8 +228,16 @@ class MqttServer:
         refused = [str(r) for r in reasons if r.is_failure]
         if refused:
             logger.error("the broker refused a subscription (mid %s): %s", mid, ", ".join(refused))
+            HEALTH.failing(HEALTH_CHECK, f"subscription refused: {', '.join(refused)}")
         else:
             logger.info("subscribed (mid %s)", mid)
+            HEALTH.ok(HEALTH_CHECK)
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any
+    ) -> None:
+        if client is self._client:
+            self._call(self._published, mid, reason)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         if client is not self._client:
@@ -255,6 +273,18 @@ class MqttServer:
         self._slots.release()
         return event
 
+    def _set_max_packet(self, size: int | None) -> None:
+        self._max_packet = size
+
+    def _published(self, mid: int, reason: ReasonCode) -> None:
+        topic = self._inflight.pop(mid, "?")
+        if reason.is_failure:
+            # Refused for good (not authorized, quota, payload format): paho does not resend it.
+            self.refused += 1
+            logger.error("the broker refused a publish on %s: %s; dropped", shorten(topic), reason)
+        else:
+            self.published += 1
+
     def _enqueue(self, event: IncomingEvent) -> None:
         self._queue.put_nowait(event)
 
@@ -279,12 +309,7 @@ class MqttServer:
             logger.warning("dropping %s: the broker client is being replaced", kind)
             return
         if kind == "mqtt.publish":
-            info = client.publish(
-                event["topic"], event["payload"], qos=event["qos"], retain=event.get("retain", False)
-            )
-            # Not connected: paho keeps QoS 1/2 messages and sends them after reconnecting.
-            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-                raise MqttServerError(f"cannot publish on {event['topic']}: {paho.error_string(info.rc)}")
+            self._publish(client, event)
         elif kind == "mqtt.subscribe":
             rc, _ = client.subscribe([(topic, event["qos"]) for topic in event["topics"]])
             if rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
@@ -293,3 +318,33 @@ class MqttServer:
             client.unsubscribe(event["topics"])
         else:
             raise MqttServerError(f"the application sent an unknown event type {kind!r}")
+
+    def _publish(self, client: paho.Client, event: dict[str, Any]) -> None:
+        """Hand one PUBLISH to paho, or drop it (logged) when no retry could ever deliver it."""
+        topic, payload, qos = event["topic"], event["payload"], event["qos"]
+        size = _packet_size(topic, payload, qos)
+        if self._max_packet is not None and size > self._max_packet:
+            self.refused += 1
+            logger.error("dropping a publish on %s: %s bytes, over the broker's maximum packet "
+                         "size of %s", shorten(topic), size, self._max_packet)
+            return
+        try:
+            info = client.publish(topic, payload, qos=qos, retain=event.get("retain", False))
+        except ValueError as exc:  # paho's own refusals: an invalid topic, a payload too large
+            self.refused += 1
+            logger.error("dropping a publish on %s: %s", shorten(topic), exc)
+            return
+        # Not connected: paho keeps QoS 1/2 messages and sends them after reconnecting.
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            self.refused += 1
+            logger.error("dropping a publish on %s: %s", shorten(topic), paho.error_string(info.rc))
+            return
+        if qos > 0:
+            self._inflight[info.mid] = topic
+
+
+def _packet_size(topic: str, payload: bytes, qos: int) -> int:
+    """Bytes of the PUBLISH packet: fixed header, topic, packet id, properties, payload."""
+    body = 2 + len(topic.encode("utf-8")) + (2 if qos else 0) + 1 + len(payload)
+    return 1 + (1 if body < 128 else 2 if body < 16384 else 3 if body < 2097152 else 4) + body
+

@@ -78,3 +78,12 @@ class Topics:
                 return None
             topic = topic[len(self.prefix) + 1 :]
         return topic.split("/")
+
+
+ECHO_MAX = 200  # characters of a topic or detail echoed in a reply or a log line
+
+
+def shorten(text: str, limit: int = ECHO_MAX) -> str:
+    """`text` cut to `limit` characters (saying how long it was): a device may send a topic
+    of 60,000 characters, and an error reply echoing it must stay a small packet."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import DatabaseError
 
-from bridge import jsontext
+from bridge import jsontext, layer
 from bridge.access import can_read, check_chat_command
 from bridge.auth import session_live, token_live
 from bridge.envelope import Envelope, message_envelope
@@ -29,6 +29,7 @@ from bridge.exceptions import (
     TooLarge,
 )
 from bridge.instruments import WEBSOCKETS, delivered, refused
+from bridge.layer import LayerMember
 from bridge.logcontext import bind
 from bridge.models import Identity, Room
 from bridge.names import devices_group, room_access_group, room_group, user_access_group
@@ -37,13 +38,9 @@ from bridge.selectors import message_history, room_get, room_visible
 from bridge.services.access import session_tag
 from bridge.services.identities import identity_for_user
 from bridge.services.messages import amessage_post
-from bridge.services.presence import (
-    presence_join,
-    presence_leave,
-    presence_list,
-    presence_renew,
-)
+from bridge.services.presence import presence_join, presence_leave, presence_list
 from protocols.websocket.lifecycle import track, untrack
+from protocols.websocket.presence import PresenceRenewer
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +73,11 @@ class ClientGone(Exception):
     """The socket takes nothing more: the peer went away, or its send buffer stayed full."""
 
 
-class RoomConsumer(AsyncWebsocketConsumer):
+class RoomConsumer(LayerMember, AsyncWebsocketConsumer):
+    """The channel layer is best effort here: while Redis is away the socket is served
+    (history, posts) without live messages, and caught up from the database when
+    the layer answers again (`layer_recovered_hook`)."""
+
     room: Room | None = None
     access_groups: list[str] = []  # replaced (never mutated) per connection
     identity: Identity | None = None
@@ -84,7 +85,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
     refused_in_a_row = 0
     closed_for_rate = False
     left = False
-    heartbeat: asyncio.Task[None] | None = None
+    present = False  # this connection has a presence row (and is in the renewer)
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -110,10 +111,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
             logger.info("websocket %s let go: %s", self.channel_name, exc)
             await self._leave()
         finally:
-            # Even if a handler failed: a renewal outliving its connection would keep
-            # the user "online" forever; without it, the row expires on its own.
-            if self.heartbeat is not None:
-                self.heartbeat.cancel()
+            # Even if a handler failed otherwise (and `disconnect` never ran): the user
+            # goes offline now, not when the row expires a presence TTL later.
+            await asyncio.shield(self._leave_presence())
 
     async def connect(self) -> None:
         """Called on the handshake. Refusals are accepted first so the client can read why.
@@ -142,9 +142,10 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.room = room
         WEBSOCKETS.inc()
         track(self)
-        # Join before reading history, so nothing stored in between is missed.
-        await self.channel_layer.group_add(room_group(room.slug), self.channel_name)
-        await self.channel_layer.group_add(devices_group(room.slug), self.channel_name)
+        # Join before reading history, so nothing stored in between is missed. If the
+        # layer is down, serve anyway: the groups are joined and the gap filled on recovery.
+        await self.join(room_group(room.slug))
+        await self.join(devices_group(room.slug))
         await self.accept()
         await self._send_since(after)
         await self._announce_join(user)
@@ -154,8 +155,6 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def _leave(self) -> None:
         """Leave the room once: no more fan-out, presence offline."""
-        if self.heartbeat is not None:
-            self.heartbeat.cancel()
         if self.left:
             return
         self.left = True
@@ -164,11 +163,23 @@ class RoomConsumer(AsyncWebsocketConsumer):
             return
         WEBSOCKETS.dec()
         untrack(self)
-        await self.channel_layer.group_discard(room_group(self.room.slug), self.channel_name)
-        await self.channel_layer.group_discard(devices_group(self.room.slug), self.channel_name)
-        gone = await database_sync_to_async(presence_leave)(
-            room=self.room, connection=self.channel_name
-        )
+        await self.leave(room_group(self.room.slug))
+        await self.leave(devices_group(self.room.slug))
+        await self._leave_presence()
+
+    async def _leave_presence(self) -> None:
+        if not self.present or self.room is None:
+            return
+        self.present = False
+        PresenceRenewer.current().connections.discard(self.channel_name)
+        try:
+            gone = await database_sync_to_async(presence_leave)(
+                room=self.room, connection=self.channel_name
+            )
+        except DatabaseError:
+            logger.warning("could not record that %s left; its presence expires on its own",
+                           self.channel_name, exc_info=True)
+            return
         if gone is not None:
             await self._presence(gone, "offline")
 
@@ -253,11 +264,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if user is not None and user.is_authenticated:
             self.access_groups.append(user_access_group(user.pk))
         for group in self.access_groups:
-            await self.channel_layer.group_add(group, self.channel_name)
+            await self.join(group)
 
     async def _leave_access_groups(self) -> None:
         for group in self.access_groups:
-            await self.channel_layer.group_discard(group, self.channel_name)
+            await self.leave(group)
         self.access_groups = []
 
     async def access_changed(self, event: dict[str, Any]) -> None:
@@ -267,14 +278,19 @@ class RoomConsumer(AsyncWebsocketConsumer):
         deactivation, password, groups or tokens. Closes with 4401 or 4403 (after
         an `error` frame saying why) when this socket lost its right to the room.
         """
+        await self._recheck_access(event)
+
+    async def _recheck_access(self, event: dict[str, Any]) -> bool:
+        """Close the socket if it lost its right to the room; True when it did."""
         if self.room is None:
-            return
+            return False
         refusal = await database_sync_to_async(self._access_refusal)(event)
         if refusal is None:
-            return
+            return False
         logger.info("websocket %s closed: %s (%s)", self.channel_name, refusal.code, event.get("reason"))
         await self.send_error(refusal)
         await self.close(code=CLOSE_CODES.get(refusal.status, CLOSE_FORBIDDEN))
+        return True
 
     def _access_refusal(self, event: dict[str, Any]) -> BridgeError | None:
         """Why this socket may no longer read its room, or None (runs in a database thread)."""
@@ -326,6 +342,13 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 continue
             self.last_seq = seq
             await self.send(text_data='{"type": "message", "message": ' + item["json"] + "}")
+
+    async def layer_recovered_hook(self) -> None:
+        """The layer is back (our groups joined again): access changes announced meanwhile
+        were lost, so ask again; then send what was stored meanwhile."""
+        if self.room is None or await self._recheck_access({"reason": "layer_recovered"}):
+            return
+        await self._send_since(self.last_seq, history_frame=False)
 
     async def room_presence(self, event: dict[str, Any]) -> None:
         await self.send(
@@ -382,7 +405,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 room=self.room, identity=self.identity, connection=self.channel_name,
                 ttl=timedelta(seconds=settings.BRIDGE_PRESENCE_TTL),
             )
-            self.heartbeat = asyncio.create_task(self._renew_presence())
+            self.present = True
+            PresenceRenewer.current().connections.add(self.channel_name)
             if first:
                 await self._presence(self.identity, "online")
         # Everyone here now, yourself included: when another tab of yours came first,
@@ -392,20 +416,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
             if not (first and who == self.identity):
                 await self.room_presence({"who": who.as_sender(), "state": "online"})
 
-    async def _renew_presence(self) -> None:
-        """While connected, keep this connection's presence from expiring."""
-        ttl = timedelta(seconds=settings.BRIDGE_PRESENCE_TTL)
-        while True:
-            await asyncio.sleep(settings.BRIDGE_PRESENCE_TTL / 3)
-            try:
-                await database_sync_to_async(presence_renew)(connection=self.channel_name, ttl=ttl)
-            except DatabaseError:
-                logger.warning("could not renew presence of %s; retrying", self.channel_name,
-                               exc_info=True)
-
     async def _presence(self, identity: Identity, state: str) -> None:
         assert self.room is not None
-        await self.channel_layer.group_send(
+        await layer.group_send(
             room_group(self.room.slug),
             {"type": "room.presence", "who": identity.as_sender(), "state": state, "origin": "web"},
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from bridge.health import Health
-from bridge.supervisor import Supervisor
+from bridge.supervisor import HEALTHY_AFTER, Supervisor
 
 
 async def test_a_failing_loop_is_restarted_and_reported() -> None:
@@ -26,6 +26,9 @@ async def test_a_failing_loop_is_restarted_and_reported() -> None:
     await asyncio.wait_for(recovered.wait(), 2)
     assert calls == 3
     assert supervisor.stats["flaky"].failures == 2
+    # Restarted after failures, it counts as recovered once it has kept running a while.
+    assert not health.snapshot()["loop:t.flaky"].ok
+    await asyncio.sleep(HEALTHY_AFTER + 0.1)
     assert health.snapshot()["loop:t.flaky"].ok
     await supervisor.stop()
     assert "loop:t.flaky" not in health.snapshot()

@@ -3,16 +3,17 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.test import override_settings
 from django.utils import timezone
 
 from bridge.models import Room, Task
 from bridge.services.identities import identity_get_or_create
 from bridge.services.messages import message_store
 from bridge.services.rooms import room_create
-from bridge.services.tasks import task_schedule
+from bridge.services.tasks import task_schedule, tasks_prune
 from bridge.tasks.reconcile import reconcile
 from bridge.tasks.registry import task
-from bridge.tasks.runner import requeue_expired, run_due_tasks
+from bridge.tasks.runner import claim_one, lease_renew, requeue_expired, run_due_tasks
 
 CALLS: list[int] = []
 
@@ -88,3 +89,30 @@ def test_retention_deletes_only_old_messages() -> None:
     Message.objects.filter(pk=old.pk).update(created=timezone.now() - timedelta(days=8))
     retention(room=room.pk, days=7)
     assert list(Message.objects.values_list("text", flat=True)) == ["new"]
+
+
+@pytest.mark.django_db
+@override_settings(BRIDGE_TASK_KEEP_HOURS=168)
+def test_finished_tasks_are_pruned_after_the_setting() -> None:
+    old = timezone.now() - timedelta(days=8)
+    for key, state, finished in (("old-done", "done", old), ("old-failed", "failed", old),
+                                 ("new-done", "done", timezone.now()), ("old-pending", "pending", None)):
+        Task.objects.create(name="test_counter", key=key, state=state, due_at=old, finished_at=finished)
+    assert tasks_prune() == 2
+    assert set(Task.objects.values_list("key", flat=True)) == {"new-done", "old-pending"}
+    with override_settings(BRIDGE_TASK_KEEP_HOURS=0):
+        Task.objects.update(finished_at=old)
+        assert tasks_prune() == 0
+
+
+@pytest.mark.django_db
+@override_settings(BRIDGE_TASK_LEASE=60)
+def test_a_running_task_keeps_its_lease_while_renewed() -> None:
+    task_schedule(name="test_counter", key="k", args={"n": 1})
+    claimed = claim_one()
+    assert claimed is not None
+    Task.objects.update(locked_until=timezone.now() - timedelta(seconds=1))
+    assert lease_renew(pk=claimed.pk)
+    assert requeue_expired() == 0  # renewed: still this worker's
+    Task.objects.update(state=Task.State.DONE)
+    assert not lease_renew(pk=claimed.pk)  # finished: a late heartbeat changes nothing

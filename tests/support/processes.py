@@ -98,11 +98,12 @@ def running(proc: Proc) -> Iterator[Proc]:
         proc.stop()
 
 
-def redis_server(log_dir: Path) -> Proc:
+def redis_server(log_dir: Path, *, port: int | None = None) -> Proc:
+    """Started empty (no persistence); `port` to start one again where the last one was."""
     binary = require_binary("redis-server")
-    port = free_port()
+    port = port or free_port()
     proc = start(
-        "redis",
+        f"redis-{port}",
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(log_dir)],
         log_dir=log_dir,

@@ -1,0 +1,54 @@
+"""What the MQTT server hands to paho: never a packet the broker would refuse by disconnecting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from paho.mqtt.enums import MQTTErrorCode
+
+from protocols.mqtt.config import MqttConfig
+from protocols.mqtt.server import MqttServer, _packet_size
+from protocols.mqtt.topics import shorten
+
+
+class FakeClient:
+    def __init__(self, rc: MQTTErrorCode = MQTTErrorCode.MQTT_ERR_SUCCESS) -> None:
+        self.rc = rc
+        self.published: list[tuple[str, bytes]] = []
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Any:
+        self.published.append((topic, payload))
+        return type("Info", (), {"rc": self.rc, "mid": len(self.published)})()
+
+
+def server() -> MqttServer:
+    async def app(scope: Any, receive: Any, send: Any) -> None: ...
+
+    return MqttServer(app, MqttConfig.from_url("mqtt://127.0.0.1:1883", client_id="t"))
+
+
+def publish(topic: str, payload: bytes) -> dict[str, Any]:
+    return {"type": "mqtt.publish", "topic": topic, "payload": payload, "qos": 1}
+
+
+def test_a_publish_over_the_brokers_maximum_packet_size_is_dropped_not_sent() -> None:
+    edge, client = server(), FakeClient()
+    edge._max_packet = 1000
+    edge._publish(client, publish("rooms/lobby/messages", b"x" * 2000))  # type: ignore[arg-type]
+    edge._publish(client, publish("rooms/lobby/messages", b"small"))  # type: ignore[arg-type]
+    assert client.published == [("rooms/lobby/messages", b"small")]  # the next one still goes
+    assert edge.refused == 1
+
+
+def test_a_publish_paho_refuses_is_dropped_and_the_server_goes_on() -> None:
+    edge, client = server(), FakeClient(MQTTErrorCode.MQTT_ERR_QUEUE_SIZE)
+    edge._publish(client, publish("rooms/lobby/messages", b"x"))  # type: ignore[arg-type]
+    assert edge.refused == 1
+
+
+def test_packet_size_and_shorten() -> None:
+    assert _packet_size("a/b", b"12345", 1) == 1 + 1 + 2 + 3 + 2 + 1 + 5
+    assert _packet_size("t", b"x" * 70000, 1) > 65536
+    cut = shorten("x" * 33000)
+    assert len(cut) < 250 and cut.endswith("(33000 characters)")
+    assert shorten("short") == "short"

@@ -1,0 +1,105 @@
+"""A small TCP proxy for fault tests: put it between a process and a server, then misbehave.
+
+    proxy = TcpProxy(target_port=redis_port)
+    proxy.start()                       # listens on proxy.port, in a thread of its own
+    proxy.delay(0.5)                    # every chunk, both ways, half a second late
+    proxy.blackhole()                   # connections stay open, nothing gets through (a frozen peer)
+    proxy.cut()                         # every open connection is closed now (a network drop)
+    proxy.heal()                        # pass everything again
+    proxy.stop()
+
+What a black hole swallows is dropped, as a partition would; new connections
+during it are accepted and then starve, as they would behind a dead route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+
+from tests.support.processes import free_port
+
+
+class TcpProxy:
+    def __init__(self, *, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self.connections = 0
+        self._delay = 0.0
+        self._blackhole = False
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tcp-proxy", daemon=True)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    # --- from the test's thread ---------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def delay(self, seconds: float) -> None:
+        self._delay = seconds
+
+    def blackhole(self) -> None:
+        self._blackhole = True
+
+    def heal(self) -> None:
+        self._delay, self._blackhole = 0.0, False
+
+    def cut(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._cut(), self._loop).result(10)
+
+    # --- the proxy's loop -------------------------------------------------------------
+
+    async def _start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+    async def _stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        await self._cut()
+
+    async def _cut(self) -> None:
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            server_reader, server_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            client_writer.transport.abort()
+            return
+        self._writers.update((client_writer, server_writer))
+        pumps = [
+            asyncio.create_task(self._pump(client_reader, server_writer)),
+            asyncio.create_task(self._pump(server_reader, client_writer)),
+        ]
+        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        for task in pumps:
+            task.cancel()
+        for writer in (client_writer, server_writer):
+            self._writers.discard(writer)
+            writer.transport.abort()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    return
+                if self._blackhole:
+                    continue
+                if self._delay:
+                    await asyncio.sleep(self._delay)
+                writer.write(chunk)
+                await writer.drain()
