@@ -38,17 +38,29 @@ async def _stream_through_an_outage(tmp: Path, *, scenario: str, rate: float, fa
             stream = DeviceStream(device, count=MESSAGES, rate=rate)
             with ReadyzWatch(dep) as watch:
                 stream.start()
-                await asyncio.to_thread(wait_until, lambda: dep.stored()[0] >= fault_at, timeout=120,
+                await asyncio.to_thread(wait_until, lambda: dep.stored(prefix="m-")[0] >= fault_at, timeout=120,
                                         what=f"{fault_at} stored")
                 fault_started = time.monotonic()
                 dep.redis_freeze() if freeze else dep.redis_kill()
-                stored_at_fault = dep.stored()[0]
-                await asyncio.sleep(outage)  # the fault's length, not a wait for readiness
+                stored_at_fault = dep.stored(prefix="m-")[0]
+                # During the outage: an API post is stored and answered, a new socket is served.
+                await asyncio.sleep(2)
+                t0 = time.monotonic()
+                post_status, _ = await asyncio.to_thread(
+                    request, f"{dep.web}/api/rooms/lobby/messages", method="POST",
+                    body={"text": "api-during-outage"}, headers={"Authorization": f"Token {dep.stack.token}"})
+                post_seconds = time.monotonic() - t0
+                late = Listener(dep.web)
+                listeners.append(late)
+                tasks.append(asyncio.create_task(late.run()))
+                await asyncio.wait_for(late.connected.wait(), 15)
+                late_reconnects = late.reconnects
+                await asyncio.sleep(max(0.0, outage - (time.monotonic() - fault_started)))  # the fault's length
                 dep.redis_thaw() if freeze else dep.redis_start()
                 back = time.monotonic()
-                stored_during = dep.stored()[0] - stored_at_fault
+                stored_during = dep.stored(prefix="m-")[0] - stored_at_fault
                 await asyncio.to_thread(stream.done.wait, 180)
-                await asyncio.to_thread(wait_until, lambda: dep.stored()[0] >= MESSAGES, timeout=120,
+                await asyncio.to_thread(wait_until, lambda: dep.stored(prefix="m-")[0] >= MESSAGES, timeout=120,
                                         what=f"{MESSAGES} stored")
                 all_stored = time.monotonic()
                 seqs = {int(row[0]) for row in query(dep.stack.database_url, "SELECT seq FROM bridge_message")}  # type: ignore[call-overload]
@@ -65,14 +77,16 @@ async def _stream_through_an_outage(tmp: Path, *, scenario: str, rate: float, fa
                 # The reconciler ran through after Redis came back.
                 await asyncio.to_thread(wait_until, lambda: dep.reconciled_seconds_ago() < time.monotonic() - back,
                                         timeout=30, what="a reconciler run after the outage")
-            stored, distinct = dep.stored()
+            stored, distinct = dep.stored(prefix="m-")
             missing = [len(seqs - listener.seqs) for listener in listeners]
+            stored_api, _ = dep.stored(prefix="api-during-outage")
             recovery = complete - max(back, all_stored)
             report(
                 scenario, "no process exits; 5000 stored once; every listener has all within 10 s of "
                 "Redis back; /readyz shows outage and recovery; reconciler runs after",
                 sent=stream.sent, stored=stored, duplicated=stored - distinct, lost=MESSAGES - distinct,
-                stored_during_outage=stored_during, last_seq=last,
+                stored_during_outage=stored_during, last_seq=last, api_post_during=post_status,
+                api_post_s=post_seconds, handshake_during="served" if late_reconnects == 0 else "retried",
                 listeners_complete=sum(1 for m in missing if m == 0), listener_reconnects=sum(lsn.reconnects for lsn in listeners),
                 recovery_s=recovery,
                 ready_again_s={n: watch.ready_again(n, back) for n in watch.names},
@@ -82,7 +96,9 @@ async def _stream_through_an_outage(tmp: Path, *, scenario: str, rate: float, fa
             )
             assert dep.exited() == [], {name: dep.procs[name].output() for name in dep.exited()}
             assert (stored, distinct) == (MESSAGES, MESSAGES)
-            assert missing == [0] * LISTENERS
+            assert post_status == 201 and stored_api == 1
+            assert late_reconnects == 0  # the handshake during the outage was served, not refused
+            assert missing == [0] * (LISTENERS + 1)
             assert recovery <= 10, recovery
             for name in watch.names:
                 assert watch.went_unready(name, fault_started), f"{name} never reported the outage"

@@ -252,27 +252,32 @@ class Listener:
 
 
 class ReadyzWatch:
-    """Polls each process's /readyz in a thread: when each went unready and ready again."""
+    """Polls each process's /readyz (a thread each, so a slow one delays no other):
+    when each went unready and ready again."""
 
     def __init__(self, deployment: Deployment, names: tuple[str, ...] = ("web", "runmqtt", "worker")) -> None:
         self.deployment, self.names = deployment, names
         self.history: dict[str, list[tuple[float, int]]] = {name: [] for name in names}
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="readyz-watch", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, args=(name,), name=f"readyz-{name}", daemon=True) for name in names
+        ]
 
     def __enter__(self) -> ReadyzWatch:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(30)
+        for thread in self._threads:
+            thread.join(30)
 
-    def _run(self) -> None:
+    def _run(self, name: str) -> None:
         while not self._stop.is_set():
-            for name in self.names:
-                status, _ = self.deployment.readyz(name)
-                self.history[name].append((time.monotonic(), status))
+            asked = time.monotonic()
+            status, _ = self.deployment.readyz(name)
+            self.history[name].append((asked, status))
             self._stop.wait(0.5)
 
     def went_unready(self, name: str, after: float) -> bool:
