@@ -14,7 +14,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from bridge import jsontext, layer
-from bridge.exceptions import Forbidden, InvalidInput, NotFound, TooLarge
+from bridge.exceptions import BridgeError, Forbidden, InvalidInput, NotFound, TooLarge
 from bridge.metrics import flatten
 from bridge.models import Device, DeviceCommand, Identity, Message, Room, Telemetry
 from bridge.names import is_device_id
@@ -137,12 +137,8 @@ def device_status_set(*, device: Device, status: str) -> list[Room]:
     return changed
 
 
-def telemetry_store(*, device: Device, data: object) -> tuple[Telemetry, bool]:
-    """Store one reading; the same `id` inside it twice stores one row. (row, created).
-
-    Its numeric metrics are extracted here, by the rule of `bridge.metrics`, so a
-    malformed reading is refused to its device and the worker sees only numbers.
-    """
+def _validated_reading(data: object) -> tuple[dict[str, Any], str | None, dict[str, float]]:
+    """(reading, its id or None, its metrics), or the error its device gets."""
     if not isinstance(data, dict):
         raise InvalidInput("Telemetry is a JSON object of readings.", code="invalid_telemetry")
     jsontext.check_json(data, what="Telemetry", code="invalid_telemetry")
@@ -157,6 +153,16 @@ def telemetry_store(*, device: Device, data: object) -> tuple[Telemetry, bool]:
                 code="invalid_id",
             )
         jsontext.check_text(key, what="'id'", code="invalid_id")
+    return data, key, metrics
+
+
+def telemetry_store(*, device: Device, data: object) -> tuple[Telemetry, bool]:
+    """Store one reading; the same `id` inside it twice stores one row. (row, created).
+
+    Its numeric metrics are extracted here, by the rule of `bridge.metrics`, so a
+    malformed reading is refused to its device and the worker sees only numbers.
+    """
+    data, key, metrics = _validated_reading(data)
     if key is not None:
         existing = Telemetry.objects.filter(device=device, client_key=key).first()
         if existing is not None:
@@ -169,6 +175,47 @@ def telemetry_store(*, device: Device, data: object) -> tuple[Telemetry, bool]:
     except IntegrityError:
         return Telemetry.objects.get(device=device, client_key=key), False
     return row, True
+
+
+def telemetry_store_many(*, readings: list[tuple[Device, object]]) -> list[bool | BridgeError]:
+    """Store a batch of readings with one key lookup and one insert; per reading, whether it
+    was new, or the error that refused it. Ids already stored (or twice here) store nothing."""
+    results: list[bool | BridgeError] = []
+    valid: list[tuple[int, Device, dict[str, Any], str | None, dict[str, float]]] = []
+    for index, (device, data) in enumerate(readings):
+        try:
+            reading, key, metrics = _validated_reading(data)
+        except BridgeError as exc:
+            results.append(exc)
+            continue
+        results.append(False)
+        valid.append((index, device, reading, key, metrics))
+    keys = {key for _, _, _, key, _ in valid if key is not None}
+    seen = set(
+        Telemetry.objects.filter(
+            client_key__in=keys, device_id__in={d.pk for _, d, _, _, _ in valid}
+        ).values_list("device_id", "client_key")
+    ) if keys else set()
+    now = timezone.now()
+    rows: list[Telemetry] = []
+    for index, device, reading, key, metrics in valid:
+        if key is not None:
+            if (device.pk, key) in seen:
+                continue
+            seen.add((device.pk, key))
+        rows.append(Telemetry(device=device, data=reading, received=now, client_key=key,
+                              metrics=metrics))
+        results[index] = True
+    try:
+        with transaction.atomic():
+            Telemetry.objects.bulk_create(rows)
+    except IntegrityError:
+        # Another process stored one of these ids meanwhile: one at a time, each atomic.
+        return [
+            result if isinstance(result, BridgeError) else telemetry_store(device=d, data=data)[1]
+            for result, (d, data) in zip(results, readings, strict=True)
+        ]
+    return results
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from bridge.services.devices import (
     device_rooms_for_posts,
     device_status_set,
     devices_for_messages,
-    telemetry_store,
+    telemetry_store_many,
 )
 from bridge.services.messages import NewMessage, message_store_many
 from protocols.mqtt.topics import Topics
@@ -102,13 +102,15 @@ def ingest_batch(*, topics: Topics, messages: list[tuple[str, bytes]]) -> list[O
 
     Chat posts are gathered per room and stored with one `message_store_many`
     call each (one lock, one key lookup, one insert): per room, in the order
-    they arrived, so `seq` follows the devices' order.
+    they arrived, so `seq` follows the devices' order. Readings are stored with
+    one `telemetry_store_many` (one key lookup, one insert).
     """
     outcomes = [Outcome(topic=topic) for topic, _ in messages]
     lookups = _Lookups()
     lookups.prefetch(topics, messages)
     posts: dict[int, list[tuple[Outcome, NewMessage]]] = {}
     rooms: dict[int, Room] = {}
+    readings: list[tuple[Outcome, Device, object]] = []
     with transaction.atomic():
         for outcome, (topic, payload) in zip(outcomes, messages, strict=True):
             try:
@@ -118,10 +120,19 @@ def ingest_batch(*, topics: Topics, messages: list[tuple[str, bytes]]) -> list[O
             except BridgeError as exc:
                 outcome.error = exc
                 continue
-            if post is not None:
+            if isinstance(post, _Reading):
+                readings.append((outcome, post.device, post.data))
+            elif post is not None:
                 room, message = post
                 rooms[room.pk] = room
                 posts.setdefault(room.pk, []).append((outcome, message))
+        if readings:
+            stored = telemetry_store_many(readings=[(d, data) for _, d, data in readings])
+            for (outcome, _, _), new in zip(readings, stored, strict=True):
+                if isinstance(new, BridgeError):
+                    outcome.error = new
+                else:
+                    outcome.telemetry = new
         # Rooms locked in one order (pk) by every process: two runmqtt on PostgreSQL
         # with batches touching the same rooms cannot deadlock on them.
         for room_pk, items in sorted(posts.items()):
@@ -134,10 +145,16 @@ def ingest_batch(*, topics: Topics, messages: list[tuple[str, bytes]]) -> list[O
     return outcomes
 
 
+@dataclass(frozen=True)
+class _Reading:
+    device: Device
+    data: object
+
+
 def _ingest_one(
     topics: Topics, lookups: _Lookups, topic: str, payload: bytes, outcome: Outcome
-) -> tuple[Room, NewMessage] | None:
-    """Telemetry and status are handled here; a chat post is returned to be stored in bulk."""
+) -> tuple[Room, NewMessage] | _Reading | None:
+    """Status is handled here; a chat post or a reading is returned to be stored in bulk."""
     kind, device_id, room = topics.parse(topic)
     if kind == "bridge":
         return None  # our own commands/errors, seen through devices/#
@@ -147,7 +164,7 @@ def _ingest_one(
         assert room is not None
         return lookups.room(device, room), _post(device, text)
     if kind == "telemetry":
-        _, outcome.telemetry = telemetry_store(device=device, data=decode_json(text))
+        return _Reading(device, decode_json(text))
     else:
         status = text.strip()
         rooms = device_status_set(device=device, status=status)

@@ -12,7 +12,7 @@ from django.utils import timezone
 from bridge.exceptions import InvalidInput
 from bridge.metrics import flatten, units_of
 from bridge.models import Device, DeviceMetric, Task, Telemetry, TelemetryRollup
-from bridge.services.devices import device_register, telemetry_store
+from bridge.services.devices import device_register, telemetry_store, telemetry_store_many
 from bridge.services.rooms import room_create
 from bridge.services.telemetry import telemetry_prune, telemetry_roll_up, window_start
 
@@ -111,3 +111,22 @@ def test_retention_keeps_what_is_not_rolled_up_yet() -> None:
     assert list(Telemetry.objects.values_list("rolled_up", flat=True)) == [False]
     assert TelemetryRollup.objects.filter(period="1h").count() == 1  # 0 keeps them
     assert not math.isnan(TelemetryRollup.objects.get(period="1h").sum)
+
+
+@pytest.mark.django_db
+def test_a_batch_of_readings_stores_each_id_once_and_refuses_the_bad_ones() -> None:
+    device = _device()
+    telemetry_store(device=device, data={"id": "a", "t": 1})
+    results = telemetry_store_many(readings=[
+        (device, {"id": "a", "t": 1}),      # stored before
+        (device, {"id": "b", "t": 2}),
+        (device, {"t": "warm"}),            # no number
+        (device, {"id": "b", "t": 2}),      # twice in the batch
+        (device, {"t": 3}),
+    ])
+    assert [r if isinstance(r, bool) else r.code for r in results] == [
+        False, True, "invalid_telemetry", False, True
+    ]
+    assert sorted(Telemetry.objects.values_list("metrics", flat=True), key=str) == [
+        {"t": 1.0}, {"t": 2.0}, {"t": 3.0}
+    ]
