@@ -51,11 +51,20 @@ FANOUT_SECONDS = Histogram(
     "bridge_fanout_seconds", "Telling a room's group of a stored message (channel layer group_send).",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
+DROPPED_OVER_RATE = Counter(
+    "bridge_dropped_over_rate",
+    "Messages acknowledged and dropped because their sender was over its rate (MQTT), by edge.",
+    ["edge"],
+)
 WEBSOCKETS = Gauge("bridge_websocket_connections", "WebSocket connections open in this process.")
 
 
 def refused(edge: str, reason: str) -> None:
     REFUSALS.labels(edge=edge, reason=reason).inc()
+
+
+def dropped_over_rate(edge: str, count: int) -> None:
+    DROPPED_OVER_RATE.labels(edge=edge).inc(count)
 
 
 def delivered(edge: str, count: int = 1) -> None:

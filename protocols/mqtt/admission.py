@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bridge import instruments
 from bridge.exceptions import RateLimited
 from bridge.ratelimit import Decision, limiter, refusal
 from protocols.mqtt.events import MessageEvent
@@ -106,6 +107,7 @@ class Admission:
     def _record(self, device: str, dropped: int) -> None:
         if dropped:
             self.dropped_total += dropped
+            instruments.dropped_over_rate("mqtt", dropped)
             if device not in self._streaks:
                 if len(self._streaks) >= MAX_STREAKS:
                     self._streaks.clear()

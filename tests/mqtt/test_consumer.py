@@ -286,3 +286,13 @@ async def test_a_device_over_its_rate_is_acknowledged_dropped_and_told(
     assert texts == ["flood 0", "flood 1", "flood 2"]
     # Logged once for the streak, not once per message.
     assert sum("over its rate" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_dropped_messages_are_counted_for_metrics(bridge: MqttCommunicator, settings: object) -> None:
+    from bridge.instruments import DROPPED_OVER_RATE
+
+    before = DROPPED_OVER_RATE.labels(edge="mqtt")._value.get()
+    settings.MQTT_RATE, settings.MQTT_BURST = 0.01, 1  # type: ignore[attr-defined]
+    for i in range(4):
+        await bridge.deliver("devices/sensor-1/rooms/lobby", f"m{i}")
+    assert DROPPED_OVER_RATE.labels(edge="mqtt")._value.get() - before == 3
