@@ -39,7 +39,7 @@ def main() -> None:
             manage(["rooms", "add", "lobby"], env=env)
             for name in names:
                 manage(["devices", "add", name, "--room", "lobby"], env=env)
-            bridge = start_manage("runmqtt", ["runmqtt", "--client-id", "bench"], env=env, log_dir=tmp)
+            bridge = start_manage("runmqtt", ["runmqtt", "--client-id", "bridge-bench"], env=env, log_dir=tmp)
             listener = TestDevice(broker.port, "listener", "sim")
             listener.subscribe("rooms/lobby/messages")
             published = threading.Semaphore(0)

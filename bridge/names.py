@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 
 ROOM_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -13,13 +14,26 @@ DEVICE_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 room_slug_validator = RegexValidator(
     ROOM_RE, "A room is 1-64 characters: a-z, 0-9, '_' and '-', starting with a letter or digit."
 )
-device_id_validator = RegexValidator(
-    DEVICE_RE,
-    "A device id is 1-64 characters: A-Z, a-z, 0-9, '_', '.' and '-', starting with a letter or digit.",
+DEVICE_ID_RULE: Final = (
+    "1-64 of A-Z a-z 0-9 _ . -, starting with a letter or digit, "
+    "not starting with 'bridge' (reserved for the bridge's own MQTT sessions)"
 )
+
+
+def device_id_validator(value: object) -> None:
+    if not is_device_id(value):
+        raise ValidationError(f"A device id is {DEVICE_ID_RULE}.")
 
 ORIGINS: Final = ("web", "api", "mqtt", "xmpp", "system")
 SENDER_KINDS: Final = ("user", "device", "xmpp", "system")
+
+
+# Names starting with this belong to the bridge's own MQTT sessions: no device may have one.
+BRIDGE_PREFIX: Final = "bridge"
+
+
+def is_bridge_client_id(value: str) -> bool:
+    return value.lower().startswith(BRIDGE_PREFIX)
 
 
 def is_room_slug(value: object) -> bool:
@@ -27,7 +41,12 @@ def is_room_slug(value: object) -> bool:
 
 
 def is_device_id(value: object) -> bool:
-    return isinstance(value, str) and DEVICE_RE.fullmatch(value) is not None
+    """A valid device id: the contract's pattern, and not in the bridge's reserved names."""
+    return (
+        isinstance(value, str)
+        and DEVICE_RE.fullmatch(value) is not None
+        and not is_bridge_client_id(value)
+    )
 
 
 def room_group(slug: str) -> str:

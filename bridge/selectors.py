@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from bridge.access import can_read, readable_rooms
 from bridge.exceptions import InvalidInput, NotFound, RoomNotFound
 from bridge.models import Device, Identity, Message, Room
-from bridge.names import is_device_id, is_room_slug
+from bridge.names import DEVICE_ID_RULE, is_device_id, is_room_slug
 
 MAX_HISTORY = 500
 
@@ -34,8 +34,7 @@ def user_get(*, username: str) -> AbstractBaseUser:
 def device_get(*, device_id: str) -> Device:
     if not is_device_id(device_id):
         raise InvalidInput(
-            f"{device_id!r} is not a device id: 1-64 of A-Z a-z 0-9 _ . -, "
-            "starting with a letter or digit.",
+            f"{device_id!r} is not a device id: {DEVICE_ID_RULE}.",
             code="invalid_device",
         )
     device = Device.objects.filter(device_id=device_id).first()

@@ -271,6 +271,14 @@ if MQTT_UNKNOWN_DEVICES not in {"refuse", "register"}:
     raise ImproperlyConfigured(
         f"MQTT_UNKNOWN_DEVICES must be refuse or register, got {MQTT_UNKNOWN_DEVICES!r}"
     )
+# The bridge manages device permissions in mosquitto's dynamic security plugin (deploy/mosquitto/):
+# each device a client bound to its own client id with exactly its topics. Off: private rooms
+# are not published on MQTT (nothing would keep other devices from reading them).
+MQTT_DYNSEC = env.bool("MQTT_DYNSEC", default=False)
+if MQTT_DYNSEC and not MQTT_URL:
+    raise ImproperlyConfigured("MQTT_DYNSEC=1 needs MQTT_URL (the broker and the bridge's admin account)")
+# Seconds between full comparisons of the broker's permissions with the database.
+MQTT_DYNSEC_RESYNC = env.int("MQTT_DYNSEC_RESYNC", 60, minimum=5)
 # A mosquitto password file the bridge manages (`devices add --password`); unset: not managed.
 MQTT_PASSWD_FILE = env.optional("MQTT_PASSWD_FILE")
 

@@ -17,7 +17,7 @@ from bridge import jsontext, layer
 from bridge.exceptions import BridgeError, Forbidden, InvalidInput, NotFound, TooLarge
 from bridge.metrics import flatten
 from bridge.models import Device, DeviceCommand, Identity, Message, Room, Telemetry
-from bridge.names import is_device_id
+from bridge.names import DEVICE_ID_RULE, is_device_id
 from bridge.selectors import room_get
 from bridge.services.identities import identity_get_or_create
 from bridge.services.messages import MAX_CLIENT_KEY, MAX_DATA_BYTES
@@ -33,8 +33,7 @@ DEVICE_COMMANDS_GROUP = "device-commands"
 def _checked_device_id(device_id: str) -> str:
     if not is_device_id(device_id):
         raise InvalidInput(
-            f"{device_id!r} is not a device id: 1-64 of A-Z a-z 0-9 _ . -, "
-            "starting with a letter or digit.",
+            f"{device_id!r} is not a device id: {DEVICE_ID_RULE}.",
             code="invalid_device",
         )
     return device_id
@@ -58,6 +57,24 @@ def device_register(
         device.post_rooms.add(*posts)
         device.listen_rooms.add(*listens)
     return device
+
+
+def device_set_enabled(*, device_id: str, enabled: bool) -> Device:
+    """Enable or disable a device; a disabled one is refused everywhere, its broker client too."""
+    device = Device.objects.filter(device_id=_checked_device_id(device_id)).first()
+    if device is None:
+        raise NotFound(f"Unknown device {device_id!r}.", code="unknown_device")
+    if device.enabled != enabled:
+        device.enabled = enabled
+        device.save(update_fields=["enabled"])  # announced (bridge.signals): the broker follows
+    return device
+
+
+def device_remove(*, device_id: str) -> None:
+    """Delete a device (its telemetry and commands with it); its broker client goes too."""
+    deleted, _ = Device.objects.filter(device_id=_checked_device_id(device_id)).delete()
+    if not deleted:
+        raise NotFound(f"Unknown device {device_id!r}.", code="unknown_device")
 
 
 def device_for_message(*, device_id: str) -> Device:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from bridge.names import BRIDGE_PREFIX, is_bridge_client_id
+
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+PRIVATE_ROOMS_OFF = (
+    "mqtt: the broker's device permissions are not managed by the bridge (MQTT_DYNSEC off): "
+    "private rooms are not published on MQTT, since nothing would keep other devices from "
+    "reading them"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,6 +31,8 @@ class MqttConfig:
     keepalive: int = 30
     session_expiry: int = 86400
     reconnect_max: int = 30
+    # The bridge manages device permissions in the broker (mosquitto's dynamic security).
+    dynsec: bool = False
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -35,6 +43,13 @@ class MqttConfig:
             raise ImproperlyConfigured(f"MQTT protocol must be auto, 5 or 3.1.1, not {self.protocol!r}")
         if not self.client_id or len(self.client_id) > 128:
             raise ImproperlyConfigured("the MQTT client id must be 1-128 characters")
+        if not is_bridge_client_id(self.client_id):
+            # A device's client id is its device id, and device ids may not start with
+            # "bridge": so no device can ever connect as (and kick) the bridge.
+            raise ImproperlyConfigured(
+                f"the bridge's MQTT client id must start with {BRIDGE_PREFIX!r} "
+                f"(a name no device may have), not {self.client_id!r}"
+            )
 
     @property
     def broker(self) -> str:
@@ -63,12 +78,12 @@ class MqttConfig:
             keepalive=settings.MQTT_KEEPALIVE,
             session_expiry=settings.MQTT_SESSION_EXPIRY,
             reconnect_max=settings.MQTT_RECONNECT_MAX,
+            dynsec=settings.MQTT_DYNSEC,
         )
 
 
 def default_client_id() -> str:
-    """Stable across restarts on one host, so the broker finds the persistent session.
-
-    Several runmqtt processes on one host need distinct ids: `--client-id` or MQTT_CLIENT_ID.
-    """
-    return f"bridge-{socket.gethostname()[:60]}"
+    """Fixed, so the broker finds the persistent session after a restart, and free of the
+    host's name (which devices could learn and claim). Several runmqtt processes need
+    distinct ids: `--client-id bridge-2` or MQTT_CLIENT_ID."""
+    return BRIDGE_PREFIX

@@ -315,7 +315,10 @@ class BridgeConsumer(LayerMember, MqttConsumer):
         while self._dirty:
             slug = self._dirty.pop()
             claimed = await database_sync_to_async(outbound.room_claim)(slug=slug)
-            for envelope in claimed.envelopes:
+            # Without broker-enforced permissions any device could read a private room's
+            # topic: its messages stay off MQTT (history has them; commands still go out).
+            publish = claimed.envelopes if settings.MQTT_DYNSEC or not claimed.private else []
+            for envelope in publish:
                 await self.publish(
                     self.topics.room_messages(slug), json.dumps(envelope), qos=settings.MQTT_QOS
                 )

@@ -7,7 +7,9 @@ from django.conf import settings
 from bridge.embedded import EmbeddedContext
 from bridge.runfile import run_file_entry
 from protocols.mqtt.broker import EmbeddedBroker, embedded_broker, plan_broker
-from protocols.mqtt.config import MqttConfig, default_client_id
+from protocols.mqtt.config import PRIVATE_ROOMS_OFF, MqttConfig, default_client_id
+from protocols.mqtt.credentials import edge_topics
+from protocols.mqtt.permission_sync import broker_permissions
 from protocols.mqtt.server import MqttServer
 
 
@@ -17,9 +19,12 @@ async def serve(ctx: EmbeddedContext) -> None:
     if settings.MQTT_URL:
         config = MqttConfig.from_url(settings.MQTT_URL)
         ctx.banner.append(f"mqtt: bridging {config.broker} (MQTT_URL) as {config.client_id}")
+        if not config.dynsec:
+            ctx.banner.append(PRIVATE_ROOMS_OFF)
         ctx.started()  # it connects (and reconnects) by itself from here
         with run_file_entry("mqtt", {"host": config.host, "port": config.port}):
-            await MqttServer(application, config).run()
+            async with broker_permissions(config, edge_topics()):
+                await MqttServer(application, config).run()
         return
     # Decided before the first await, so the banner is complete when the web server is ready.
     planned, binary = plan_broker("127.0.0.1", ctx.mqtt_port)
@@ -43,7 +48,10 @@ async def serve(ctx: EmbeddedContext) -> None:
 def _banner(broker: EmbeddedBroker) -> str:
     prefix = f"{settings.MQTT_TOPIC_PREFIX}/" if settings.MQTT_TOPIC_PREFIX else ""
     return (
-        f"mqtt: embedded {broker.kind} broker on {broker.url}; try\n"
+        f"mqtt: embedded {broker.kind} broker on {broker.url} (development: anonymous, no "
+        "per-device permissions, so any client may publish as any device and read every "
+        "public room; private rooms are not published on it. Per-device permissions: "
+        "MQTT_URL to a mosquitto with dynamic security and MQTT_DYNSEC=1); try\n"
         f"      mosquitto_sub -p {broker.port} -t '{prefix}rooms/lobby/messages' &\n"
         f"      mosquitto_pub -p {broker.port} -t '{prefix}devices/my-device/rooms/lobby' -m 'hello'"
     )

@@ -40,6 +40,8 @@ class Claimed:
     commands: list[CommandOut] = field(default_factory=list)
     # More may be waiting (a full batch was claimed).
     more: bool = False
+    # The room is private: published only where the broker keeps it to its members.
+    private: bool = False
 
 
 def rooms_track(*, known: set[str], started: datetime) -> list[str]:
@@ -62,6 +64,7 @@ def room_claim(*, slug: str) -> Claimed:
     claimed = Claimed()
     if room is None:
         return claimed
+    claimed.private = room.private
     # The cursor's move and the commands found in the range commit together.
     with transaction.atomic():
         messages = edge_cursor_claim(edge=EDGE, room=room, limit=CLAIM_LIMIT)

@@ -31,8 +31,18 @@ class Topics:
         Shared (`$share/<group>/`) when a group is set, so several runmqtt
         processes split the stream instead of each storing a copy.
         """
-        base = self._full("devices/#")
+        base = self.all_devices()
         return [f"$share/{self.shared_group}/{base}" if self.shared_group else base]
+
+    def device_base(self, device: str) -> str:
+        """`devices/<device>`: everything a device publishes is under it."""
+        return self._full(f"devices/{device}")
+
+    def all_devices(self) -> str:
+        return self._full("devices/#")
+
+    def all_rooms(self) -> str:
+        return self._full("rooms/#")
 
     def room_messages(self, room: str) -> str:
         return self._full(f"rooms/{room}/messages")

@@ -15,6 +15,7 @@ from bridge.selectors import room_get
 from bridge.services.identities import identity_for_user
 from bridge.services.members import MemberRef, member_add
 from bridge.services.messages import amessage_post
+from bridge.services.rooms import room_create
 from project.asgi import application
 from protocols.mqtt.testing import MqttCommunicator
 
@@ -299,3 +300,20 @@ async def test_dropped_messages_are_counted_for_metrics(bridge: MqttCommunicator
         await bridge.deliver("devices/sensor-1/rooms/lobby", f"m{i}")
     assert DROPPED_OVER_RATE.labels(edge="mqtt")._value.get() - before == 3
     await bridge.receive_publish(topic="rooms/lobby/messages")  # the one stored, published
+
+
+@pytest.mark.parametrize("dynsec", [False, True])
+async def test_private_rooms_reach_mqtt_only_where_the_broker_keeps_them_to_members(
+    bridge: MqttCommunicator, dynsec: bool
+) -> None:
+    await database_sync_to_async(room_create)(slug="vault", private=True)
+    bob = await database_sync_to_async(_user_identity)("bob", member_of="vault")
+    with override_settings(MQTT_DYNSEC=dynsec):
+        await amessage_post(room="vault", sender=bob, origin="web", text="secret")
+        await amessage_post(room="lobby", sender=bob, origin="web", text="public")
+        await bridge.receive_publish(topic="rooms/lobby/messages")
+        if dynsec:
+            await bridge.receive_publish(topic="rooms/vault/messages")
+        else:
+            assert await bridge.receive_nothing(timeout=0.5)
+            assert "rooms/vault/messages" not in [e["topic"] for e in bridge.published]

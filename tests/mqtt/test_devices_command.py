@@ -41,12 +41,22 @@ def test_add_and_list() -> None:
         (["add", "bad id!", "--room", "lobby"], "not a device id"),
         (["add", "thermo-1", "--room", "nowhere"], "No room 'nowhere'"),
         (["add", "thermo-1", "--room", "lobby", "--password", "pw"], "MQTT_PASSWD_FILE"),
+        (["add", "+", "--room", "lobby", "--password", "pw"], "not a device id"),
+        (["add", "a/b", "--password", "pw"], "not a device id"),
+        (["add", "bridge-1", "--password", "pw"], "reserved"),
     ],
 )
 def test_bad_input_is_a_clear_error(args: list[str], error: str) -> None:
     room_create(slug="lobby")
     with pytest.raises(CommandError, match=error):
         run(*args)
+
+
+def test_a_bad_id_writes_nothing_anywhere(tmp_path: Path) -> None:
+    passwd = tmp_path / "passwd"
+    with override_settings(MQTT_PASSWD_FILE=str(passwd)), pytest.raises(CommandError):
+        run("add", "#", "--password", "pw")
+    assert not passwd.exists() and not Device.objects.exists()
 
 
 def test_password_goes_to_the_brokers_password_file(tmp_path: Path) -> None:

@@ -22,22 +22,28 @@ class TestDevice:
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, port: int, name: str, password: str, *, inflight: int = 100,
-                 host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, port: int, name: str, password: str, *, inflight: int = 100, host: str = "127.0.0.1",
+        client_id: str | None = None,
+    ) -> None:
+        """`client_id`: the device's own name where the broker binds it (bridge-managed)."""
         self.name = name
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.granted: list[ReasonCode] = []
+        self.disconnected = threading.Event()
         self._connected = threading.Event()
         self._subscribed = threading.Event()
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"{name}-{next(_ids)}-{uuid.uuid4().hex[:6]}",
+            client_id=client_id or f"{name}-{next(_ids)}-{uuid.uuid4().hex[:6]}",
             protocol=paho.MQTTv5,
         )
         client.username_pw_set(name, password)
         client.will_set(f"devices/{name}/status", "offline", qos=1, retain=True)
         client.max_inflight_messages_set(inflight)
         client.on_connect = lambda c, u, f, rc, p: self._connected.set() if not rc.is_failure else None
-        client.on_subscribe = lambda c, u, mid, rcs, p: self._subscribed.set()
+        client.on_subscribe = lambda c, u, mid, rcs, p: (self.granted.extend(rcs), self._subscribed.set())
+        client.on_disconnect = lambda c, u, f, rc, p: self.disconnected.set()
         client.on_message = lambda c, u, m: self.messages.put((m.topic, m.payload))
         client.connect(host, port, keepalive=30)
         client.loop_start()
@@ -45,11 +51,14 @@ class TestDevice:
             raise TimeoutError(f"device {name} could not connect")
         self.client = client
 
-    def subscribe(self, *topics: str) -> None:
+    def subscribe(self, *topics: str) -> list[ReasonCode]:
+        """The broker's answer for each filter (granted QoS, or a refusal such as 0x87)."""
         self._subscribed.clear()
+        self.granted = []
         self.client.subscribe([(t, 1) for t in topics])
         if not self._subscribed.wait(10):
             raise TimeoutError("no SUBACK")
+        return list(self.granted)
 
     def publish(self, topic: str, payload: str | bytes, *, retain: bool = False) -> paho.MQTTMessageInfo:
         return self.client.publish(topic, payload, qos=1, retain=retain)
@@ -103,3 +112,21 @@ def post_and_read_back(port: int, device: str, text: str, *, protocol: int = pah
         client.disconnect()
         client.loop_stop()
     return got[0]
+
+
+def connack(port: int, username: str, password: str, *, client_id: str) -> ReasonCode:
+    """The broker's answer to one CONNECT (MQTT 5), e.g. "Not authorized"."""
+    answered = threading.Event()
+    codes: list[ReasonCode] = []
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    client.username_pw_set(username, password)
+    client.on_connect = lambda c, u, f, rc, p: (codes.append(rc), answered.set())
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        if not answered.wait(10):
+            raise TimeoutError("no CONNACK")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return codes[0]

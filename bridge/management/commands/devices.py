@@ -1,19 +1,19 @@
 """`devices add <device> --room <room> ... [--listen <room> ...] [--password P]`, `devices list`,
-and `devices acl`: a mosquitto ACL in which each device reads only the rooms it listens to."""
+and `devices acl`: a static mosquitto ACL (brokers without dynamic security).
+
+The broker-specific work is the MQTT edge's (protocols/mqtt/credentials.py)."""
 
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from bridge.exceptions import BridgeError
 from bridge.models import Device
-from bridge.services.devices import device_register
+from bridge.services.devices import device_register, device_remove, device_set_enabled
+from protocols.mqtt.credentials import device_password_set, devices_acl
 
 
 class Command(BaseCommand):
@@ -32,9 +32,14 @@ class Command(BaseCommand):
         add.add_argument(
             "--password",
             default=None,
-            help="its broker password, written to MQTT_PASSWD_FILE (mosquitto_passwd)",
+            help="its broker password: set through the broker's dynamic security (MQTT_DYNSEC=1) "
+            "or written to MQTT_PASSWD_FILE (mosquitto_passwd)",
         )
         sub.add_parser("list", help="List devices and their rooms.")
+        for action, text in (("enable", "Enable a device."),
+                             ("disable", "Disable a device: refused at once, its connection cut."),
+                             ("remove", "Delete a device, its telemetry and its broker client.")):
+            sub.add_parser(action, help=text).add_argument("device")
         acl = sub.add_parser("acl", help="Print a mosquitto ACL from the devices' rooms.")
         acl.add_argument("--bridge-user", default="bridge", help="the bridge's own broker account")
 
@@ -42,81 +47,39 @@ class Command(BaseCommand):
         if options["action"] == "list":
             self._list()
             return
+        if options["action"] in ("enable", "disable", "remove"):
+            self._state(options["action"], options["device"])
+            return
         if options["action"] == "acl":
             self.stdout.write(devices_acl(bridge_user=options["bridge_user"]), ending="")
             return
-        if options["password"] is not None:
-            self._set_password(options["device"], options["password"])
         try:
+            # Validated and stored first: a bad id never reaches the broker.
             device = device_register(
                 device_id=options["device"],
                 post_rooms=options["room"],
                 listen_rooms=[*options["room"], *options["listen"]],
             )
+            if options["password"] is not None:
+                self.stdout.write(device_password_set(device=device, password=options["password"]))
         except BridgeError as exc:
             raise CommandError(exc.detail) from exc
         self.stdout.write(f"device {device.device_id} ready")
+
+    def _state(self, action: str, device_id: str) -> None:
+        try:
+            if action == "remove":
+                device_remove(device_id=device_id)
+            else:
+                device_set_enabled(device_id=device_id, enabled=action == "enable")
+        except BridgeError as exc:
+            raise CommandError(exc.detail) from exc
+        self.stdout.write(f"device {device_id} {action}d")
 
     def _list(self) -> None:
         devices = Device.objects.prefetch_related("post_rooms", "listen_rooms").order_by("device_id")
         for device in devices:
             posts = ",".join(r.slug for r in device.post_rooms.all()) or "-"
             listens = ",".join(r.slug for r in device.listen_rooms.all()) or "-"
-            state = device.status or "no status yet"
+            state = (device.status or "no status yet") + ("" if device.enabled else ", disabled")
             self.stdout.write(f"{device.device_id}\tposts: {posts}\tlistens: {listens}\t{state}")
-
-    def _set_password(self, device: str, password: str) -> None:
-        path = settings.MQTT_PASSWD_FILE
-        if not path:
-            raise CommandError(
-                "--password needs MQTT_PASSWD_FILE: the broker's password file the bridge manages"
-            )
-        tool = shutil.which("mosquitto_passwd")
-        if tool is None:
-            raise CommandError("--password needs mosquitto_passwd (the mosquitto package)")
-        args = [tool, "-b", path, device, password]
-        if not _exists(path):
-            args.insert(1, "-c")
-        done = subprocess.run(args, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise CommandError(f"mosquitto_passwd failed: {done.stderr.strip()}")
-        self.stdout.write(f"broker password set in {path} (reload mosquitto: SIGHUP)")
-
-
-def _exists(path: str) -> bool:
-    try:
-        with open(path, "rb"):
-            return True
-    except FileNotFoundError:
-        return False
-
-
-def devices_acl(*, bridge_user: str) -> str:
-    """deploy/mosquitto/acl, with each device reading only its listen rooms' messages.
-
-    Regenerate after provisioning and reload mosquitto (SIGHUP).
-    """
-    prefix = f"{settings.MQTT_TOPIC_PREFIX}/" if settings.MQTT_TOPIC_PREFIX else ""
-    lines = [
-        "# Generated by `python manage.py devices acl`; do not edit by hand.",
-        f"user {bridge_user}",
-        f"topic read {prefix}devices/#",
-        f"topic write {prefix}rooms/#",
-        f"topic write {prefix}devices/+/commands",
-        f"topic write {prefix}devices/+/errors",
-        "",
-    ]
-    devices = Device.objects.filter(enabled=True).prefetch_related("listen_rooms").order_by("device_id")
-    for device in devices:
-        lines.append(f"user {device.device_id}")
-        lines.extend(
-            f"topic read {prefix}rooms/{room.slug}/messages"
-            for room in sorted(device.listen_rooms.all(), key=lambda r: r.slug)
-        )
-        lines.append("")
-    lines += [
-        f"pattern write {prefix}devices/%u/#",
-        f"pattern read {prefix}devices/%u/commands",
-        f"pattern read {prefix}devices/%u/errors",
-    ]
-    return "\n".join(lines) + "\n"

@@ -13,7 +13,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
 from bridge.ops import add_ops_argument, ops_endpoint
-from protocols.mqtt.config import MqttConfig
+from protocols.mqtt.config import PRIVATE_ROOMS_OFF, MqttConfig
+from protocols.mqtt.credentials import edge_topics
+from protocols.mqtt.permission_sync import broker_permissions
 from protocols.mqtt.server import MqttServer, MqttServerError
 from protocols.mqtt.slots import PLACEHOLDER, ClientIdSlot, SlotLost
 
@@ -43,6 +45,8 @@ class Command(BaseCommand):
                 raise CommandError(f"an MQTT client id with {PLACEHOLDER} needs REDIS_URL (the leases)")
             slot = ClientIdSlot(settings.REDIS_URL, config.client_id)
         self.stdout.write(f"runmqtt: {config.broker} as {config.client_id}")
+        if not config.dynsec:
+            self.stdout.write(PRIVATE_ROOMS_OFF)
         self.stdout.flush()
         try:
             asyncio.run(self._main(config, options["ops_port"], slot))
@@ -58,7 +62,7 @@ class Command(BaseCommand):
         if main is not None:
             loop.add_signal_handler(signal.SIGTERM, main.cancel)
         try:
-            async with ops_endpoint(ops_port):
+            async with ops_endpoint(ops_port), broker_permissions(config, edge_topics()):
                 if slot is None:
                     await MqttServer(application, config).run()
                 else:
