@@ -170,3 +170,28 @@ def test_changes_are_announced_after_commit() -> None:
     assert received(user_access_group(alice.pk))["reason"] == "user_changed"
     member_add(room=room, member=MemberRef(device="thermo"))
     assert received(DEVICE_ACCESS_GROUP)["devices"] == ["thermo"]
+
+
+def test_members_and_tokens_in_the_admin(admin_client: object) -> None:
+    from django.test import Client
+
+    from bridge.models import ApiToken
+
+    assert isinstance(admin_client, Client)
+    room = room_create(slug="secret", private=True)
+    bob = user("bob")
+    form = {
+        "slug": "secret", "title": "", "private": "on",
+        "members-TOTAL_FORMS": "1", "members-INITIAL_FORMS": "0",
+        "members-MIN_NUM_FORMS": "0", "members-MAX_NUM_FORMS": "1000",
+        "members-0-user": str(bob.pk), "members-0-group": "", "members-0-jid": "", "members-0-role": "member",
+    }
+    response = admin_client.post(f"/admin/bridge/room/{room.pk}/change/", form)
+    assert response.status_code == 302, response.content[:3000]
+    assert can_read(bob, Room.objects.get(pk=room.pk))
+    added = admin_client.post("/admin/bridge/apitoken/add/", {"user": str(bob.pk), "name": "ci"}, follow=True)
+    token = ApiToken.objects.get()
+    assert token.prefix and token.prefix.encode() in added.content  # the key, shown once
+    admin_client.post("/admin/bridge/apitoken/", {"action": "revoke", "_selected_action": [token.pk]})
+    token.refresh_from_db()
+    assert token.revoked is not None
