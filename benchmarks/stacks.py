@@ -110,7 +110,7 @@ class Stack:
                            "warning"], env, port)
         return f"127.0.0.1:{port}"
 
-    def bridge_runmqtt(self, env: dict[str, str], client_id: str = "bench") -> Proc:
+    def bridge_runmqtt(self, env: dict[str, str], client_id: str = "bridge-bench") -> Proc:
         return self.server(f"runmqtt-{client_id}",
                            [sys.executable, "manage.py", "runmqtt", "--client-id", client_id], env)
 

@@ -24,7 +24,7 @@ class FakeClient:
 def server() -> MqttServer:
     async def app(scope: Any, receive: Any, send: Any) -> None: ...
 
-    return MqttServer(app, MqttConfig.from_url("mqtt://127.0.0.1:1883", client_id="t"))
+    return MqttServer(app, MqttConfig.from_url("mqtt://127.0.0.1:1883", client_id="bridge-t"))
 
 
 def publish(topic: str, payload: bytes) -> dict[str, Any]:
