@@ -120,10 +120,20 @@ def _prepare_mosquitto(argv: list[str], *, address: str, volumes: dict[str, str]
     text = path.read_text()
     for target in sorted(volumes, key=len, reverse=True):
         text = text.replace(target.rstrip("/") + "/", volumes[target].rstrip("/") + "/")
+    text = re.sub(r"(?m)^plugin (\S+)$", lambda m: f"plugin {_local_plugin(m[1])}", text)
     text = re.sub(r"(?m)^listener (\d+)\s*$", rf"listener \1 {address}", text)
     text = re.sub(r"(?m)^log_dest stdout$", "log_dest stderr", text)
     # Started as root, mosquitto would switch to its own user, who cannot write our folder.
     path.write_text(text + f"\nuser {getpass.getuser()}\n")
+
+
+def _local_plugin(path: str) -> str:
+    """The image's plugin path, or where this machine's mosquitto package put the same file
+    (Debian: /usr/lib/<arch>/)."""
+    if Path(path).exists():
+        return path
+    found = sorted(glob.glob(f"/usr/lib/*/{Path(path).name}"))
+    return found[0] if found else path
 
 
 def _run(argv: list[str], *, stdin: str | None = None) -> None:

@@ -129,10 +129,8 @@ def stored(stack: LocalStack) -> list[tuple[Any, ...]]:
 
 async def test_the_compose_topology_end_to_end(stack: LocalStack) -> None:
     stack.topology("run", "manage", "rooms", "add", "lobby")
-    stack.topology("run", "manage", "devices", "add", "sensor-1", "--room", "lobby")
-    stack.topology("exec", "mosquitto", "mosquitto_passwd", "-b", "/mosquitto/config/passwd",
-                   "sensor-1", "sensor-pw")
-    stack.topology("kill", "-s", "HUP", "mosquitto")  # reload the password file
+    # The device and its broker client (the bridge sets its permissions: MQTT_DYNSEC=1).
+    stack.topology("run", "manage", "devices", "add", "sensor-1", "--room", "lobby", "--password", "sensor-pw")
     stack.topology("exec", "prosody", "prosodyctl", "register", "alice", "localhost", "alice-pw")
 
     web, prosody = stack.process("web-1"), stack.process("prosody")
@@ -150,7 +148,8 @@ async def test_the_compose_topology_end_to_end(stack: LocalStack) -> None:
         await alice.expect(lambda s: s.kind == "presence" and s.sender == f"{room}/alice", timeout=30)
         watchers.append(asyncio.ensure_future(receivers.xmpp_client(alice, room)))
         await asyncio.wait_for(ready.wait(), 30)
-        device = TestDevice(1883, "sensor-1", "sensor-pw", host=stack.process("mosquitto").address)
+        device = TestDevice(1883, "sensor-1", "sensor-pw", host=stack.process("mosquitto").address,
+                            client_id="sensor-1")  # its broker client is bound to its own id
 
         # --- a stream, with one runmqtt and one runworker stopped, the other pair killed ---
         publishing = threading.Thread(target=publish_paced, args=(device, 0, FIRST), kwargs={"per_second": 25})
