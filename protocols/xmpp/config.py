@@ -64,9 +64,6 @@ class EdgeConfig:
     """What the bridge's XMPP application needs, read once per component connection."""
 
     nick: str = "bridge"
-    # Per XMPP sender (its real bare JID): a bucket of `burst` messages refilled at `rate`/s.
-    rate: float = 2.0
-    burst: int = 10
     # Seconds between checks for rooms the edge was not told of (and occupant renewals).
     room_sync_interval: float = 30.0
     # Seconds a puppet's join may go unanswered before its messages go through the relay.
@@ -85,7 +82,5 @@ class EdgeConfig:
 def edge_config() -> EdgeConfig:
     return EdgeConfig(
         nick=str(getattr(settings, "XMPP_BRIDGE_NICK", "bridge")),
-        rate=float(getattr(settings, "XMPP_RATE", 2.0)),
-        burst=int(getattr(settings, "XMPP_BURST", 10)),
         room_sync_interval=float(getattr(settings, "XMPP_ROOM_SYNC_INTERVAL", 30)),
     )

@@ -15,14 +15,20 @@ import asyncio
 import logging
 from typing import Any
 
-from bridge.names import ROOMS_GROUP
+from channels.exceptions import StopConsumer
+from channels.layers import get_channel_layer
+from channels.utils import await_many_dispatch
+from django.db import DatabaseError
+from redis.exceptions import RedisError
+
+from bridge.health import HEALTH
+from bridge.names import ROOMS_GROUP, room_group
 from bridge.supervisor import Supervisor
 from protocols.xmpp.addresses import Jid
 from protocols.xmpp.config import EdgeConfig, edge_config
 from protocols.xmpp.consumer import XmppConsumer
 from protocols.xmpp.events import XmppIqEvent, XmppMessageEvent, XmppPresenceEvent
 from protocols.xmpp.inbound import Inbound
-from protocols.xmpp.limits import RateLimiter
 from protocols.xmpp.link import RoomLink
 from protocols.xmpp.members import Members
 from protocols.xmpp.occupants import Occupants
@@ -33,18 +39,20 @@ logger = logging.getLogger(__name__)
 
 # Seconds between checks of joins and echoes nobody answered (see `occupants`, `outbound`).
 TICK = 1.0
+# What a dependency going away raises; a handler that meets one runs again after a pause.
+TRANSIENT = (DatabaseError, RedisError, OSError, TimeoutError)
+RETRY_MIN, RETRY_MAX = 0.5, 10.0
+LAYER_CHECK = "xmpp.channel_layer"
 
 
 class BridgeXmppConsumer(XmppConsumer):
     config: EdgeConfig
     rooms: dict[str, RoomLink]
-    limiter: RateLimiter
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         self.config = edge_config()
         self.rooms = {}
         self.connected = False
-        self.limiter = RateLimiter(rate=self.config.rate, burst=self.config.burst)
         self.lifecycle = Rooms(self)
         self.occupants = Occupants(self)
         self.inbound = Inbound(self)
@@ -53,14 +61,75 @@ class BridgeXmppConsumer(XmppConsumer):
         self._turn = asyncio.Lock()
         self._loops = Supervisor("xmpp")
         self._started = False
+        self._layer_down = False
+        self.scope = scope
+        self.base_send = send
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
         try:
-            await super().__call__(scope, receive, send)
+            self.channel_name = await self.channel_layer.new_channel()
+            await await_many_dispatch([receive, self._layer_receive], self.dispatch)
+        except StopConsumer:
+            pass
         finally:
             await self._loops.stop()
 
     async def dispatch(self, message: Any) -> None:
-        async with self._turn:
-            await super().dispatch(message)
+        """One event at a time. A database or Redis that is away fails the handler: it runs
+        again, after a back-off, until they are back (meanwhile the protocol server stops
+        reading from the XMPP server once its queue is full); the process never exits."""
+        delay = RETRY_MIN
+        while True:
+            async with self._turn:
+                try:
+                    await super().dispatch(message)
+                    return
+                except TRANSIENT as exc:
+                    failure = f"{type(exc).__name__}: {exc}"
+            if delay == RETRY_MIN:
+                logger.warning("xmpp: %s failed (%s); trying again until it works",
+                               message.get("type"), failure)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+
+    async def _layer_receive(self) -> dict[str, Any]:
+        """The channel layer's next message; while its Redis is away, waits for it (reported
+        to the health registry) instead of ending the consumer. Back, it may be empty: our
+        groups are added again (that is also the probe), and the rooms pumped."""
+        delay = RETRY_MIN
+        while True:
+            try:
+                if self._layer_down:
+                    await self._join_groups()
+                    self._layer_down = False
+                    HEALTH.ok(LAYER_CHECK)
+                    delay = RETRY_MIN
+                    await self.dispatch({"type": "layer.back"})
+                message: dict[str, Any] = await self.channel_layer.receive(self.channel_name)
+                return message
+            except TRANSIENT as exc:
+                if not self._layer_down:
+                    self._layer_down = True
+                    HEALTH.failing(LAYER_CHECK, f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+
+    async def layer_back(self, event: dict[str, Any]) -> None:
+        """Redis is back: whatever was stored meanwhile (its wake-ups are lost) goes out now."""
+        for link in list(self.rooms.values()):
+            await self.pump.pump(link)
+
+    async def _join_groups(self) -> None:
+        await self.channel_layer.group_add(ROOMS_GROUP, self.channel_name)
+        for slug in list(self.rooms):
+            await self.channel_layer.group_add(room_group(slug), self.channel_name)
+
+    async def announce(self, group: str, event: dict[str, Any]) -> None:
+        """Best effort: a Redis that is away loses this event, not the stanza that caused it
+        (the web reads presence from the database when it reconnects)."""
+        try:
+            await self.channel_layer.group_send(group, event)
+        except TRANSIENT as exc:
+            logger.warning("xmpp: could not tell %s (%s): %s", group, event.get("type"), exc)
 
     @property
     def component(self) -> str:
@@ -77,7 +146,7 @@ class BridgeXmppConsumer(XmppConsumer):
         self.connected = True
         if not self._started:
             self._started = True
-            await self.channel_layer.group_add(ROOMS_GROUP, self.channel_name)
+            await self._join_groups()
             self._loops.every("rooms", self.config.room_sync_interval, self._resync,
                               first_delay=self.config.room_sync_interval)
             self._loops.every("seats", TICK, self._tick, first_delay=TICK)
@@ -95,6 +164,10 @@ class BridgeXmppConsumer(XmppConsumer):
             await self.lifecycle.sync()
             if self.connected:
                 await self.occupants.renew()
+                # Insurance against a lost wake-up or a Redis that came back empty unnoticed.
+                await self._join_groups()
+                for link in list(self.rooms.values()):
+                    await self.pump.pump(link)
 
     async def _tick(self) -> None:
         async with self._turn:

@@ -15,6 +15,7 @@ from channels.db import database_sync_to_async
 
 from bridge.exceptions import BridgeError
 from bridge.instruments import refused
+from bridge.ratelimit import athrottle
 from bridge.services.messages import amessage_post
 from protocols.xmpp import store
 from protocols.xmpp.addresses import Jid, occupant_jid, room_jid
@@ -84,8 +85,8 @@ class Inbound:
         # The real bare JID where the room shows it: a nick change or a squatter keeps no quota.
         key = Jid.parse(real).bare.lower() if real else occupant_jid(link.slug, nick, muc_service=self.edge.muc)
         try:
-            if not self.edge.limiter.allow(key):
-                raise BridgeError("Too many messages: slow down.", code="rate_limited")
+            # One budget per account across every runxmpp (Redis), XMPP_RATE and XMPP_BURST.
+            await athrottle("xmpp", key)
             identity = await database_sync_to_async(store.occupant_identity)(nick=nick, real_jid=real)
             await amessage_post(
                 room=link.slug,

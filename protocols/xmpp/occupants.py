@@ -79,7 +79,7 @@ class Occupants:
             await self._announce(link, who, "offline")
 
     async def _announce(self, link: RoomLink, who: Sender, state: str) -> None:
-        await self.edge.channel_layer.group_send(
+        await self.edge.announce(
             room_group(link.slug),
             {"type": "room.presence", "who": who, "state": state, "origin": "xmpp", "room": link.slug},
         )

@@ -164,6 +164,10 @@ class Rooms:
                 HEALTH.failing(self._check(link), f"refused: {event['error_condition']}",
                                critical=False)
             link.state = LinkState.REFUSED
+            await database_sync_to_async(store.link_status)(
+                room_pk=link.room_pk, state="refused", affiliation="",
+                lacks=[f"the relay may not join ({event['error_condition']})"],
+            )
             return
         if event["presence_type"] == "unavailable":
             if link.state is LinkState.LEAVING:
@@ -243,6 +247,9 @@ class Rooms:
             HEALTH.failing(self._check(link), "lacks " + "; ".join(link.lacks), critical=False)
         else:
             HEALTH.ok(self._check(link), critical=False)
+        await database_sync_to_async(store.link_status)(
+            room_pk=link.room_pk, state="ready", affiliation=link.affiliation, lacks=link.lacks
+        )
         await self.edge.occupants.sync_presence(link)
         await self.edge.pump.pump(link)
 

@@ -20,6 +20,7 @@ from bridge.services.presence import (
     presence_list,
     presence_renew,
 )
+from protocols.xmpp.models import RoomLinkStatus
 
 EDGE = "xmpp"
 # The `Presence.connection` of an XMPP occupant: "xmpp:<nick>".
@@ -114,3 +115,11 @@ def occupants_renew(*, ttl: timedelta) -> None:
     """The edge is alive: its occupants' presence must not expire (see `presence_sweep`)."""
     for row in Presence.objects.filter(connection__startswith=OCCUPANT_PREFIX).values_list("connection", flat=True).distinct():
         presence_renew(connection=row, ttl=ttl)
+
+
+def link_status(*, room_pk: int, state: str, affiliation: str, lacks: list[str]) -> None:
+    """What the room gives the bridge, for the admin (`RoomLinkStatus`)."""
+    RoomLinkStatus.objects.update_or_create(
+        room_id=room_pk,
+        defaults={"state": state, "affiliation": affiliation, "lacks": "; ".join(lacks)},
+    )

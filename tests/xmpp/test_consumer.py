@@ -368,6 +368,11 @@ async def test_a_room_the_bridge_does_not_own_is_bridged_and_says_what_it_lacks(
     assert "does not give the bridge: ownership" in caplog.text
     check = HEALTH.snapshot()["xmpp:room:lobby"]
     assert not check.ok and not check.critical and "ownership" in check.detail
+    # ... and the admin shows it.
+    from protocols.xmpp.models import RoomLinkStatus
+
+    status = await database_sync_to_async(RoomLinkStatus.objects.get)(room__slug="lobby")
+    assert (status.state, status.affiliation) == ("ready", "none") and "ownership" in status.lacks
 
 
 def test_the_owner_form_keeps_the_servers_values_and_sets_ours_where_offered() -> None:
@@ -444,14 +449,9 @@ async def test_another_account_taking_a_nick_does_not_post_as_its_owner(comm: Xm
     ]
 
 
-async def test_a_nick_squatter_has_no_fresh_quota(
-    comm: XmppCommunicator, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from protocols.xmpp import consumers
-    from protocols.xmpp.config import EdgeConfig
-
+async def test_a_nick_squatter_has_no_fresh_quota(comm: XmppCommunicator, settings: Any) -> None:
     # A burst of 10 and (practically) no refill, however slow the machine is today.
-    monkeypatch.setattr(consumers, "edge_config", lambda: EdgeConfig(rate=0.001, burst=10))
+    settings.XMPP_RATE, settings.XMPP_BURST = 0.001, 10
     await _ready(comm)
     for nick in ("m1", "m2", "m3"):
         await comm.presence(sender=f"{ROOM}/{nick}", to=RELAY, real_jid="mallory@localhost/x")

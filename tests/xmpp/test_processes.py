@@ -477,3 +477,53 @@ async def test_a_private_room_admits_only_its_members_and_follows_membership_cha
                 await asyncio.sleep(0.5)
     finally:
         stack.stop()
+
+
+# --- Redis going away under runxmpp -----------------------------------------------------------
+
+
+async def test_runxmpp_rides_out_a_redis_restart_and_sends_what_was_stored_meanwhile(
+    tmp_path: Path,
+) -> None:
+    from tests.support.processes import free_port, redis_server, start
+
+    prosody = Prosody(base=tmp_path / "xmpp")
+    prosody.start()
+    redis = redis_server(tmp_path)
+    ops = free_port()
+    stack = provision(tmp_path, REDIS_URL=str(redis.extra["url"]), OPS_PORT=str(ops),
+                      **prosody.bridge_settings())
+    room = f"lobby@{prosody.muc}"
+    base = ""
+
+    def post(text: str) -> None:
+        status, body = request(f"{base}/api/rooms/lobby/messages", method="POST",
+                               body={"text": text, "client_id": text},
+                               headers={"Authorization": f"Token {stack.token}"})
+        assert status == 201, body
+
+    def readyz() -> tuple[int, Any]:
+        return request(f"http://127.0.0.1:{ops}/readyz")  # type: ignore[no-any-return]
+
+    try:
+        prosody.register("carol", PASSWORD)
+        base = stack.asgi("web")
+        bridge = runxmpp(stack, prosody)
+        async with carol_client(prosody) as carol:
+            carol.join(room, "carol")
+            await carol.expect(occupant(room, "carol"))
+            redis.kill()
+            await asyncio.to_thread(post, "while redis is down")  # stored; its wake-up is lost
+            # runxmpp says it is not ready (its channel layer is away) and keeps running.
+            await asyncio.to_thread(wait_until, lambda: readyz()[0] == 503, what="runxmpp not ready")
+            assert bridge.popen.poll() is None, bridge.output()
+            redis = start("redis-again", [str(a) for a in redis.popen.args], log_dir=tmp_path)
+            await carol.expect(groupchat_from(room, "demo", "while redis is down"), timeout=30)
+            await asyncio.to_thread(post, "after redis is back")
+            await carol.expect(groupchat_from(room, "demo", "after redis is back"), timeout=30)
+            await asyncio.to_thread(wait_until, lambda: readyz()[0] == 200, what="runxmpp ready")
+        assert bridge.popen.poll() is None
+    finally:
+        stack.stop()
+        redis.stop()
+        prosody.stop()

@@ -43,3 +43,16 @@ def test_only_the_users_own_links_are_undone(client: Client) -> None:
     client.force_login(other)
     client.post("/accounts/xmpp/", {"jid": "gil@localhost"})
     assert linked_jids(user=owner) == ["gil@localhost"]
+
+
+def test_the_admin_lists_what_each_room_gives_the_bridge(client: Client) -> None:
+    from bridge.services.rooms import room_create
+    from protocols.xmpp.store import link_status
+
+    room = room_create(slug="theirs")
+    link_status(room_pk=room.pk, state="ready", affiliation="member",
+                lacks=["ownership (affiliation member)"])
+    client.force_login(get_user_model().objects.create_superuser("root", password="pw"))
+    page = client.get("/admin/xmpp/roomlinkstatus/")
+    assert page.status_code == 200
+    assert "ownership (affiliation member)" in page.content.decode()
