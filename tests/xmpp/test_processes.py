@@ -527,3 +527,35 @@ async def test_runxmpp_rides_out_a_redis_restart_and_sends_what_was_stored_meanw
         stack.stop()
         redis.stop()
         prosody.stop()
+
+
+async def test_a_user_links_their_account_from_their_page_and_then_speaks_as_themselves(
+    xmpp_stack: tuple[Stack, str, Proc], server: XmppServer
+) -> None:
+    import html
+    import urllib.request
+
+    stack, base, _ = xmpp_stack
+    room = f"lobby@{server.muc}"
+    cookie = await asyncio.to_thread(login_cookie, base, "demo", "demo")
+
+    def account_page() -> str:
+        page = urllib.request.Request(f"{base}/accounts/xmpp/", headers={"Cookie": cookie})
+        with urllib.request.urlopen(page, timeout=15) as response:
+            return str(response.read().decode())
+
+    page = await asyncio.to_thread(account_page)
+    code = html.unescape(page.split('<pre class="link-code">', 1)[1].split("</pre>", 1)[0])
+    assert code.startswith("link ")
+    async with carol_client(server) as carol:
+        carol.tell(server.component, code)
+        reply = await carol.expect(lambda s: s.kind == "chat" and s.sender == server.component)
+        assert reply.body.startswith("Linked"), reply.body
+        carol.join(room, "carol")
+        await carol.expect(occupant(room, "carol"))
+        carol.say(room, "it is demo, on xmpp")
+        await asyncio.to_thread(wait_until, lambda: len(history(base)) >= 1, what="stored")
+    assert [(m["sender"], m["origin"], m["text"]) for m in history(base)] == [
+        ({"kind": "user", "name": "demo"}, "xmpp", "it is demo, on xmpp")
+    ]
+    assert f"carol@{server.domain}" in await asyncio.to_thread(account_page)
