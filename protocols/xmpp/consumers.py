@@ -18,7 +18,7 @@ from typing import Any
 from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
 from channels.utils import await_many_dispatch
-from django.db import DatabaseError
+from django.db import InterfaceError, OperationalError
 from redis.exceptions import RedisError
 
 from bridge.health import HEALTH
@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 # Seconds between checks of joins and echoes nobody answered (see `occupants`, `outbound`).
 TICK = 1.0
 # What a dependency going away raises; a handler that meets one runs again after a pause.
-TRANSIENT = (DatabaseError, RedisError, OSError, TimeoutError)
+# Not DatabaseError as a whole: an IntegrityError or a DataError would fail forever.
+TRANSIENT = (OperationalError, InterfaceError, RedisError, OSError, TimeoutError)
 RETRY_MIN, RETRY_MAX = 0.5, 10.0
 LAYER_CHECK = "xmpp.channel_layer"
 

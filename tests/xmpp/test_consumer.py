@@ -534,3 +534,27 @@ async def test_a_batch_of_device_messages_wakes_the_relay_once_for_all(comm: Xmp
     await comm.presence(sender=f"{ROOM}/sensor-1", to=join["sender"], status_codes=[110])
     said = [await comm.sent(), await comm.sent()]
     assert [s["body"] for s in said] == ["one", "two"]
+
+
+async def test_a_database_that_is_away_delays_a_message_and_loses_nothing(
+    comm: XmppCommunicator, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from django.db import OperationalError
+
+    from protocols.xmpp import store
+
+    real = store.occupant_identity
+    failures = iter([OperationalError("server closed the connection unexpectedly")] * 2)
+
+    def flaky(**kwargs: Any) -> Any:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return real(**kwargs)
+
+    await _ready(comm)
+    await comm.presence(sender=f"{ROOM}/carol", to=RELAY, real_jid="carol@localhost/phone")
+    monkeypatch.setattr(store, "occupant_identity", flaky)
+    await comm.message(sender=f"{ROOM}/carol", to=RELAY, id="c1", origin_id="c1", body="patience")
+    assert await _stored(1) == [("xmpp", "carol", "patience")]
+    assert "trying again until it works" in caplog.text
