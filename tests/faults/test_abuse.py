@@ -1,4 +1,4 @@
-"""Abuse scenarios against real processes; each prints one line with its figures.
+"""Abuse scenarios against real processes (the fault suite); each reports one line of figures.
 
 - Thirty raw sockets that never read, each asking for `?after=0` on a room of
   4,000 messages: the web process's memory (RSS from /proc) grows by less than
@@ -32,25 +32,19 @@ import pytest
 import websockets
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.support.faults import report, rss_mib
 from tests.support.http import login_cookie
 from tests.support.mosquitto import Mosquitto, mosquitto_server
 from tests.support.mqtt_device import TestDevice
 from tests.support.processes import free_port, manage, query, start_manage
 from tests.support.stack import Stack, provision
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 ROOM_SIZE = 4000
 SOCKETS = 30
 FLOOD = 10_000
 FLOOD_SECONDS = 10.0
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 def seed(stack: Stack, room: str, count: int) -> None:
@@ -95,7 +89,7 @@ def test_thirty_sockets_that_never_read_cost_the_web_process_less_than_50_mb(web
     seed(web, "lobby", ROOM_SIZE)
     base = web.asgi("web")
     port = int(base.rsplit(":", 1)[1])
-    pid = web.procs[-1].popen.pid
+    proc = web.procs[-1]
 
     async def read_all_history() -> int:
         url = base.replace("http://", "ws://") + "/ws/rooms/lobby/?after=0"
@@ -109,21 +103,23 @@ def test_thirty_sockets_that_never_read_cost_the_web_process_less_than_50_mb(web
 
     assert asyncio.run(read_all_history()) == ROOM_SIZE  # warm-up, and the paging is whole
     time.sleep(1)
-    before = rss_mb(pid)
+    before = rss_mib(proc)
     sockets = [raw_websocket(port, "/ws/rooms/lobby/?after=0") for _ in range(SOCKETS)]
     samples = []
     for _ in range(24):  # six seconds, past BRIDGE_WS_SEND_TIMEOUT: the consumers let go
-        samples.append(rss_mb(pid))
+        samples.append(rss_mib(proc))
         time.sleep(0.25)
     served_meanwhile = asyncio.run(read_all_history())
     for sock in sockets:
         sock.close()
     time.sleep(3)
-    after = rss_mb(pid)
+    after = rss_mib(proc)
     peak = max(samples)
-    print(f"\n[abuse] {SOCKETS} non-reading sockets ?after=0 on {ROOM_SIZE} messages: web RSS "
-          f"{before:.1f} MB -> peak {peak:.1f} MB (+{peak - before:.1f}) -> {after:.1f} MB after close "
-          f"(+{after - before:.1f}); a reader meanwhile got {served_meanwhile} messages; pass: peak growth < 50 MB")
+    report(
+        "abuse-non-reading-sockets", "web RSS grows by less than 50 MiB and a reader is served meanwhile",
+        sockets=SOCKETS, room_messages=ROOM_SIZE, rss_before_mib=before, rss_peak_mib=peak,
+        growth_mib=peak - before, rss_after_close_mib=after, reader_got=served_meanwhile,
+    )
     assert served_meanwhile == ROOM_SIZE
     assert peak - before < 50
     assert after - before < 50
@@ -250,10 +246,12 @@ def test_a_websocket_flood_is_throttled_while_another_user_posts_normally(flood_
     flood_stored = query(stack.database_url, "SELECT COUNT(*) FROM bridge_message WHERE text LIKE 'flood %'")[0][0]
     calm_stored = query(stack.database_url, "SELECT COUNT(*) FROM bridge_message WHERE text LIKE 'calm %'")[0][0]
     closes = {k: v for k, v in counts.items() if k.startswith("closed")}
-    print(f"\n[abuse] WebSocket flood: {counts['sent']} frames in ~{FLOOD_SECONDS:.0f} s from one user; "
-          f"{flood_stored} stored, {counts['rate_limited']} rate_limited error frames, closes {closes}; "
-          f"other user: {len(latencies)} posts, ack latency p50 {statistics.median(latencies) * 1000:.0f} ms, "
-          f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms (goal < 200 ms)")
+    report(
+        "abuse-websocket-flood", "rate_limited error frames, then 1008; the other user loses nothing (p99 goal < 200 ms)",
+        sent=counts["sent"], stored=flood_stored, rate_limited_frames=counts["rate_limited"],
+        closed_1008=closes.get("closed 1008", 0), other_posts=len(latencies),
+        other_ack_p50_ms=statistics.median(latencies) * 1000, other_ack_p99_ms=percentile(latencies, 0.99) * 1000,
+    )
     assert counts["rate_limited"] > 0 and closes.get("closed 1008", 0) > 0
     assert flood_stored < counts["sent"] / 5  # ~ burst + rate x time, per reconnect
     assert calm_stored == len(latencies)  # the other user lost nothing
@@ -294,11 +292,12 @@ def test_an_mqtt_flood_is_throttled_while_another_device_posts_normally(flood_st
         flood.disconnect()
     flood_stored = query(stack.database_url, "SELECT COUNT(*) FROM bridge_message WHERE text LIKE 'flood %'")[0][0]
     dropped = sum(int(e["detail"].split(" ", 1)[0]) for e in errors if e["code"] == "rate_limited")
-    print(f"\n[abuse] MQTT flood: {FLOOD} QoS 0 messages in ~{FLOOD_SECONDS:.0f} s from one device; "
-          f"{flood_stored} stored, {FLOOD - flood_stored} not; the device was told of {dropped} drops in "
-          f"{len(errors)} rate_limited errors; other device: {len(latencies)} posts, round trip p50 "
-          f"{statistics.median(latencies) * 1000:.0f} ms, p99 {percentile(latencies, 0.99) * 1000:.0f} ms "
-          f"(goal < 200 ms; in order: {' '.join(f'{t * 1000:.0f}' for t in latencies)})")
+    report(
+        "abuse-mqtt-flood", "rate_limited errors, at most burst + rate x time stored; the other device loses nothing (p99 goal < 200 ms)",
+        sent=FLOOD, stored=flood_stored, told_dropped=dropped, rate_limited_errors=len(errors),
+        other_posts=len(latencies), other_round_trip_p50_ms=statistics.median(latencies) * 1000,
+        other_round_trip_p99_ms=percentile(latencies, 0.99) * 1000,
+    )
     assert errors and all(e["code"] == "rate_limited" for e in errors)
     assert flood_stored <= 200 + 20 * (FLOOD_SECONDS + 5)  # burst + rate x time
     calm_stored = query(stack.database_url, "SELECT COUNT(*) FROM bridge_message WHERE text LIKE 'calm %'")[0][0]
