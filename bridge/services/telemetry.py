@@ -192,10 +192,12 @@ def _upsert_latest(latest: dict[tuple[int, str], tuple[float, datetime, str]]) -
     )
 
 
-async def atelemetry_wake() -> None:
-    """Nudge a telemetry worker. Best effort (bounded, skipped while Redis is away): the
-    sweep finds what a lost wake-up left."""
-    if not await layer.send(settings.BRIDGE_TELEMETRY_CHANNEL, {"type": "telemetry.wake"}):
+async def atelemetry_wake(*, status: bool = False) -> None:
+    """Nudge a telemetry worker (`status`: a device's status changed, judge `silent` rules
+    now). Best effort (bounded, skipped while Redis is away): the sweep finds what a lost
+    wake-up left."""
+    message = {"type": "telemetry.wake", "status": status}
+    if not await layer.send(settings.BRIDGE_TELEMETRY_CHANNEL, message):
         logger.debug("could not wake the telemetry workers; their sweep will")
 
 

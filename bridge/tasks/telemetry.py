@@ -36,8 +36,12 @@ def _silence() -> list[Envelope]:
         return alerts_check_silence()
 
 
-async def telemetry_work() -> int:
-    """Roll up what is pending, tell rooms of alerts and pages of new readings; how many."""
+async def telemetry_work(*, silence: bool = True) -> int:
+    """Roll up what is pending, tell rooms of alerts and pages of new readings; how many.
+
+    `silence`: judge the `silent` rules too (every sweep, and when a status changed;
+    not for every batch of readings, which would query them hundreds of times a second).
+    """
     total = 0
     for _ in range(MAX_BATCHES):
         result: RollupResult = await database_sync_to_async(telemetry_roll_up)()
@@ -47,8 +51,9 @@ async def telemetry_work() -> int:
         await _send_live(result)
         if result.readings < settings.TELEMETRY_BATCH:
             break
-    for envelope in await database_sync_to_async(_silence)():
-        await message_fanout(envelope)
+    if silence:
+        for envelope in await database_sync_to_async(_silence)():
+            await message_fanout(envelope)
     return total
 
 
@@ -76,4 +81,4 @@ class TelemetryConsumer(AsyncConsumer):
     """Routed by `ChannelNameRouter`; runs in `runworker bridge-telemetry` (and runbridge)."""
 
     async def telemetry_wake(self, message: dict[str, Any]) -> None:
-        await telemetry_work()
+        await telemetry_work(silence=bool(message.get("status")))

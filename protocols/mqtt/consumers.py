@@ -160,8 +160,8 @@ class BridgeConsumer(LayerMember, MqttConsumer):
             await messages_fanout([o.envelope for o in outcomes if o.envelope is not None])
             for outcome in outcomes:
                 await self._tell(outcome)
-            if any(outcome.telemetry for outcome in outcomes):
-                await atelemetry_wake()
+            if any(outcome.telemetry or outcome.status for outcome in outcomes):
+                await atelemetry_wake(status=any(outcome.status for outcome in outcomes))
 
     async def _next_batch(self) -> list[MessageEvent]:
         """Up to BATCH messages from the inbox, less those of devices over their rate.

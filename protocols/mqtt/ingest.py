@@ -43,8 +43,10 @@ class Outcome:
     # (room slugs, who, state) when a status changed someone's presence.
     presence: tuple[list[str], Sender, str] | None = None
     error: BridgeError | None = None
-    # A reading was stored or a status changed: the telemetry workers have work.
+    # A reading was stored: the telemetry workers have work.
     telemetry: bool = False
+    # A status was recorded: `silent` rules are judged again at once (Last Will offline).
+    status: bool = False
 
 
 def decode_text(payload: bytes) -> str:
@@ -168,7 +170,7 @@ def _ingest_one(
     else:
         status = text.strip()
         rooms = device_status_set(device=device, status=status)
-        outcome.telemetry = True  # an offline device may raise a `silent` alert
+        outcome.status = True  # an offline device may raise a `silent` alert
         if rooms:
             who: Sender = {"kind": device.identity.kind, "name": device.identity.name}
             outcome.presence = ([r.slug for r in rooms], who, status)
