@@ -89,6 +89,7 @@ class MqttServer:
             "protocol": 5 if self._protocol == paho.MQTTv5 else 4,
         }
         app: asyncio.Task[None] = asyncio.create_task(self.application(scope, self._receive, self._send))
+        HEALTH.failing(HEALTH_CHECK, "connecting")  # not ready until the broker's CONNACK
         self._start_client()
         try:
             await app
@@ -97,6 +98,7 @@ class MqttServer:
             if self._fallback is not None:
                 self._fallback.cancel()
             await self._stop_client()
+            HEALTH.forget(HEALTH_CHECK)
             logger.info("stopped: %s messages received", self.received)
         raise MqttServerError("the MQTT application instance ended")
 
