@@ -2,7 +2,7 @@
 # Installs the real servers the integration tests start: redis-server, mosquitto,
 # prosody, ejabberd (with its SQLite driver, for durable room archives), PostgreSQL and
 # Debian's chromium; docker-compose (v1, Debian's) to validate docker-compose.yml without a
-# Docker engine (make compose-check). Runs apt-get only for what is missing.
+# Docker engine (make compose-check); nginx-light for the compose file's proxy locally. Runs apt-get only for what is missing.
 set -euo pipefail
 
 need=()
@@ -15,6 +15,8 @@ ls -d /usr/lib/erlang/lib/p1_sqlite3-* >/dev/null 2>&1 || need+=(erlang-p1-sqlit
 command -v chromium >/dev/null || need+=(chromium)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v docker-compose >/dev/null || need+=(docker-compose)
+# nginx: the compose file's proxy, run by make stack and the topology test.
+[ -x /usr/sbin/nginx ] || need+=(nginx-light)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "system packages: all present"

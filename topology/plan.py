@@ -16,7 +16,7 @@ import getpass
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from topology.compose import ComposeError, Service, load, read_env_file
@@ -31,6 +31,7 @@ SERVER_IMAGES = {
     "redis": "redis",
     "eclipse-mosquitto": "mosquitto",
     "prosody/prosody": "prosody",
+    "nginx": "nginx",
 }
 # What the image would put on PATH or in the environment of our own image (Dockerfile).
 IMAGE_ENV = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
@@ -53,6 +54,8 @@ class LocalProcess:
     oneshot: bool
     volumes: dict[str, str]  # container path -> host path
     ports: tuple[int, ...] = ()
+    # Every service's replica addresses (a proxy balances them, as Docker's DNS would).
+    peers: dict[str, list[str]] = field(default_factory=dict)
 
     def localize(self, text: str) -> str:
         """A container path of this service's volumes, as the local path."""
@@ -200,7 +203,7 @@ def make_plan(
             if kind == "bridge":
                 argv = _venv_tool(argv)
             elif not oneshot:
-                argv = server_argv(kind, argv, address=address, volumes=volumes, state=state)
+                argv = server_argv(kind, argv, address=address, volumes=volumes, state=state, name=name)
             processes[name] = LocalProcess(
                 name=name,
                 service=service.name,
@@ -215,6 +218,7 @@ def make_plan(
                 oneshot=oneshot,
                 volumes=volumes,
                 ports=_container_ports(service),
+                peers=addresses,
             )
     return Plan(state=state, processes=processes, skipped=skipped)
 

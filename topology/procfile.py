@@ -21,7 +21,8 @@ def init_state(state: Path, *, subnet: str | None = None) -> Path:
     if not env_file.exists():
         chosen = subnet or f"127.{random.randint(1, 254)}.{random.randint(1, 254)}"
         lines = [f"{name}={secrets.token_urlsafe(24)}" for name in GENERATED]
-        lines += [f"STACK_SUBNET={chosen}", "ALLOWED_HOSTS=localhost", "SECURE_COOKIES=0",
+        # Every address of the stack is a loopback one: any Host is this machine's own.
+        lines += [f"STACK_SUBNET={chosen}", "ALLOWED_HOSTS=*", "SECURE_COOKIES=0",
                   "LOG_FORMAT=plain"]
         env_file.write_text("# make stack's .env (docker compose reads .env the same way)\n"
                             + "\n".join(lines) + "\n")

@@ -104,7 +104,7 @@ def start(plan: Plan, name: str) -> NoReturn:
     env = dict(process.env)
     if process.kind != "bridge" and not process.oneshot:
         prepare(process.kind, process.source_argv, env=env, address=process.address,
-                volumes=process.volumes, state=plan.state)
+                volumes=process.volumes, state=plan.state, name=process.name, peers=process.peers)
     # exec keeps the pid: `python -m topology kill` signals the server itself.
     pidfile(plan, process.name).write_text(f"{os.getpid()}\n")
     if not process.oneshot:

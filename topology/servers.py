@@ -41,8 +41,12 @@ def _as_postgres(argv: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
 
 
-def server_argv(kind: str, argv: list[str], *, address: str, volumes: dict[str, str], state: Path) -> list[str]:
+def server_argv(kind: str, argv: list[str], *, address: str, volumes: dict[str, str], state: Path,
+                name: str = "") -> list[str]:
     """The command that runs this image's server locally."""
+    if kind == "nginx":
+        return [_binary("nginx", "/usr/sbin/nginx"), "-c", str(_nginx_config(state, name)),
+                "-g", "daemon off;"]
     if kind == "postgres":
         data = volumes.get("/var/lib/postgresql/data", str(state / "volumes" / "postgres"))
         return _as_postgres([
@@ -68,8 +72,13 @@ def _mosquitto_config(argv: list[str]) -> str:
     return words[words.index("-c") + 1]
 
 
+def _nginx_config(state: Path, name: str) -> Path:
+    return state / "run" / f"{name}.nginx.conf"
+
+
 def prepare(kind: str, argv: list[str], *, env: dict[str, str], address: str,
-            volumes: dict[str, str], state: Path) -> None:
+            volumes: dict[str, str], state: Path, name: str = "",
+            peers: dict[str, list[str]] | None = None) -> None:
     """First-run work before the server starts (idempotent)."""
     (state / "run").mkdir(parents=True, exist_ok=True)
     for host in volumes.values():
@@ -81,6 +90,10 @@ def prepare(kind: str, argv: list[str], *, env: dict[str, str], address: str,
         (state / "volumes" / "redis").mkdir(parents=True, exist_ok=True)
     elif kind == "mosquitto":
         _prepare_mosquitto(argv, address=address, volumes=volumes)
+    elif kind == "nginx":
+        source = Path(volumes.get("/etc/nginx/nginx.conf", "/etc/nginx/nginx.conf"))
+        _nginx_config(state, name).write_text(
+            _local_nginx(source.read_text(), address=address, peers=peers or {}, state=state, name=name))
     elif kind == "prosody":
         data = Path(env.get("PROSODY_DATA_DIR", state / "volumes" / "prosody"))
         (data / "certs").mkdir(parents=True, exist_ok=True)
@@ -125,6 +138,23 @@ def _prepare_mosquitto(argv: list[str], *, address: str, volumes: dict[str, str]
     text = re.sub(r"(?m)^log_dest stdout$", "log_dest stderr", text)
     # Started as root, mosquitto would switch to its own user, who cannot write our folder.
     path.write_text(text + f"\nuser {getpass.getuser()}\n")
+
+
+def _local_nginx(text: str, *, address: str, peers: dict[str, list[str]], state: Path, name: str) -> str:
+    """The proxy's config on this machine: its own address, an upstream group per service
+    it proxies to (Docker's DNS answered with every replica), its own pid file."""
+    text = re.sub(r"(?m)^(\s*)listen (\d+);", rf"\1listen {address}:\2;", text)
+    text = re.sub(r"(?m)^\s*resolver [^;]*;\n", "", text)
+    text = re.sub(r"(?m)^pid [^;]*;", f"pid {state / 'run' / name}.nginx.pid;", text)
+    groups = []
+    for service, addresses in peers.items():
+        pattern = rf"http://{re.escape(service)}:(\d+)"
+        for port in sorted(set(re.findall(pattern, text))):
+            group = f"stack_{service}_{port}".replace("-", "_")
+            servers = "".join(f"        server {a}:{port};\n" for a in addresses)
+            groups.append(f"    upstream {group} {{\n{servers}    }}\n")
+            text = text.replace(f"http://{service}:{port}", f"http://{group}")
+    return re.sub(r"(?m)^http \{\n", lambda m: m[0] + "".join(groups), text, count=1)
 
 
 def _local_plugin(path: str) -> str:

@@ -34,7 +34,7 @@ def test_every_service_replica_gets_its_own_loopback_address(plan: Plan) -> None
     addresses = [p.address for p in plan.processes.values()]
     assert len(set(addresses)) == len(addresses)
     assert all(address.startswith("127.0.99.") for address in addresses)
-    assert set(plan.skipped) == {"proxy", "manage"}
+    assert set(plan.skipped) == {"manage"}
     assert plan.by_name("prosody-cert").oneshot and not plan.by_name("prosody").oneshot
 
 
@@ -61,6 +61,6 @@ def test_scale_and_healthchecks_and_procfile(tmp_path: Path) -> None:
     assert mqtt.depends_on["mosquitto"] == "service_healthy"
     text = procfile(plan, state_arg=str(tmp_path))
     assert "mqtt-3: exec " in text and "start mqtt-3" in text
-    assert "# proxy: not run locally" in text
+    assert "# manage: not run locally" in text
     secrets = (tmp_path / "stack.env").read_text()
     assert "SECRET_KEY=" in secrets and (tmp_path / "stack.env").stat().st_mode & 0o077 == 0

@@ -5,7 +5,8 @@ ids); a WebSocket client and an XMPP client both receive every message, and
 PostgreSQL holds each exactly once, while one runmqtt and one runworker are
 stopped with SIGTERM and the other pair killed with SIGKILL mid-stream (each
 restarted, as the compose restart policy would). Then each process's metrics
-agree with a burst sent to a healthy stack, and /readyz follows Redis.
+agree with a burst sent to a healthy stack, and /readyz follows Redis. The
+WebSocket client connects through nginx with the compose file's own config.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from tests.xmpp.client import XmppTestClient
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 BRIDGE = ["web-1", "web-2", "worker-1", "worker-2", "mqtt-1", "mqtt-2", "xmpp"]
+WEB = ("web-1", "web-2")
 FIRST, SECOND = 150, 30
 
 
@@ -46,7 +48,7 @@ def stack(tmp_path: Path) -> Iterator[LocalStack]:
     })
     try:
         stack.start_all()
-        stack.wait_healthy("postgres", "redis", "mosquitto", "prosody", *BRIDGE)
+        stack.wait_healthy("postgres", "redis", "mosquitto", "prosody", *BRIDGE, "proxy")
         yield stack
     finally:
         stack.stop()
@@ -80,7 +82,7 @@ def metrics_url(stack: LocalStack, name: str) -> str:
 
 
 class Receivers:
-    """A WebSocket client on web-1 and an XMPP client in the room, collecting texts."""
+    """A WebSocket client behind the proxy and an XMPP client in the room, collecting texts."""
 
     def __init__(self) -> None:
         self.web: list[dict[str, Any]] = []
@@ -133,12 +135,13 @@ async def test_the_compose_topology_end_to_end(stack: LocalStack) -> None:
     stack.topology("run", "manage", "devices", "add", "sensor-1", "--room", "lobby", "--password", "sensor-pw")
     stack.topology("exec", "prosody", "prosodyctl", "register", "alice", "localhost", "alice-pw")
 
-    web, prosody = stack.process("web-1"), stack.process("prosody")
+    web, prosody, proxy = stack.process("web-1"), stack.process("prosody"), stack.process("proxy")
     domain = prosody.env["XMPP_DOMAIN"]
     room = f"lobby@{prosody.env['XMPP_MUC_SERVICE']}"
     receivers = Receivers()
     ready = asyncio.Event()
-    watchers = [asyncio.ensure_future(receivers.websocket(f"ws://{web.address}:8000/ws/rooms/lobby/", ready))]
+    # Through the one entry point (nginx, the compose file's config): the upgrade passes.
+    watchers = [asyncio.ensure_future(receivers.websocket(f"ws://{proxy.address}:8080/ws/rooms/lobby/", ready))]
     certificate = Path(prosody.env["PROSODY_DATA_DIR"]) / "certs" / f"{domain}.crt"
     alice = XmppTestClient(f"alice@{domain}", "alice-pw", port=5222, host=prosody.address,
                            ca_file=certificate)  # STARTTLS, the server's certificate pinned
@@ -158,7 +161,7 @@ async def test_the_compose_topology_end_to_end(stack: LocalStack) -> None:
         for name in ("mqtt-1", "worker-1"):
             stack.signal(name, signal.SIGTERM)
         for name in ("mqtt-1", "worker-1"):
-            code = await asyncio.to_thread(stack.procs[name].popen.wait, 30)
+            code = await asyncio.to_thread(stack.procs[name].popen.wait, 60)
             assert code == 0, f"{name} exited with {code} on SIGTERM:\n{stack.procs[name].output()}"
             stack.start(name)  # restart: unless-stopped
         await until(lambda: len(receivers.web) >= FIRST // 2, "half of the stream")
@@ -177,25 +180,26 @@ async def test_the_compose_topology_end_to_end(stack: LocalStack) -> None:
         assert len({key for _, key in rows}) == FIRST
         seqs = [m["seq"] for m in receivers.web]
         assert len(seqs) == len(set(seqs)), "a WebSocket frame came twice"
-        await asyncio.to_thread(stack.wait_healthy, *BRIDGE, timeout=60)
+        await asyncio.to_thread(stack.wait_healthy, *BRIDGE, timeout=240)
 
         # --- every process's metrics answer, and agree with a burst to a healthy stack ---
         for name in BRIDGE:
             assert metric(metrics_url(stack, name), "bridge_dependency_up", check="database") == 1, name
+        assert http(f"http://{proxy.address}:8080/metrics")[0] == 404  # hidden from outside
         before = {
             "in": sum(metric(metrics_url(stack, n), "bridge_messages_in_total", edge="mqtt") for n in ("mqtt-1", "mqtt-2")),
-            "web": metric(metrics_url(stack, "web-1"), "bridge_messages_out_total", edge="web"),
+            "web": sum(metric(metrics_url(stack, n), "bridge_messages_out_total", edge="web") for n in WEB),
             "xmpp": metric(metrics_url(stack, "xmpp"), "bridge_messages_out_total", edge="xmpp"),
             "mqtt_out": sum(metric(metrics_url(stack, n), "bridge_messages_out_total", edge="mqtt") for n in ("mqtt-1", "mqtt-2")),
         }
-        assert metric(metrics_url(stack, "web-1"), "bridge_websocket_connections") == 1
+        assert sum(metric(metrics_url(stack, n), "bridge_websocket_connections") for n in WEB) == 1
         await asyncio.to_thread(publish_paced, device, FIRST, SECOND, per_second=50)
         await until(lambda: len(stored(stack)) >= FIRST + SECOND, "the burst in PostgreSQL")
         await until(lambda: len(receivers.web) >= FIRST + SECOND, "the burst on the WebSocket")
         await until(lambda: sum(f"reading {i}" in b for b in receivers.xmpp for i in range(FIRST, FIRST + SECOND)) >= SECOND,
                     "the burst in the XMPP room")
         assert sum(metric(metrics_url(stack, n), "bridge_messages_in_total", edge="mqtt") for n in ("mqtt-1", "mqtt-2")) == before["in"] + SECOND
-        assert metric(metrics_url(stack, "web-1"), "bridge_messages_out_total", edge="web") == before["web"] + SECOND
+        assert sum(metric(metrics_url(stack, n), "bridge_messages_out_total", edge="web") for n in WEB) == before["web"] + SECOND
         await until(lambda: metric(metrics_url(stack, "xmpp"), "bridge_messages_out_total", edge="xmpp") >= before["xmpp"] + SECOND,
                     "the XMPP edge's count")
         assert metric(metrics_url(stack, "xmpp"), "bridge_messages_out_total", edge="xmpp") == before["xmpp"] + SECOND
