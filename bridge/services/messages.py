@@ -252,7 +252,9 @@ async def messages_fanout(envelopes: Sequence[Envelope]) -> None:
     for slug, messages in by_room.items():
         items = [{"seq": seq, "json": json.dumps(messages[seq])} for seq in sorted(messages)]
         event = {"type": "room.messages", "room": slug, "messages": items}
-        if not await layer.group_send(room_group(slug), event):
+        with timed(FANOUT_SECONDS):
+            sent = await layer.group_send(room_group(slug), event)
+        if not sent:
             logger.info("could not fan out %s#%s-%s; receivers will catch up from history",
                         slug, items[0]["seq"], items[-1]["seq"])
 

@@ -342,6 +342,7 @@ class RoomConsumer(LayerMember, AsyncWebsocketConsumer):
                 continue
             self.last_seq = seq
             await self.send(text_data='{"type": "message", "message": ' + item["json"] + "}")
+            delivered("web")
 
     async def layer_recovered_hook(self) -> None:
         """The layer is back (our groups joined again): access changes announced meanwhile
