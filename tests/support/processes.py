@@ -124,6 +124,7 @@ def bridge_env(tmp: Path, **overrides: str) -> dict[str, str]:
         SECRET_KEY="tests-only-not-secret",
         DATABASE_URL=f"sqlite:///{tmp / 'bridge.sqlite3'}",
         PYTHONUNBUFFERED="1",
+        BRIDGE_RUN_FILE=str(tmp / "runbridge.json"),  # not the checkout's var/runbridge.json
         LOG_LEVEL="INFO",
         # Tests stream thousands of messages from one sender on purpose; the rate-limit
         # and flood tests turn the limits on (bridge/ratelimit.py).
