@@ -87,9 +87,8 @@ def test_devices_panel_live_readings_chart_alert_and_a_command(
 ) -> None:
     base, mqtt_port = running
     page = sign_in(browser, base, "lobby")
+    # The page may come before the simulator's devices: they appear without a reload.
     page.wait_for_selector('#device-list li.device[data-device="sim-0"]', timeout=30000)
-    if page.locator('li.device[data-device="sim-0"] button.metric').count() == 0:
-        page.reload()  # the page came before the simulator's first reading
     online = page.locator('li.device[data-device="sim-0"][data-status="online"]')
     online.wait_for(timeout=30000)
 

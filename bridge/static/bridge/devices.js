@@ -134,11 +134,33 @@
     frames.forEach(onFrame);
   }
 
+  // A device the list does not show yet (it joined the room since): fetch the list
+  // again, at most every 5 s, and add the new ones; the others keep their rows.
+  let newDevicesTimer = null;
+  function scheduleNewDevices() {
+    if (newDevicesTimer || early) return;
+    newDevicesTimer = setTimeout(async function () {
+      try {
+        const response = await fetch("/api/rooms/" + encodeURIComponent(room) + "/devices", { credentials: "same-origin" });
+        if (!response.ok) return;
+        const body = await response.json();
+        body.devices.forEach(function (info) {
+          if (devices.has(info.device)) return;
+          const empty = list.querySelector("li.empty");
+          if (empty) empty.remove();
+          list.append(addDevice(info));
+        });
+      } finally {
+        setTimeout(function () { newDevicesTimer = null; }, 5000);
+      }
+    }, 500);
+  }
+
   // --- live updates from room.js's socket ----------------------------------------------
 
   function onFrame(frame) {
     if (frame.type === "telemetry") {
-      if (!devices.has(frame.device)) return; // a device new to the room: shown after a reload
+      if (!devices.has(frame.device)) { scheduleNewDevices(); return; } // new to the room
       Object.keys(frame.metrics).forEach(function (metric) { setReading(frame.device, metric, frame.metrics[metric]); });
       const reading = selected && selected.device === frame.device && frame.metrics[selected.metric];
       if (reading) {
@@ -148,6 +170,7 @@
         scheduleChart();
       }
     } else if (frame.type === "presence" && frame.who.kind === "device") {
+      if (!devices.has(frame.who.name)) scheduleNewDevices();
       setStatus(frame.who.name, frame.state);
     } else if (frame.type === "message") {
       onMessage(frame.message);
