@@ -214,9 +214,11 @@
         if (entry) entry.button.setAttribute("aria-pressed", "false");
       }
     }
+    if (!selected || selected.device !== id || selected.metric !== metric) {
+      trail = []; // a different series: its live dots start now
+      lastDrawn = null;
+    }
     selected = { device: id, metric: metric };
-    trail = [];
-    lastDrawn = null;
     const device = devices.get(id);
     device.row.classList.add("selected");
     const entry = device.readings.get(metric);
@@ -303,8 +305,11 @@
     low -= pad; high += pad;
     const x = function (t) { return L + (W - L - R) * (t - from) / (to - from); };
     const y = function (v) { return T + (H - T - B) * (1 - (v - low) / (high - low)); };
-    // A window's point sits at its middle, or at now while it is still open.
-    const mid = function (r) { return Math.min(to, new Date(r.start).getTime() + seconds * 500); };
+    // A window's point sits at its middle, or at its newest reading if that came earlier
+    // (the window still open, or its device quiet since).
+    const mid = function (r) {
+      return Math.min(to, new Date(r.start).getTime() + seconds * 500, new Date(r.last_at).getTime());
+    };
     const add = function (tag, attrs, text) {
       const node = document.createElementNS(SVG, tag);
       Object.keys(attrs).forEach(function (k) { node.setAttribute(k, attrs[k]); });
