@@ -145,7 +145,12 @@ class DynsecClient:
         """For a command whose effect ends this connection (changing this client's own roles)."""
         with self._lock:
             info = self._client.publish(CONTROL_TOPIC, json.dumps({"commands": [command]}), qos=0)
-            info.wait_for_publish(timeout=self.timeout)
+            try:
+                info.wait_for_publish(timeout=self.timeout)
+            except (RuntimeError, ValueError) as exc:
+                # The connection went first (another runmqtt changed the same roles):
+                # the caller's next pass finds out whether it took.
+                raise DynsecError(f"{command['command']} not sent: {exc}") from exc
 
     def check(self, commands: list[Command], *, tolerate: tuple[str, ...] = ()) -> list[dict[str, Any]]:
         """`call`, raising on the first error not in `tolerate` (e.g. "already exists")."""
