@@ -46,19 +46,27 @@ def main() -> None:
     machine = _machine(opts)
     say(f"machine: {machine['cpu']}, {machine['cpus']} CPUs; servers on {machine['server_cpus']}, "
         f"load on {machine['load_cpus']}; {opts.runs} run(s) per figure{' (quick)' if opts.quick else ''}")
-    rows = []
+    rows: list[dict[str, object]] = []
+    failed = []
     for name in SCENARIOS:
         if name in only:
             module = importlib.import_module(f"benchmarks.scenarios.{name}")
-            rows.extend(module.run(opts))
-    results = {"machine": machine, "rows": rows}
-    (opts.out / "results.json").write_text(json.dumps(results, indent=1))
+            try:
+                rows.extend(module.run(opts))
+            except Exception as exc:  # noqa: BLE001 - one broken scenario must not cost the others' figures
+                say(f"{name} failed: {exc!r} (logs under {opts.out / 'logs'})")
+                failed.append(name)
+            # Written after every scenario: a long run interrupted keeps what it measured.
+            results = {"machine": machine, "rows": rows, "failed": failed}
+            (opts.out / "results.json").write_text(json.dumps(results, indent=1))
     text = table(rows, machine)
     (opts.out / "table.md").write_text(text)
     print(text)
     for path in charts(rows, opts.out):
         say(f"chart: {path}")
     say(f"results: {opts.out / 'results.json'}")
+    if failed:
+        raise SystemExit(f"failed scenarios: {', '.join(failed)}")
 
 
 def _machine(opts: Options) -> dict[str, object]:

@@ -150,6 +150,9 @@ class Profile:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
         for proc in self.procs:
             proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
         for proc in self.procs:

@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import Load, Options, median_row, say
+from benchmarks.harness import Load, Options, Profile, median_row, say
 from benchmarks.stacks import Stack
 from tests.support.http import login_cookie
 
@@ -68,10 +68,13 @@ def _target(stack: Stack, target: str, server: str, layer: str, processes: int, 
     listeners = Load("ws_listeners", [*urls, "--clients", str(clients), "--origin", origin,
                                       "--idle", "10", *flags], cpus=opts.load_cpus)
     steps = []
+    profile: Profile | None = None
     try:
         ready = listeners.read()
         say(f"  {clients} clients connected in {ready.get('connect_s')} s")
         _step(stack, listeners, addresses[0] + path, cookie, origin, flags, clients, rate=5, seconds=1)  # warm-up
+        profile = Profile(opts, stack.procs[-1].popen.pid if processes == 1 else 0,
+                          f"fanout-{target}-{clients}")
         for offered in OFFERED:
             rate = offered / clients
             runs = [_step(stack, listeners, addresses[0] + path, cookie, origin, flags, clients, rate=rate,
@@ -86,6 +89,8 @@ def _target(stack: Stack, target: str, server: str, layer: str, processes: int, 
             if not kept_up:
                 break
     finally:
+        if profile is not None:
+            profile.close()
         listeners.close()
     best = max((s for s in steps if s["kept_up"]), key=lambda s: s["offered_per_s"], default=None)
     near = next((s for s in steps if s["offered_per_s"] == 4000), None)
