@@ -228,7 +228,9 @@ async def message_fanout(envelope: Envelope) -> None:
     Best effort by design: the message is stored, so a channel layer that is down
     delays live delivery (receivers catch up by `seq`) but must not fail the post.
     """
-    message = {"type": "room.message", "message": envelope}
+    # `json`: the envelope encoded once here, so WebSocket receivers (one per socket)
+    # build their frame around it instead of encoding it again each.
+    message = {"type": "room.message", "message": envelope, "json": json.dumps(envelope)}
     with timed(FANOUT_SECONDS):
         sent = await layer.group_send(room_group(envelope["room"]), message)
     if not sent:

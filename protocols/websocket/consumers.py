@@ -73,6 +73,11 @@ class ClientGone(Exception):
     """The socket takes nothing more: the peer went away, or its send buffer stayed full."""
 
 
+# A `message` frame around an envelope already encoded (json.dumps' own separators).
+_MESSAGE_FRAME = '{"type": "message", "message": %s}'
+_FRAME_EVENTS = frozenset({"room.message", "room.messages", "room.presence"})
+
+
 class RoomConsumer(LayerMember, AsyncWebsocketConsumer):
     """The channel layer is best effort here: while Redis is away the socket is served
     (history, posts) without live messages, and caught up from the database when
@@ -317,6 +322,16 @@ class RoomConsumer(LayerMember, AsyncWebsocketConsumer):
 
     # --- from the room group -----------------------------------------------
 
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels closes stale database connections before every handler: a thread hop
+        per event and socket, so one per delivery in a busy room. These handlers only
+        write frames (a gap is read through database_sync_to_async, which closes stale
+        connections itself), so they skip it; every other event goes the usual way."""
+        if message["type"] in _FRAME_EVENTS:
+            await getattr(self, message["type"].replace(".", "_"))(message)
+            return
+        await super().dispatch(message)
+
     async def room_message(self, event: dict[str, Any]) -> None:
         """A message stored in the room. Fills any gap from the database first."""
         message: Envelope = event["message"]
@@ -327,7 +342,8 @@ class RoomConsumer(LayerMember, AsyncWebsocketConsumer):
             await self._send_since(self.last_seq, history_frame=False)
             return
         self.last_seq = seq
-        await self.send(text_data=json.dumps({"type": "message", "message": message}))
+        encoded = event.get("json") or json.dumps(message)
+        await self.send(text_data=_MESSAGE_FRAME % encoded)
         delivered("web")
 
     async def room_messages(self, event: dict[str, Any]) -> None:
@@ -341,7 +357,7 @@ class RoomConsumer(LayerMember, AsyncWebsocketConsumer):
                 await self._send_since(self.last_seq, history_frame=False)  # also sends the rest
                 continue
             self.last_seq = seq
-            await self.send(text_data='{"type": "message", "message": ' + item["json"] + "}")
+            await self.send(text_data=_MESSAGE_FRAME % item["json"])
             delivered("web")
 
     async def layer_recovered_hook(self) -> None:

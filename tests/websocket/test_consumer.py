@@ -92,6 +92,32 @@ async def test_a_batch_event_becomes_one_frame_per_message_in_seq_order(ws: Any,
     await comm.disconnect()
 
 
+async def test_message_frames_skip_the_per_event_connection_check_and_match_the_envelope(
+    ws: Any, lobby: Room, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import channels.consumer
+
+    checks: list[str] = []
+    real = channels.consumer.aclose_old_connections
+
+    async def counted() -> None:
+        checks.append("check")
+        await real()
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
+    comm = ws("/ws/rooms/lobby/")
+    assert (await comm.connect())[0]
+    await comm.receive_json_from()
+    alice = await database_sync_to_async(identity_get_or_create)(kind="user", name="alice")
+    before = len(checks)
+    posted = await database_sync_to_async(message_post)(room="lobby", sender=alice, origin="web", text="hi")
+    frame = await comm.receive_from()
+
+    assert frame == json.dumps({"type": "message", "message": posted.envelope})
+    assert len(checks) == before  # no thread hop for a frame the consumer only forwards
+    await comm.disconnect()
+
+
 async def test_presence_of_signed_in_users(ws: Any, session_for: Any, lobby: Room) -> None:
     watcher = ws("/ws/rooms/lobby/")
     assert (await watcher.connect())[0]
