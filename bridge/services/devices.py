@@ -17,7 +17,7 @@ from bridge import jsontext, layer
 from bridge.exceptions import BridgeError, Forbidden, InvalidInput, NotFound, TooLarge
 from bridge.metrics import flatten
 from bridge.models import Device, DeviceCommand, Identity, Message, Room, Telemetry
-from bridge.names import DEVICE_ID_RULE, is_device_id
+from bridge.names import DEVICE_ID_RULE, is_device_id, is_room_slug
 from bridge.selectors import room_get
 from bridge.services.identities import identity_get_or_create
 from bridge.services.messages import MAX_CLIENT_KEY, MAX_DATA_BYTES
@@ -112,7 +112,8 @@ def devices_for_messages(*, device_ids: Collection[str]) -> dict[str, Device]:
     """The enabled devices among `device_ids`, in one query: the batch form of the lookup in
     `device_for_message`. Whoever is missing goes through `device_for_message` (which
     registers or refuses, and refuses disabled devices)."""
-    found = Device.objects.select_related("identity").filter(device_id__in=device_ids, enabled=True)
+    valid = [d for d in device_ids if is_device_id(d)]
+    found = Device.objects.select_related("identity").filter(device_id__in=valid, enabled=True)
     return {d.device_id: d for d in found}
 
 
@@ -120,6 +121,9 @@ def device_rooms_for_posts(*, pairs: Collection[tuple[str, str]]) -> dict[tuple[
     """(device id, room slug) pairs whose device may post into the room, in one query: the
     batch form of the first check of `device_room_for_post`. A pair missing from the
     answer goes through `device_room_for_post` (register mode, or the refusal)."""
+    # Names that cannot be a room or a device never reach the query (a lone surrogate
+    # cannot even be encoded for it); their one-by-one path refuses them.
+    pairs = {(d, r) for d, r in pairs if is_device_id(d) and is_room_slug(r)}
     if not pairs:
         return {}
     through = Device.post_rooms.through.objects.select_related("room", "device").filter(
