@@ -18,10 +18,17 @@ async def serve(ctx: EmbeddedContext) -> None:
         application=application,
         channels=[settings.BRIDGE_TASKS_CHANNEL, settings.BRIDGE_TELEMETRY_CHANNEL],
         channel_layer=get_channel_layer(),
+        own_sigterm=False,
     )
     ctx.banner.append(
         f"worker: listening on channels {settings.BRIDGE_TASKS_CHANNEL}, "
         f"{settings.BRIDGE_TELEMETRY_CHANNEL}"
     )
     ctx.started()
-    await asyncio.gather(worker.application_checker(), worker.handle())
+    checker = asyncio.create_task(worker.application_checker(), name="worker.application_checker")
+    try:
+        await worker.handle()
+    finally:
+        # The checker never ends by itself: without this, runbridge would wait on it forever.
+        checker.cancel()
+        await asyncio.gather(checker, return_exceptions=True)

@@ -36,9 +36,14 @@ RETENTION_INTERVAL = 60.0  # seconds between retention passes of a telemetry wor
 
 
 class BridgeWorker(Worker):
-    def __init__(self, *args: Any, ops_port: int | None = 0, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, ops_port: int | None = 0, own_sigterm: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.ops_port = ops_port  # None: the OPS_PORT setting; 0: no ops endpoint
+        # runworker owns the process's SIGTERM; inside runbridge the command does
+        # (a second handler would replace runbridge's, which stops every service).
+        self.own_sigterm = own_sigterm
         self.scheduler = TaskScheduler()
         # Back-off capped at 2 s: a listener is back within seconds of Redis.
         self.supervisor = Supervisor("worker", backoff_max=2.0)
@@ -74,7 +79,8 @@ class BridgeWorker(Worker):
         another worker takes it over when the lease runs out.
         """
         stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        if self.own_sigterm:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
         STOPPING.set()
         logger.info("SIGTERM: no new tasks; waiting up to %s s for the one in hand",

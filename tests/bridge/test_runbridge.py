@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import REPO, bridge_env, free_port, manage
+from tests.support.processes import REPO, bridge_env, free_port, manage, start_manage, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -31,3 +32,24 @@ def test_a_busy_port_is_a_clear_error_and_no_running_banner(tmp_path: Path, busy
     assert "Bridge is running" not in done.stdout
     hint = "make run ADDR=" if busy == "web" else "--mqtt-port"
     assert hint in done.stderr, done.stderr[-2000:]
+
+
+
+def test_sigterm_stops_every_service_and_the_process_exits(tmp_path: Path) -> None:
+    """The embedded worker must not take SIGTERM for itself and then wait forever."""
+    env = bridge_env(tmp_path)
+    manage(["migrate", "--noinput", "-v0"], env=env)
+    web, mqtt = free_port(), free_port()
+    proc = start_manage("runbridge", ["runbridge", f"127.0.0.1:{web}", "--mqtt-port", str(mqtt)],
+                        env=env, log_dir=tmp_path)
+    try:
+        wait_until(lambda: "Bridge is running" in proc.output(), timeout=60, proc=proc)
+        proc.popen.send_signal(signal.SIGTERM)
+        try:
+            code = proc.popen.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"runbridge still running 40 s after SIGTERM:\n{proc.output()}")
+        assert code == 0, proc.output()
+        assert "bridge stopped" in proc.output()
+    finally:
+        proc.kill()
