@@ -89,7 +89,7 @@ class MqttServer:
             "protocol": 5 if self._protocol == paho.MQTTv5 else 4,
         }
         app: asyncio.Task[None] = asyncio.create_task(self.application(scope, self._receive, self._send))
-        HEALTH.failing(HEALTH_CHECK, "connecting")  # not ready until the broker's CONNACK
+        HEALTH.starting(HEALTH_CHECK, "connecting")  # not ready until the broker's CONNACK; not a failure
         self._start_client()
         try:
             await app

@@ -87,7 +87,7 @@ class XmppServer:
 
     async def run(self) -> None:
         """Run the application and keep the connection up until cancelled."""
-        HEALTH.failing(HEALTH_CHECK, "connecting")
+        HEALTH.starting(HEALTH_CHECK, "connecting")
         app = asyncio.create_task(self.application(self.scope, self._receive, self.send))
         link = asyncio.create_task(self._keep_connected())
         try:
