@@ -139,6 +139,10 @@ class RateLimiter:
         self.clock = clock
         self.memory = MemoryBuckets(rate, clock)
         self._down_until = 0.0
+        # Senders Redis refused, until their next token is due: a flood is refused here,
+        # without a round trip per message (no process can add tokens sooner, others
+        # only take them), so one flooder costs Redis about `rate` checks a second.
+        self._refused: dict[str, float] = {}
         self._sync: Any = None  # the script on a sync client, made on first use
         self._async: tuple[asyncio.AbstractEventLoop, Any] | None = None
 
@@ -147,6 +151,8 @@ class RateLimiter:
             return Decision(granted=cost, cost=cost)
         if not self._use_redis():
             return self.memory.take(key, cost)
+        if (known := self._known_refusal(key, cost)) is not None:
+            return known
         if self._sync is None:
             client = redis.Redis.from_url(
                 self.redis_url or "", socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
@@ -156,20 +162,22 @@ class RateLimiter:
             reply = self._sync(keys=[self._key(key)], args=self._args(cost))
         except (redis.RedisError, OSError) as exc:
             return self._redis_failed(exc, key, cost)
-        return self._decided(reply, cost)
+        return self._decided(reply, key, cost)
 
     async def atake(self, key: str, cost: int = 1) -> Decision:
         if not self.rate.enabled or cost < 1:
             return Decision(granted=cost, cost=cost)
         if not self._use_redis():
             return self.memory.take(key, cost)
+        if (known := self._known_refusal(key, cost)) is not None:
+            return known
         try:
             reply = await asyncio.wait_for(
                 self._async_script()(keys=[self._key(key)], args=self._args(cost)), REDIS_TIMEOUT
             )
         except (redis.RedisError, OSError, TimeoutError) as exc:
             return self._redis_failed(exc, key, cost)
-        return self._decided(reply, cost)
+        return self._decided(reply, key, cost)
 
     # --- helpers -----------------------------------------------------------
 
@@ -192,10 +200,28 @@ class RateLimiter:
     def _args(self, cost: int) -> list[str]:
         return [repr(self.rate.per_second), str(self.rate.burst), str(cost)]
 
-    def _decided(self, reply: Any, cost: int) -> Decision:
+    def _decided(self, reply: Any, key: str, cost: int) -> Decision:
         HEALTH.ok(HEALTH_CHECK, critical=False)
         granted, wait = reply
-        return Decision(granted=int(granted), cost=cost, retry_after=float(wait))
+        decision = Decision(granted=int(granted), cost=cost, retry_after=float(wait))
+        if not decision.allowed:  # what is left is under one token until retry_after
+            if len(self._refused) >= MAX_TRACKED:
+                now = self.clock()
+                self._refused = {k: t for k, t in self._refused.items() if t > now}
+                if len(self._refused) >= MAX_TRACKED:
+                    self._refused.clear()  # asking Redis again is the safe direction
+            self._refused[key] = self.clock() + decision.retry_after
+        return decision
+
+    def _known_refusal(self, key: str, cost: int) -> Decision | None:
+        until = self._refused.get(key)
+        if until is None:
+            return None
+        wait = until - self.clock()
+        if wait <= 0:
+            del self._refused[key]
+            return None
+        return Decision(granted=0, cost=cost, retry_after=wait)
 
     def _redis_failed(self, exc: BaseException, key: str, cost: int) -> Decision:
         """Fail open to this process's buckets; Redis is tried again in REDIS_RETRY seconds."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from bridge.health import HEALTH
@@ -60,3 +62,29 @@ async def test_without_redis_the_limiter_fails_open_to_its_own_buckets(caplog: p
     assert not state.ok and not state.critical
     assert sum("ratelimit.redis: failing" in r.getMessage() for r in caplog.records) == 1
     HEALTH.forget(HEALTH_CHECK)
+
+
+@pytest.mark.slow
+async def test_a_refused_sender_is_refused_without_asking_redis_until_its_next_token(redis_url: str) -> None:
+    clock = Clock()
+    limiter = RateLimiter("ws", Rate(per_second=2, burst=1), redis_url=redis_url, clock=clock)
+    key = f"flooder-{free_port()}"
+    assert (await limiter.atake(key)).allowed
+    refused = await limiter.atake(key)
+    assert not refused.allowed and 0 < refused.retry_after <= 0.5
+    asked = []
+    real = limiter._async_script
+
+    def counting() -> object:
+        asked.append(1)
+        return real()
+
+    limiter._async_script = counting  # type: ignore[method-assign]
+    again = [await limiter.atake(key) for _ in range(100)] + [limiter.take(key, cost=3)]
+    assert not any(d.allowed or d.granted for d in again) and asked == []
+    assert again[-1].retry_after == pytest.approx(refused.retry_after)  # the clock stood still
+    # Another sender still goes to Redis; and once the token is due, so does this one.
+    assert (await limiter.atake(f"other-{key}")).allowed and asked == [1]
+    clock.now += refused.retry_after + 0.01
+    await asyncio.sleep(refused.retry_after + 0.05)  # Redis' own clock must have moved as well
+    assert (await limiter.atake(key)).allowed and asked == [1, 1]
