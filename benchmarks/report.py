@@ -17,6 +17,11 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
              ("kib_per_connection", "KiB per connection"), ("idle_cpu_pct", "idle CPU %")],
     "channel_layer": [("target", "layer"), ("members", "group size"), ("send_ms", "group_send median ms"),
                       ("send_p99_ms", "p99 ms"), ("deliveries_per_s", "deliveries/s incl. receive")],
+    "end_to_end": [("target", "target"), ("path", "publish to"), ("rate", "offered msg/s"),
+                   ("delivered_pct", "delivered %"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
+                   ("added_p50_ms", "p50 added over floor, ms"), ("added_p99_ms", "p99 added over floor, ms")],
+    "xmpp_ingress": [("target", "target"), ("senders", "occupants sending"),
+                     ("rate", "stored + fanned out, msg/s (burst)"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")],
 }
 # Ratios: (scenario, key, numerator target prefix, denominator target, header).
 RATIOS = [
@@ -25,6 +30,7 @@ RATIOS = [
     ("fanout", "max_per_s", "bridge", "daphne+RedisChannelLayer", "x tutorial (Daphne)"),
     ("fanout", "max_per_s", "bridge", "uvicorn+RedisPubSubChannelLayer", "x tutorial (uvicorn+pubsub)"),
     ("idle", "kib_per_connection", "bridge", "daphne+RedisChannelLayer", "x tutorial"),
+    ("xmpp_ingress", "rate", "bridge", "slixmpp-echo", "x echo component"),
 ]
 
 
@@ -104,6 +110,18 @@ def charts(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         if any(r.get("sample_ms") for r in fanout):
             ax.legend(fontsize=7)
         written.append(_save(fig, out / "fanout_latency.png"))
+    for scenario, what, title in (
+        ("end_to_end", "MQTT publish to frame or stanza (ms)", "End to end at 500 msg/s: latency by path"),
+        ("xmpp_ingress", "groupchat message to delivery (ms)", "XMPP ingress: latency during a burst"),
+    ):
+        mine = [r for r in rows if r["scenario"] == scenario and r.get("sample_ms")]
+        if mine:
+            fig, ax = plt.subplots(figsize=(8, 5))
+            for row in mine:
+                _cdf(ax, row["sample_ms"], f"{row['target']}" + (f" -> {row['path']}" if row.get("path") else ""))
+            ax.set(xscale="log", xlabel=what, ylabel="fraction of deliveries", title=title)
+            ax.legend(fontsize=7)
+            written.append(_save(fig, out / f"{scenario}_latency.png"))
     layers = [r for r in rows if r["scenario"] == "channel_layer"]
     if layers:
         fig, ax = plt.subplots(figsize=(8, 5))

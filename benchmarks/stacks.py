@@ -6,9 +6,13 @@ stopped by its own id (the tests' helpers in tests/support do the starting).
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 import venv
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +30,13 @@ from tests.support.processes import (
     start,
     wait_for_port,
 )
+from tests.support.prosody import Prosody
 
 DEVICE_PASSWORD = "sim"
+OCCUPANT_PASSWORD = "occupant"
+# Prosody's per-client bandwidth in the shipped config (50 kB/s, a few hundred messages a
+# second) would be what the XMPP scenarios measure: raised, as a server for load would be.
+BENCH_C2S_RATE = "10mb/s"
 PEER_PACKAGES = ["mqttasgi", "channels-redis"]
 
 
@@ -40,6 +49,7 @@ class Stack:
     name: str
     procs: list[Proc] = field(default_factory=list)
     broker: Mosquitto | None = None
+    xmpp: Prosody | None = None
     redis_url: str = ""
     database_url: str = ""
 
@@ -58,8 +68,10 @@ class Stack:
         for log in self.tmp.rglob("*.log"):
             shutil.copy(log, logs / log.name)
 
-    def infra(self, *, redis: bool = True, devices: int = 0, postgres: bool = False) -> None:
-        """Redis, mosquitto with `devices` accounts sim-0..., PostgreSQL: on the load CPUs."""
+    def infra(self, *, redis: bool = True, devices: int = 0, postgres: bool = False,
+              occupants: int = 0) -> None:
+        """Redis, mosquitto with `devices` accounts sim-0..., PostgreSQL, Prosody with
+        `occupants` accounts occ-0...: on the load CPUs."""
         if redis:
             proc = redis_server(self.tmp)
             self.procs.append(proc)
@@ -75,6 +87,21 @@ class Stack:
             self.procs.append(proc)
             pin(proc.popen.pid, self.opts.load_cpus)
             self.database_url = str(proc.extra["url"])
+        if occupants:
+            self.xmpp = Prosody(base=self.tmp / "prosody", extra_env={"PROSODY_C2S_RATE": BENCH_C2S_RATE,
+                                                                        "PROSODY_LOG_LEVEL": "warn"})
+            for n in range(occupants):
+                self.xmpp.register(f"occ-{n}", OCCUPANT_PASSWORD)
+            proc = self.xmpp.start()
+            self.procs.append(proc)
+            pin(proc.popen.pid, self.opts.load_cpus)
+
+    def occupant_args(self, first: int, count: int) -> list[str]:
+        """xmpp_occupants' arguments for accounts occ-<first>... in the bench room."""
+        assert self.xmpp is not None
+        return ["--port", str(self.xmpp.c2s_port), "--ca", str(self.xmpp.ca_file), "--domain",
+                self.xmpp.domain, "--password", OCCUPANT_PASSWORD, "--room", f"lobby@{self.xmpp.muc}",
+                "--accounts", ",".join(f"occ-{n}" for n in range(first, first + count))]
 
     def server(self, name: str, argv: list[str], env: dict[str, str], port: int | None = None) -> Proc:
         """A process under test, on the server CPUs; waits for its port if it has one."""
@@ -98,6 +125,9 @@ class Stack:
             overrides["DATABASE_URL"] = self.database_url
         if self.broker is not None:
             overrides["MQTT_URL"] = self.broker.bridge_url
+        if self.xmpp is not None:
+            # Occupants send as fast as the scenario asks: no per-account rate limit.
+            overrides.update(self.xmpp.bridge_settings(), XMPP_RATE="0")
         env = bridge_env(self.tmp, **overrides)
         manage(["migrate", "--noinput", "-v0"], env=env)
         manage(["demo"], env=env)  # room lobby, user demo/demo
@@ -113,6 +143,18 @@ class Stack:
     def bridge_runmqtt(self, env: dict[str, str], client_id: str = "bridge-bench") -> Proc:
         return self.server(f"runmqtt-{client_id}",
                            [sys.executable, "manage.py", "runmqtt", "--client-id", client_id], env)
+
+    def bridge_runxmpp(self, env: dict[str, str], room: str = "lobby") -> Proc:
+        """runxmpp, once its /readyz says `room` is bridged (joined, configured, caught up)."""
+        ops = free_port()
+        proc = self.server("runxmpp", [sys.executable, "manage.py", "runxmpp", "--ops-port", str(ops)], env)
+        deadline = time.monotonic() + 60
+        while not _room_ready(ops, room):
+            if proc.popen.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"runxmpp did not bridge {room}:\n{proc.output()}")
+            time.sleep(0.1)
+        pin(proc.popen.pid, self.opts.server_cpus)  # its threads started meanwhile
+        return proc
 
     # --- the peers -------------------------------------------------------------
 
@@ -141,6 +183,18 @@ class Stack:
         self.server(f"peer-{server}", argv, env, port)
         return f"127.0.0.1:{port}"
 
+    def peer_xmpp_echo(self, to: str, room: str = "lobby") -> Proc:
+        """The bare slixmpp echo component, as the bridge's component, once it is in `room`."""
+        assert self.xmpp is not None
+        ready = self.tmp / "xmpp-echo.ready"
+        proc = self.server("xmpp-echo", [
+            sys.executable, "-m", "benchmarks.peers.xmpp_echo", "--jid", self.xmpp.component,
+            "--secret", self.xmpp.secret, "--port", str(self.xmpp.component_port),
+            "--room", f"{room}@{self.xmpp.muc}", "--to", to, "--ready-file", str(ready),
+        ], {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
+        _wait_file(ready, proc)
+        return proc
+
     def peer_mqttasgi(self, env: dict[str, str]) -> Proc:
         assert self.broker is not None
         binary = peer_venv(self.opts) / "bin" / "mqttasgi"
@@ -148,6 +202,26 @@ class Stack:
             str(binary), "-H", "127.0.0.1", "-p", str(self.broker.port), "-U", BRIDGE_USER,
             "-P", BRIDGE_PASSWORD, "-i", "peer-mqttasgi", "-v", "1", "benchmarks.peers.asgi:application",
         ], {**env, "PEER_MQTT": "1"})
+
+
+def _wait_file(path: Path, proc: Proc, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.popen.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{proc.name} did not get ready:\n{proc.output()}")
+        time.sleep(0.05)
+
+
+def _room_ready(ops_port: int, room: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ops_port}/readyz", timeout=5) as resp:
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:  # 503 while something is not ready yet
+        body = json.loads(exc.read())
+    except OSError:
+        return False  # not listening yet
+    check = body.get("checks", {}).get(f"xmpp:room:{room}")
+    return bool(check and check.get("ok"))
 
 
 def peer_venv(opts: Options) -> Path:

@@ -64,7 +64,7 @@ def _target(stack: Stack, target: str) -> dict[str, Any]:
 
     def listeners() -> Load:
         if not listen:
-            return _Floor(stack)  # type: ignore[return-value]
+            return BrokerFloor(stack)  # type: ignore[return-value]
         load = Load("ws_listeners", [*listen, "--clients", str(LISTENERS), "--idle", "15"],
                     cpus=opts.load_cpus)
         load.read()
@@ -119,7 +119,7 @@ def _one_run(stack: Stack, audience: Any, *, count: int, rate: float, tag: str) 
     }
 
 
-class _Floor:
+class BrokerFloor:
     """The floor's audience: one paho subscriber per run, told the run's tag like the others."""
 
     def __init__(self, stack: Stack) -> None:

@@ -16,6 +16,8 @@
 --   XMPP_COMPONENT_SECRET   the component's shared secret (required)
 --   PROSODY_RUN_AS_ROOT     "1" lets root run it (containers, tests)
 --   PROSODY_LOG_LEVEL       minimum level logged to the console (default info)
+--   PROSODY_C2S_RATE        bandwidth of one client stream (default 50kb/s; the
+--                           benchmarks raise it to measure the bridge, not this limit)
 
 local domain = ENV_XMPP_DOMAIN or "localhost"
 local muc_service = ENV_XMPP_MUC_SERVICE or ("conference." .. domain)
@@ -66,7 +68,7 @@ allow_registration = false
 -- account cannot starve the others (and the bridge refuses bodies it cannot store).
 c2s_stanza_size_limit = 256 * 1024
 limits = {
-	c2s = { rate = "50kb/s"; burst = "2s" };
+	c2s = { rate = ENV_PROSODY_C2S_RATE or "50kb/s"; burst = "2s" };
 }
 
 VirtualHost (domain)

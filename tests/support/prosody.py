@@ -37,6 +37,8 @@ class Prosody:
     proc: Proc | None = None
     starts: int = 0
     name: str = "prosody"
+    # More of the config's environment variables (PROSODY_C2S_RATE, PROSODY_LOG_LEVEL).
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def muc(self) -> str:
@@ -66,6 +68,7 @@ class Prosody:
             "XMPP_MUC_SERVICE": self.muc,
             "XMPP_COMPONENT_JID": self.component,
             "XMPP_COMPONENT_SECRET": self.secret,
+            **self.extra_env,
         }
 
     def bridge_settings(self) -> dict[str, str]:
