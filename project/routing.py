@@ -13,6 +13,7 @@ from bridge.tasks.consumer import TaskConsumer
 from bridge.tasks.telemetry import TelemetryConsumer
 from protocols.mqtt.routing import mqtt_application
 from protocols.websocket.auth import TokenAuthMiddleware
+from protocols.websocket.outlet import FrameSend
 from protocols.websocket.routing import websocket_urlpatterns
 from protocols.websocket.security import origin_check
 from protocols.xmpp.routing import xmpp_application
@@ -23,7 +24,8 @@ def build_application(django_asgi_app: Any) -> ProtocolTypeRouter:
         {
             "http": ASGIStaticFilesHandler(django_asgi_app),
             "websocket": origin_check(
-                AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
+                # FrameSend: the server's own send, for frames (past the session middleware).
+                FrameSend(AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns))))
             ),
             # The MQTT protocol server (runmqtt) opens one instance per broker connection.
             "mqtt": mqtt_application,

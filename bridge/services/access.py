@@ -41,10 +41,11 @@ async def aaccess_changed(
     """`session`: the tag of a session that ended (logout): its sockets close whatever else holds."""
     # Bounded and best effort (bridge.layer): a frozen Redis must not hang an admin save.
     for slug in set(rooms):
-        await layer.group_send(room_access_group(slug), {"type": "access.changed", "reason": reason})
+        await layer.group_send(room_access_group(slug),
+                               {"type": "access.changed", "reason": reason, "room": slug})
         await layer.group_send(ROOMS_GROUP, {"type": "rooms.changed", "room": slug})
     for user_id in set(users):
-        event = {"type": "access.changed", "reason": reason}
+        event: dict[str, object] = {"type": "access.changed", "reason": reason, "user": user_id}
         if session is not None:
             event["session"] = session
         await layer.group_send(user_access_group(user_id), event)

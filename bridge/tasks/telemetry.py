@@ -60,8 +60,8 @@ async def telemetry_work(*, silence: bool = True) -> int:
 async def _send_live(result: RollupResult) -> None:
     """New readings to the pages showing the devices' rooms. At most once, like chat."""
     for device, metrics in result.latest.items():
-        event = {"type": "devices.telemetry", "device": device, "metrics": metrics}
         for slug in result.rooms.get(device, ()):
+            event = {"type": "devices.telemetry", "device": device, "metrics": metrics, "room": slug}
             if not await layer.group_send(devices_group(slug), event):
                 # Stored already: a page catches up from the API.
                 logger.info("could not send live readings of %s", device)

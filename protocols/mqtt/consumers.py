@@ -252,7 +252,7 @@ class BridgeConsumer(LayerMember, MqttConsumer):
             for slug in rooms:
                 await layer.group_send(
                     room_group(slug),
-                    {"type": "room.presence", "who": who, "state": state, "origin": "mqtt"},
+                    {"type": "room.presence", "who": who, "state": state, "origin": "mqtt", "room": slug},
                 )
 
     async def _refuse(self, topic: str, exc: BridgeError) -> None:

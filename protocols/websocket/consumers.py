@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -29,18 +31,20 @@ from bridge.exceptions import (
     TooLarge,
 )
 from bridge.instruments import WEBSOCKETS, delivered, refused
-from bridge.layer import LayerMember
 from bridge.logcontext import bind
 from bridge.models import Identity, Room
-from bridge.names import devices_group, room_access_group, room_group, user_access_group
+from bridge.names import room_group
 from bridge.ratelimit import athrottle, limiter
 from bridge.selectors import message_history, room_get, room_visible
 from bridge.services.access import session_tag
 from bridge.services.identities import identity_for_user
 from bridge.services.messages import amessage_post
 from bridge.services.presence import presence_join, presence_leave, presence_list
+from protocols.websocket.hub import RoomHub
 from protocols.websocket.lifecycle import track, untrack
+from protocols.websocket.outlet import FRAME_SEND, ClientGone, Outlet
 from protocols.websocket.presence import PresenceRenewer
+from protocols.websocket.subscriber import Subscriber
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +62,9 @@ CLOSE_CODES = {401: CLOSE_UNAUTHORIZED, 403: CLOSE_FORBIDDEN, 404: CLOSE_NOT_FOU
 # Messages per history frame: the next page is read from the database only once this
 # one is written, so a connection holds one page of a room's history at most.
 HISTORY_PAGE = 200
+# Frames queued behind a send that waits for a slow client; beyond, dropped and read
+# from the database once the client reads again (or it is let go after the send timeout).
+OUTLET_LIMIT = 256
 
 
 def _history_page(room: Room, after: int | None) -> list[Envelope]:
@@ -69,37 +76,34 @@ def _history_page(room: Room, after: int | None) -> list[Envelope]:
     return [message_envelope(m, room_slug=room.slug) for m in batch]
 
 
-class ClientGone(Exception):
-    """The socket takes nothing more: the peer went away, or its send buffer stayed full."""
-
-
-# A `message` frame around an envelope already encoded (json.dumps' own separators).
-_MESSAGE_FRAME = '{"type": "message", "message": %s}'
-_FRAME_EVENTS = frozenset({"room.message", "room.messages", "room.presence"})
-
-
-class RoomConsumer(LayerMember, AsyncWebsocketConsumer):
-    """The channel layer is best effort here: while Redis is away the socket is served
-    (history, posts) without live messages, and caught up from the database when
-    the layer answers again (`layer_recovered_hook`)."""
+class RoomConsumer(AsyncWebsocketConsumer):
+    """A socket has no channel-layer channel of its own: the process's `RoomHub` offers it
+    its room's frames and access changes (`self.sub`), written through its `Outlet`. The
+    layer is best effort: while Redis is away the socket is served (history, posts)
+    without live messages, and caught up from the database when the layer answers again.
+    """
 
     room: Room | None = None
-    access_groups: list[str] = []  # replaced (never mutated) per connection
     identity: Identity | None = None
-    last_seq = 0
+    sub: Subscriber | None = None
     refused_in_a_row = 0
     closed_for_rate = False
     left = False
     present = False  # this connection has a presence row (and is in the renewer)
+    gone: str | None = None  # why the socket was given up (its client stopped reading, left)
+    _receiving = False
 
     # --- lifecycle ---------------------------------------------------------
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Channels' loop, without a channel: only the client's events are dispatched here
+        (no task and no layer receive per socket). A socket its outlet gives up on (the
+        client stopped reading, or left) is ended even while it waits for the client."""
         timeout = settings.BRIDGE_WS_SEND_TIMEOUT
 
         async def bounded_send(message: Any) -> None:
-            """Every send waits while the server's write buffer is full (uvicorn's backpressure),
-            at most `timeout` seconds: a client that does not read is then let go."""
+            """Accept and close wait while the server's write buffer is full (uvicorn's
+            backpressure), at most `timeout` seconds: a client that does not read is let go."""
             try:
                 async with asyncio.timeout(timeout):
                     await send(message)
@@ -108,17 +112,62 @@ class RoomConsumer(LayerMember, AsyncWebsocketConsumer):
             except OSError as exc:  # uvicorn's ClientDisconnected: the peer is gone
                 raise ClientGone(f"it went away ({exc.__class__.__name__})") from exc
 
+        self.scope = scope
+        self.channel_layer = None
+        # Names this socket in presence rows, rate limits and logs (it used to be the channel).
+        self.connection = f"ws.{uuid.uuid4().hex}"
+        self.outlet = Outlet(scope.get(FRAME_SEND, send), timeout=timeout, limit=OUTLET_LIMIT,
+                             on_gone=self._let_go)
+        self._send_other = bounded_send
+        self.base_send = self._send
+        self._task = asyncio.current_task()
         try:
-            await super().__call__(scope, receive, bounded_send)
+            await self._run(receive)
         except ClientGone as exc:
             # Said goodbye for it: without this, a socket closed while we were writing
             # left its user "online" until the presence row expired.
-            logger.info("websocket %s let go: %s", self.channel_name, exc)
+            logger.info("websocket %s let go: %s", self.connection, exc)
             await self._leave()
         finally:
-            # Even if a handler failed otherwise (and `disconnect` never ran): the user
-            # goes offline now, not when the row expires a presence TTL later.
-            await asyncio.shield(self._leave_presence())
+            # Even if a handler failed otherwise (and `disconnect` never ran): out of the
+            # hub, and the user goes offline now, not when the row expires a presence TTL later.
+            self.outlet.close()
+            await asyncio.shield(self._leave())
+
+    async def _run(self, receive: Any) -> None:
+        try:
+            while self.gone is None:
+                self._receiving = True
+                try:
+                    message = await receive()
+                finally:
+                    self._receiving = False
+                await self.dispatch(message)
+        except StopConsumer:
+            return
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self.gone is None or (task is not None and task.uncancel() > 0):
+                raise  # not ours: the server is stopping this task
+        raise ClientGone(self.gone)
+
+    def _let_go(self, reason: str) -> None:
+        """The outlet gave up on the client: end this socket (waiting for the client or not)."""
+        if self.gone is not None:
+            return
+        self.gone = reason
+        if self._receiving and self._task is not None:
+            self._task.cancel()
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        """Text frames through the outlet, in order with the hub's; the handshake and close
+        through the server's send (with the session middleware)."""
+        if message["type"] == "websocket.send" and message.get("text") is not None:
+            await self.outlet.write(message["text"])
+            return
+        if message["type"] == "websocket.close" and self.sub is not None:
+            self.sub.close()  # no frames after the close
+        await self._send_other(message)
 
     async def connect(self) -> None:
         """Called on the handshake. Refusals are accepted first so the client can read why.
@@ -135,11 +184,19 @@ class RoomConsumer(LayerMember, AsyncWebsocketConsumer):
                 raise self.scope["auth_error"]
             after = self._after_param()
             room = await database_sync_to_async(room_get)(slug=slug)
-            await self._join_access_groups(room, user)
+            # In the hub before reading access or history, so that a change or a message
+            # committed in between still reaches this socket. If the layer is down, serve
+            # anyway: the groups are joined and the gap filled on recovery.
+            self.sub = Subscriber(
+                room=room.slug, user_id=user.pk if user is not None and user.is_authenticated else None,
+                outlet=self.outlet, catch_up=self._catch_up, recheck=self._recheck_access,
+                fail=self._let_go,
+            )
+            await RoomHub.current().subscribe(self.sub)
             if not await database_sync_to_async(room_visible)(room, user):
                 raise Forbidden("This room is private: only its members may join it.")
         except BridgeError as exc:
-            await self._leave_access_groups()
+            await self._leave_hub()
             await self.accept()
             await self.send_error(exc)
             await self.close(code=CLOSE_CODES.get(exc.status, CLOSE_INVALID))
@@ -147,12 +204,9 @@ class RoomConsumer(LayerMember, AsyncWebsocketConsumer):
         self.room = room
         WEBSOCKETS.inc()
         track(self)
-        # Join before reading history, so nothing stored in between is missed. If the
-        # layer is down, serve anyway: the groups are joined and the gap filled on recovery.
-        await self.join(room_group(room.slug))
-        await self.join(devices_group(room.slug))
         await self.accept()
         await self._send_since(after)
+        self.sub.go_live()
         await self._announce_join(user)
 
     async def disconnect(self, code: int) -> None:
@@ -163,27 +217,29 @@ class RoomConsumer(LayerMember, AsyncWebsocketConsumer):
         if self.left:
             return
         self.left = True
-        await self._leave_access_groups()
+        await self._leave_hub()
         if self.room is None:
             return
         WEBSOCKETS.dec()
         untrack(self)
-        await self.leave(room_group(self.room.slug))
-        await self.leave(devices_group(self.room.slug))
         await self._leave_presence()
+
+    async def _leave_hub(self) -> None:
+        if self.sub is not None:
+            await RoomHub.current().unsubscribe(self.sub)
 
     async def _leave_presence(self) -> None:
         if not self.present or self.room is None:
             return
         self.present = False
-        PresenceRenewer.current().connections.discard(self.channel_name)
+        PresenceRenewer.current().connections.discard(self.connection)
         try:
             gone = await database_sync_to_async(presence_leave)(
-                room=self.room, connection=self.channel_name
+                room=self.room, connection=self.connection
             )
         except DatabaseError:
             logger.warning("could not record that %s left; its presence expires on its own",
-                           self.channel_name, exc_info=True)
+                           self.connection, exc_info=True)
             return
         if gone is not None:
             await self._presence(gone, "offline")
@@ -199,19 +255,23 @@ class RoomConsumer(LayerMember, AsyncWebsocketConsumer):
             await self._over_rate(exc)
             return
         self.refused_in_a_row = 0
+        assert self.sub is not None
+        self.sub.pause()
         try:
             frame = self._decode(text_data, bytes_data)
             await self._handle(frame)
         except BridgeError as exc:
-            logger.info("websocket %s refused a frame: %s %s", self.channel_name, exc.code, exc.detail)
+            logger.info("websocket %s refused a frame: %s %s", self.connection, exc.code, exc.detail)
             await self.send_error(exc)
+        finally:
+            self.sub.resume()
 
     def _sender_key(self) -> str:
         """Every frame counts against its sender: the signed-in user (all its sockets), else the socket."""
         user = self.scope.get("user")
         if user is not None and user.is_authenticated:
             return f"user:{user.pk}"
-        return f"socket:{self.channel_name}"
+        return f"socket:{self.connection}"
 
     async def _over_rate(self, exc: RateLimited) -> None:
         """An error frame while the sender is over its rate; one that keeps going is closed (1008).
@@ -220,10 +280,10 @@ class RoomConsumer(LayerMember, AsyncWebsocketConsumer):
         """
         self.refused_in_a_row += 1
         if self.refused_in_a_row == 1:
-            logger.info("websocket %s (%s) is over its rate", self.channel_name, self._sender_key())
+            logger.info("websocket %s (%s) is over its rate", self.connection, self._sender_key())
         if self.refused_in_a_row > limiter("ws").rate.burst:
             logger.warning("websocket %s (%s) kept sending over its rate: closed with 1008",
-                           self.channel_name, self._sender_key())
+                           self.connection, self._sender_key())
             self.closed_for_rate = True
             await self.close(code=CLOSE_POLICY)
             return
@@ -264,35 +324,19 @@ class RoomConsumer(LayerMember, AsyncWebsocketConsumer):
 
     # --- access ---------------------------------------------------------------
 
-    async def _join_access_groups(self, room: Room, user: Any) -> None:
-        self.access_groups = [room_access_group(room.slug)]
-        if user is not None and user.is_authenticated:
-            self.access_groups.append(user_access_group(user.pk))
-        for group in self.access_groups:
-            await self.join(group)
-
-    async def _leave_access_groups(self) -> None:
-        for group in self.access_groups:
-            await self.leave(group)
-        self.access_groups = []
-
-    async def access_changed(self, event: dict[str, Any]) -> None:
-        """Who may read the room, or this user's credentials, changed: ask again.
-
-        Called for the room's privacy or members, and for the user's logout,
-        deactivation, password, groups or tokens. Closes with 4401 or 4403 (after
-        an `error` frame saying why) when this socket lost its right to the room.
-        """
-        await self._recheck_access(event)
-
     async def _recheck_access(self, event: dict[str, Any]) -> bool:
-        """Close the socket if it lost its right to the room; True when it did."""
+        """Who may read the room, or this user's credentials, changed (or the layer is
+        back, and such changes may have been lost): ask again. Called by the hub for
+        the room's privacy or members, and for the user's logout, deactivation,
+        password, groups or tokens. Closes with 4401 or 4403 (after an `error` frame
+        saying why) when this socket lost its right to the room; True when it did.
+        """
         if self.room is None:
             return False
         refusal = await database_sync_to_async(self._access_refusal)(event)
         if refusal is None:
             return False
-        logger.info("websocket %s closed: %s (%s)", self.channel_name, refusal.code, event.get("reason"))
+        logger.info("websocket %s closed: %s (%s)", self.connection, refusal.code, event.get("reason"))
         await self.send_error(refusal)
         await self.close(code=CLOSE_CODES.get(refusal.status, CLOSE_FORBIDDEN))
         return True
@@ -320,62 +364,12 @@ class RoomConsumer(LayerMember, AsyncWebsocketConsumer):
             return Forbidden("You are no longer allowed to read this room.", code="not_a_member")
         return None
 
-    # --- from the room group -----------------------------------------------
+    # --- from the hub ---------------------------------------------------------
 
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        """Channels closes stale database connections before every handler: a thread hop
-        per event and socket, so one per delivery in a busy room. These handlers only
-        write frames (a gap is read through database_sync_to_async, which closes stale
-        connections itself), so they skip it; every other event goes the usual way."""
-        if message["type"] in _FRAME_EVENTS:
-            await getattr(self, message["type"].replace(".", "_"))(message)
-            return
-        await super().dispatch(message)
-
-    async def room_message(self, event: dict[str, Any]) -> None:
-        """A message stored in the room. Fills any gap from the database first."""
-        message: Envelope = event["message"]
-        seq = message["seq"]
-        if seq <= self.last_seq:
-            return
-        if seq > self.last_seq + 1:
-            await self._send_since(self.last_seq, history_frame=False)
-            return
-        self.last_seq = seq
-        encoded = event.get("json") or json.dumps(message)
-        await self.send(text_data=_MESSAGE_FRAME % encoded)
-        delivered("web")
-
-    async def room_messages(self, event: dict[str, Any]) -> None:
-        """Several messages stored at once, ascending `seq`, each already JSON-encoded
-        by the sender of the event: the frame is built around it, not encoded again."""
-        for item in event["messages"]:
-            seq = item["seq"]
-            if seq <= self.last_seq:
-                continue
-            if seq > self.last_seq + 1:
-                await self._send_since(self.last_seq, history_frame=False)  # also sends the rest
-                continue
-            self.last_seq = seq
-            await self.send(text_data=_MESSAGE_FRAME % item["json"])
-            delivered("web")
-
-    async def layer_recovered_hook(self) -> None:
-        """The layer is back (our groups joined again): access changes announced meanwhile
-        were lost, so ask again; then send what was stored meanwhile."""
-        if self.room is None or await self._recheck_access({"reason": "layer_recovered"}):
-            return
-        await self._send_since(self.last_seq, history_frame=False)
-
-    async def room_presence(self, event: dict[str, Any]) -> None:
-        await self.send(
-            text_data=json.dumps({"type": "presence", "who": event["who"], "state": event["state"]})
-        )
-
-    async def devices_telemetry(self, event: dict[str, Any]) -> None:
-        """New readings of a device of this room (the devices panel); at most once."""
-        frame = {"type": "telemetry", "device": event["device"], "metrics": event["metrics"]}
-        await self.send(text_data=json.dumps(frame))
+    async def _catch_up(self) -> None:
+        """A gap in the room's stream (or the layer is back): what was stored since, from the database."""
+        assert self.sub is not None
+        await self._send_since(self.sub.last_seq, history_frame=False)
 
     # --- helpers -----------------------------------------------------------
 
@@ -393,7 +387,8 @@ class RoomConsumer(LayerMember, AsyncWebsocketConsumer):
         extension of the contract: the first frame is still `history`). As gap fill
         (`history_frame=False`) the messages go out as `message` frames.
         """
-        assert self.room is not None
+        assert self.room is not None and self.sub is not None
+        stream = self.sub
         cursor = after
         while True:
             page = await database_sync_to_async(_history_page)(self.room, cursor)
@@ -402,16 +397,17 @@ class RoomConsumer(LayerMember, AsyncWebsocketConsumer):
                 await self.send(text_data=json.dumps({"type": "history", "messages": page, "more": more}))
             else:
                 for message in page:
-                    if message["seq"] > self.last_seq:
+                    if message["seq"] > stream.last_seq:
                         await self.send(text_data=json.dumps({"type": "message", "message": message}))
+                        stream.last_seq = message["seq"]
                         delivered("web")
             if page:
-                self.last_seq = max(self.last_seq, page[-1]["seq"])
+                stream.last_seq = max(stream.last_seq, page[-1]["seq"])
                 cursor = page[-1]["seq"]
             if not more:
                 break
         if after is not None:
-            self.last_seq = max(self.last_seq, after)
+            stream.last_seq = max(stream.last_seq, after)
 
     async def _announce_join(self, user: Any) -> None:
         assert self.room is not None
@@ -419,11 +415,11 @@ class RoomConsumer(LayerMember, AsyncWebsocketConsumer):
         if user is not None and user.is_authenticated:
             self.identity = await database_sync_to_async(identity_for_user)(user)
             first = await database_sync_to_async(presence_join)(
-                room=self.room, identity=self.identity, connection=self.channel_name,
+                room=self.room, identity=self.identity, connection=self.connection,
                 ttl=timedelta(seconds=settings.BRIDGE_PRESENCE_TTL),
             )
             self.present = True
-            PresenceRenewer.current().connections.add(self.channel_name)
+            PresenceRenewer.current().connections.add(self.connection)
             if first:
                 await self._presence(self.identity, "online")
         # Everyone here now, yourself included: when another tab of yours came first,
@@ -431,13 +427,15 @@ class RoomConsumer(LayerMember, AsyncWebsocketConsumer):
         present = await database_sync_to_async(presence_list)(room=self.room)
         for who in present:
             if not (first and who == self.identity):
-                await self.room_presence({"who": who.as_sender(), "state": "online"})
+                frame = {"type": "presence", "who": who.as_sender(), "state": "online"}
+                await self.send(text_data=json.dumps(frame))
 
     async def _presence(self, identity: Identity, state: str) -> None:
         assert self.room is not None
         await layer.group_send(
             room_group(self.room.slug),
-            {"type": "room.presence", "who": identity.as_sender(), "state": state, "origin": "web"},
+            {"type": "room.presence", "who": identity.as_sender(), "state": state, "origin": "web",
+             "room": self.room.slug},
         )
 
     async def send_error(self, exc: BridgeError) -> None:

@@ -152,7 +152,7 @@ async def test_status_and_last_will_become_presence_in_the_devices_rooms(
 
     assert online == {
         "type": "room.presence", "who": {"kind": "device", "name": "sensor-1"},
-        "state": "online", "origin": "mqtt",
+        "state": "online", "origin": "mqtt", "room": "kitchen",
     }
     assert offline["state"] == "offline"
 

@@ -1,0 +1,180 @@
+"""One socket's write path: its frames in order, written at once while the socket takes them.
+
+The room hub writes each frame of a busy room to every local socket, so one
+socket's write must cost no more than the write itself, and one socket whose
+client does not read must never hold up the others:
+
+- `Outlet.offer(text)` is synchronous. With nothing queued, it runs the
+  server's send right there; that send completes without suspending while the
+  socket's write buffer has room (uvicorn waits only while its transport is
+  paused). If it does suspend, the rest of that send and whatever is offered
+  meanwhile (at most `limit` frames, then `offer` refuses and the caller fills
+  the gap from the database) go through one task of this socket's own. A send
+  that waits longer than `timeout` seconds ends the socket (`on_gone`), as a
+  client that does not read always was.
+- `Outlet.write(text)` is the consumer's own frames (history, acks, errors):
+  queued behind the others and awaited until written, so history is read from
+  the database a page at a time as the client takes it.
+
+Frames go to the server's own `send`, not through Channels' session middleware,
+whose wrapper only acts on HTTP responses but cost a sixth of a busy fan-out's
+time (a py-spy profile): `FrameSend` keeps that `send` in the scope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+Send = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
+FRAME_SEND = "bridge.frame_send"  # the scope key of the server's own `send`
+
+
+class ClientGone(Exception):
+    """The socket takes nothing more: the peer went away, or its send buffer stayed full."""
+
+
+class FrameSend:
+    """ASGI middleware (outside the session middleware): keeps the server's `send` for frames."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
+        return await self.app({**scope, FRAME_SEND: send}, receive, send)
+
+
+class _Rest:
+    """Awaits the rest of a coroutine that was stepped once by hand and yielded `pending`.
+
+    What a task would do with it (Python 3.12's eager tasks do this for any task;
+    3.11 has none): hand what it waits on to the awaiting task, resume it when that
+    is done, pass in a cancellation.
+    """
+
+    __slots__ = ("coro", "pending")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], pending: Any) -> None:
+        self.coro, self.pending = coro, pending
+
+    def __await__(self) -> Generator[Any, None, None]:
+        coro, pending = self.coro, self.pending
+        while True:
+            try:
+                yield pending
+            except BaseException as exc:  # noqa: BLE001 - passed on, not swallowed: the send sees a cancellation
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
+            try:
+                pending = coro.send(None)
+            except StopIteration:
+                return
+
+
+class Outlet:
+    """See the module's docstring. `on_gone(reason)` is called once, when the socket is given up."""
+
+    __slots__ = ("_send", "timeout", "limit", "on_gone", "_backlog", "_task", "gone")
+
+    def __init__(self, send: Send, *, timeout: float, limit: int, on_gone: Callable[[str], None]) -> None:
+        self._send = send
+        self.timeout = timeout
+        self.limit = limit
+        self.on_gone = on_gone
+        # Waiting behind a blocked send: (text, the consumer's future or None).
+        self._backlog: deque[tuple[str, asyncio.Future[None] | None]] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self.gone: str | None = None
+
+    @property
+    def blocked(self) -> bool:
+        """A send is waiting for the client to read."""
+        return self._task is not None
+
+    def offer(self, text: str) -> bool:
+        """Write now, or queue behind a blocked send; False when refused (queue full, socket gone)."""
+        if self.gone is not None:
+            return False
+        if self._task is not None:
+            if len(self._backlog) >= self.limit:
+                return False
+            self._backlog.append((text, None))
+            return True
+        self._start(text)
+        return self.gone is None
+
+    async def write(self, text: str) -> None:
+        """Write after everything queued; returns once written. Raises ClientGone."""
+        if self.gone is not None:
+            raise ClientGone(self.gone)
+        if self._task is None:
+            self._start(text)
+            if self._task is None:
+                if self.gone is not None:
+                    raise ClientGone(self.gone)
+                return
+            waiter = asyncio.get_running_loop().create_future()
+            self._backlog.appendleft(("", waiter))  # marks where this frame ends
+        else:
+            waiter = asyncio.get_running_loop().create_future()
+            self._backlog.append((text, waiter))
+        await waiter
+
+    def _start(self, text: str) -> None:
+        coro = self._send({"type": "websocket.send", "text": text})
+        try:
+            pending = coro.send(None)
+        except StopIteration:
+            return  # written: the usual case
+        except OSError as exc:  # uvicorn's ClientDisconnected: the peer is gone
+            self._give_up(f"it went away ({exc.__class__.__name__})")
+            return
+        self._task = asyncio.ensure_future(self._drain(_Rest(coro, pending)))
+
+    async def _drain(self, first: _Rest) -> None:
+        """The blocked send, then the backlog, each within `timeout` (one task per blocked socket)."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                await first
+            while self._backlog:
+                text, waiter = self._backlog.popleft()
+                if text:
+                    async with asyncio.timeout(self.timeout):
+                        await self._send({"type": "websocket.send", "text": text})
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+        except TimeoutError:
+            self._give_up(f"its send buffer stayed full for {self.timeout} s")
+        except OSError as exc:
+            self._give_up(f"it went away ({exc.__class__.__name__})")
+        finally:
+            self._task = None
+
+    def _give_up(self, reason: str) -> None:
+        if self.gone is not None:
+            return
+        self.gone = reason
+        for _, waiter in self._backlog:
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(ClientGone(reason))
+        self._backlog.clear()
+        self.on_gone(reason)
+
+    def close(self) -> None:
+        """No more frames (the socket closed): a blocked send is abandoned."""
+        if self.gone is None:
+            self.gone = "closed"
+            for _, waiter in self._backlog:
+                if waiter is not None and not waiter.done():
+                    waiter.set_exception(ClientGone("closed"))
+            self._backlog.clear()
+        if self._task is not None:
+            self._task.cancel()
