@@ -289,12 +289,17 @@ class EdgeCursor(models.Model):
     The database is the source of truth: an edge that was away, or lost a
     channel-layer message, delivers everything after its cursor when it is back.
     Advanced by compare-and-set, so among several processes exactly one
-    delivers a given range.
+    delivers a given range. An edge that must not advance before delivery is
+    confirmed (MQTT: the broker's PUBACK) takes a lease on the room first
+    (`lease_owner` until `lease_until`): one process delivers after `seq` at a
+    time, and if it dies, the next holder delivers the range again.
     """
 
     edge = models.CharField(max_length=32)
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="edge_cursors")
     seq = models.BigIntegerField(default=0)
+    lease_owner = models.CharField(max_length=128, blank=True, default="")
+    lease_until = models.DateTimeField(null=True, blank=True)
     updated = models.DateTimeField(auto_now=True)
 
     class Meta:

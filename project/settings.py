@@ -265,6 +265,8 @@ MQTT_KEEPALIVE = env.int("MQTT_KEEPALIVE", 30, minimum=5)  # seconds
 MQTT_RECONNECT_MAX = env.int("MQTT_RECONNECT_MAX", 30, minimum=1)  # back-off ceiling, seconds
 MQTT_MAX_PAYLOAD = env.int("MQTT_MAX_PAYLOAD", 16384, minimum=256)  # bytes from a device
 MQTT_SWEEP_INTERVAL = env.int("MQTT_SWEEP_INTERVAL", 10, minimum=1)  # lost wake-ups, new rooms
+# Seconds a room's unconfirmed publishes stay with a runmqtt that stopped renewing (died).
+MQTT_PUBLISH_LEASE = env.int("MQTT_PUBLISH_LEASE", 30, minimum=3)
 # What a device the bridge does not know gets: refused, or registered (development).
 MQTT_UNKNOWN_DEVICES = env.str("MQTT_UNKNOWN_DEVICES", default="register" if DEBUG else "refuse")
 if MQTT_UNKNOWN_DEVICES not in {"refuse", "register"}:

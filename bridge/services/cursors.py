@@ -1,8 +1,12 @@
-"""Outbound edges' delivery cursors: what is stored but not yet delivered, claimed once."""
+"""Outbound edges' delivery cursors: what is stored but not yet delivered, and who delivers it."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
 
 from bridge.models import EdgeCursor, Message, Room
 
@@ -20,20 +24,53 @@ def edge_cursor_get(*, edge: str, room: Room, start_at_end: bool = True) -> Edge
         return EdgeCursor.objects.get(edge=edge, room=room)
 
 
-def edge_cursor_claim(*, edge: str, room: Room, limit: int = 500) -> list[Message]:
-    """Claim the next undelivered messages: only the caller whose compare-and-set wins gets them.
+def edge_cursor_lease(
+    *, edge: str, room: Room, owner: str, seconds: float, limit: int = 500
+) -> list[Message]:
+    """The next undelivered messages, leased to `owner` for `seconds`; [] if another holds them.
 
-    The cursor moves before delivery (at-most-once per claim); an edge that needs
-    at-least-once delivers, then calls `edge_cursor_claim` again only on success,
-    or uses `edge_cursor_pending` + `edge_cursor_advance` instead.
+    For at-least-once delivery: the cursor does not move here. The owner
+    delivers, renews the lease while it waits for confirmations
+    (`edge_cursor_lease_renew`), then moves the cursor past what was delivered
+    and gives the lease back (`edge_cursor_delivered`). While a lease is live no
+    one else gets the room, so several processes never deliver a range twice;
+    when its owner dies, the lease lapses and the next caller (the same owner
+    at once, anyone else after `seconds`) gets the range again from the cursor.
     """
     cursor = edge_cursor_get(edge=edge, room=room)
     messages = edge_cursor_pending(cursor=cursor, limit=limit)
     if not messages:
         return []
-    if not edge_cursor_advance(cursor=cursor, to_seq=messages[-1].seq):
-        return []
-    return messages
+    now = timezone.now()
+    free = Q(lease_owner="") | Q(lease_owner=owner) | Q(lease_until__lt=now)
+    # Also on `seq`: a holder that delivered since we read the cursor makes this fail too.
+    won = EdgeCursor.objects.filter(free, pk=cursor.pk, seq=cursor.seq).update(
+        lease_owner=owner, lease_until=now + timedelta(seconds=seconds)
+    )
+    return messages if won else []
+
+
+def edge_cursor_lease_renew(*, edge: str, room_id: int, owner: str, seconds: float) -> bool:
+    """Extend `owner`'s lease; False if it lapsed and someone else holds the room now."""
+    return bool(
+        EdgeCursor.objects.filter(edge=edge, room_id=room_id, lease_owner=owner).update(
+            lease_until=timezone.now() + timedelta(seconds=seconds)
+        )
+    )
+
+
+def edge_cursor_delivered(*, edge: str, room_id: int, owner: str, to_seq: int) -> bool:
+    """Move the cursor up to `to_seq` (never back) and give `owner`'s lease back.
+
+    False if the lease had lapsed to another process meanwhile: it may deliver
+    some of the range again (what it delivers is never lost).
+    """
+    with transaction.atomic():
+        EdgeCursor.objects.filter(edge=edge, room_id=room_id, seq__lt=to_seq).update(seq=to_seq)
+        held = EdgeCursor.objects.filter(edge=edge, room_id=room_id, lease_owner=owner).update(
+            lease_owner="", lease_until=None
+        )
+    return bool(held)
 
 
 def edge_cursor_pending(*, cursor: EdgeCursor, limit: int = 500) -> list[Message]:

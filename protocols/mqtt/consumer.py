@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Coroutine
 from typing import Any
@@ -13,6 +14,7 @@ from protocols.mqtt.events import (
     ConnectEvent,
     DisconnectEvent,
     MessageEvent,
+    PublishedEvent,
     PublishEvent,
     SubscribeEvent,
     UnsubscribeEvent,
@@ -36,6 +38,12 @@ class MqttConsumer(AsyncConsumer):
     auto_ack = True
     _background: set[asyncio.Task[None]]
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # publish_id -> its outcome, for `publish_confirmed`: as many as the caller has in flight.
+        self._confirmations: dict[int, asyncio.Future[PublishedEvent]] = {}
+        self._publish_ids = itertools.count(1)
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         self._background = set()
         self._failure: BaseException | None = None
@@ -49,6 +57,8 @@ class MqttConsumer(AsyncConsumer):
         finally:
             for task in self._background:
                 task.cancel()
+            for future in self._confirmations.values():
+                future.cancel()
 
     # --- events from the server ---------------------------------------------
 
@@ -62,6 +72,11 @@ class MqttConsumer(AsyncConsumer):
 
     async def mqtt_disconnect(self, event: DisconnectEvent) -> None:
         await self.disconnect(event)
+
+    async def mqtt_published(self, event: PublishedEvent) -> None:
+        future = self._confirmations.pop(event["publish_id"], None)
+        if future is not None and not future.done():
+            future.set_result(event)
 
     # --- hooks ----------------------------------------------------------------
 
@@ -84,6 +99,26 @@ class MqttConsumer(AsyncConsumer):
             "type": "mqtt.publish", "topic": topic, "payload": data, "qos": qos, "retain": retain
         }
         await self.send(event)
+
+    async def publish_confirmed(
+        self, topic: str, payload: bytes | str, *, qos: int = 1
+    ) -> asyncio.Future[PublishedEvent]:
+        """Publish, and return a future for what became of it (`mqtt.published`).
+
+        Resolves when the broker acknowledged or refused it, or when the server lost
+        it with its client; while the broker is away it stays pending (paho sends it
+        again after reconnecting). Cancelled if this instance ends first.
+        """
+        publish_id = next(self._publish_ids)
+        future: asyncio.Future[PublishedEvent] = asyncio.get_running_loop().create_future()
+        self._confirmations[publish_id] = future
+        data = payload.encode("utf-8") if isinstance(payload, str) else payload
+        event: PublishEvent = {
+            "type": "mqtt.publish", "topic": topic, "payload": data, "qos": qos, "retain": False,
+            "publish_id": publish_id,
+        }
+        await self.send(event)
+        return future
 
     async def ack(self, message: MessageEvent) -> None:
         """Tell the broker the message is safe; QoS 0 messages need nothing."""

@@ -25,6 +25,7 @@ from bridge.supervisor import Supervisor
 from protocols.mqtt import outbound
 from protocols.mqtt.admission import Admission, Dropped
 from protocols.mqtt.consumer import MqttConsumer
+from protocols.mqtt.delivery import RoomDelivery
 from protocols.mqtt.events import ConnectEvent, DisconnectEvent, MessageEvent
 from protocols.mqtt.ingest import Outcome, ingest_batch
 from protocols.mqtt.topics import Topics, shorten
@@ -63,6 +64,7 @@ class BridgeConsumer(LayerMember, MqttConsumer):
     _dirty: set[str]
     _wake: asyncio.Event
     _commands_due: bool
+    rooms_out: RoomDelivery
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -90,6 +92,13 @@ class BridgeConsumer(LayerMember, MqttConsumer):
                 shared_group=settings.MQTT_SHARED_GROUP if event["protocol"] == 5 else "",
             )
             self.admission = Admission(self.topics)
+            self.rooms_out = RoomDelivery(
+                owner=self.scope["client_id"], topics=self.topics, lease=settings.MQTT_PUBLISH_LEASE,
+                publish=lambda topic, payload: self.publish_confirmed(topic, payload, qos=settings.MQTT_QOS),
+                # Without broker-enforced permissions any device could read a private room's
+                # topic: its messages stay off MQTT (history has them; commands still go out).
+                publish_private=settings.MQTT_DYNSEC,
+            )
             await self.join(DEVICE_COMMANDS_GROUP)
             # Cursors exist before the first device message is stored (see rooms_track).
             try:
@@ -314,18 +323,10 @@ class BridgeConsumer(LayerMember, MqttConsumer):
     async def _publish_due(self) -> None:
         while self._dirty:
             slug = self._dirty.pop()
-            claimed = await database_sync_to_async(outbound.room_claim)(slug=slug)
-            # Without broker-enforced permissions any device could read a private room's
-            # topic: its messages stay off MQTT (history has them; commands still go out).
-            publish = claimed.envelopes if settings.MQTT_DYNSEC or not claimed.private else []
-            for envelope in publish:
-                await self.publish(
-                    self.topics.room_messages(slug), json.dumps(envelope), qos=settings.MQTT_QOS
-                )
-                instruments.delivered("mqtt")
-            if claimed.commands:
-                await self._publish_commands(claimed.commands)
-            if claimed.more:
+            delivered = await self.rooms_out.deliver(slug)
+            if delivered.commands:
+                await self._publish_commands(delivered.commands)
+            if delivered.more:
                 self._dirty.add(slug)
         if self._commands_due:
             self._commands_due = False

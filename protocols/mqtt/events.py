@@ -12,6 +12,9 @@ Server to application (`receive`):
   redelivers.
 - `mqtt.disconnect`: the connection is gone; the server reconnects by itself
   and sends `mqtt.connect` again.
+- `mqtt.published`: the fate of an `mqtt.publish` that carried a `publish_id`
+  (accepted by the broker, refused for good, or lost with a replaced client),
+  so the application can move a delivery cursor only past what the broker has.
 
 Application to server (`send`):
 - `mqtt.publish`, `mqtt.subscribe`, `mqtt.unsubscribe`, and `mqtt.ack` (an
@@ -54,6 +57,19 @@ class MessageEvent(TypedDict):
     ack_id: int | None
 
 
+class PublishedEvent(TypedDict):
+    type: Literal["mqtt.published"]
+    # The `publish_id` of the application's `mqtt.publish`.
+    publish_id: int
+    # "accepted": the broker acknowledged it (PUBACK/PUBCOMP; QoS 0: handed to the client).
+    # "refused": it never will be (a failure reason code, over the broker's maximum packet
+    # size, a topic paho refuses): dropped, logged, not retried.
+    # "lost": the broker client it was handed to was replaced (shutdown, protocol fallback)
+    # before an answer: it may or may not have arrived; publishing it again is safe.
+    outcome: Literal["accepted", "refused", "lost"]
+    reason: str
+
+
 class DisconnectEvent(TypedDict):
     type: Literal["mqtt.disconnect"]
     reason: str
@@ -66,6 +82,8 @@ class PublishEvent(TypedDict):
     qos: int
     retain: NotRequired[bool]
     properties: NotRequired[dict[str, Any]]
+    # Given: the server answers with one `mqtt.published` carrying it.
+    publish_id: NotRequired[int]
 
 
 class SubscribeEvent(TypedDict):
@@ -84,5 +102,5 @@ class AckEvent(TypedDict):
     ack_id: int
 
 
-IncomingEvent = ConnectEvent | MessageEvent | DisconnectEvent
+IncomingEvent = ConnectEvent | MessageEvent | DisconnectEvent | PublishedEvent
 OutgoingEvent = PublishEvent | SubscribeEvent | UnsubscribeEvent | AckEvent

@@ -1,10 +1,12 @@
 """What the MQTT edge publishes: room messages and device commands, each claimed once.
 
-These run in a database thread. Claim-then-publish: the compare-and-set on the
-room's `EdgeCursor` (edge "mqtt") or the command's `published_at` decides which
-runmqtt process publishes; the winner publishes once. A crash between claim
-and publish loses that range on MQTT (subscribers see a `seq` gap and fetch it
-from the history API), never publishes it twice.
+These run in a database thread. Room messages: lease, publish, then move the
+cursor. A lease on the room's `EdgeCursor` (edge "mqtt") decides which runmqtt
+process publishes the messages after the cursor; it moves the cursor only past
+what the broker accepted (or refused for good), so a crash before the PUBACKs
+means the range is published again by the next holder of the lease: at least
+once (receivers drop what they have by `seq`). Commands: claim-then-publish on
+the command's `published_at`, at most once (a command may act on the world).
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ from bridge.envelope import Envelope, message_envelope
 from bridge.exceptions import BridgeError
 from bridge.models import DeviceCommand, Message, Room
 from bridge.names import parse_chat_command
-from bridge.services.cursors import edge_cursor_claim, edge_cursor_get
+from bridge.services.cursors import (
+    edge_cursor_delivered,
+    edge_cursor_get,
+    edge_cursor_lease,
+    edge_cursor_lease_renew,
+)
 from bridge.services.devices import (
     CommandOut,
     device_command_create,
@@ -36,6 +43,7 @@ CLAIM_LIMIT = 500
 
 @dataclass
 class Claimed:
+    room_id: int = 0
     envelopes: list[Envelope] = field(default_factory=list)
     commands: list[CommandOut] = field(default_factory=list)
     # More may be waiting (a full batch was claimed).
@@ -58,16 +66,18 @@ def rooms_track(*, known: set[str], started: datetime) -> list[str]:
     return slugs
 
 
-def room_claim(*, slug: str) -> Claimed:
-    """Claim the room's unpublished messages, and the commands some of them give devices."""
+def room_claim(*, slug: str, owner: str, lease: float) -> Claimed:
+    """Lease the room's unpublished messages to `owner`, and claim the commands some of
+    them give devices; nothing if another process holds the room's lease."""
     room = Room.objects.filter(slug=slug).first()
     claimed = Claimed()
     if room is None:
         return claimed
-    claimed.private = room.private
-    # The cursor's move and the commands found in the range commit together.
+    claimed.room_id, claimed.private = room.pk, room.private
+    # The lease and the commands found in the range commit together. A range leased
+    # again (its holder died) finds its commands already claimed: they are not resent.
     with transaction.atomic():
-        messages = edge_cursor_claim(edge=EDGE, room=room, limit=CLAIM_LIMIT)
+        messages = edge_cursor_lease(edge=EDGE, room=room, owner=owner, seconds=lease, limit=CLAIM_LIMIT)
         claimed.more = len(messages) == CLAIM_LIMIT
         command_ids = [c.pk for c in (_command_from(m) for m in messages) if c is not None]
         claimed.envelopes = [message_envelope(m, room_slug=slug) for m in messages]
@@ -106,6 +116,15 @@ def _command_from(message: Message) -> DeviceCommand | None:
     except BridgeError as exc:
         logger.info("room %s #%s: no command for %s: %s", message.room.slug, message.seq, device_id, exc.detail)
         return None
+
+
+def room_lease_renew(*, room_id: int, owner: str, lease: float) -> bool:
+    return edge_cursor_lease_renew(edge=EDGE, room_id=room_id, owner=owner, seconds=lease)
+
+
+def room_delivered(*, room_id: int, owner: str, to_seq: int) -> bool:
+    """The broker has everything up to `to_seq`: move the cursor, give the lease back."""
+    return edge_cursor_delivered(edge=EDGE, room_id=room_id, owner=owner, to_seq=to_seq)
 
 
 def commands_claim() -> list[CommandOut]:

@@ -15,7 +15,7 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -25,11 +25,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from bridge.health import HEALTH
 from protocols.mqtt.config import MqttConfig
-from protocols.mqtt.events import IncomingEvent, MessageEvent, MqttScope
+from protocols.mqtt.events import IncomingEvent, MessageEvent, MqttScope, PublishedEvent
 from protocols.mqtt.topics import shorten
 
 logger = logging.getLogger(__name__)
 
+Outcome = Literal["accepted", "refused", "lost"]
 Application = Callable[[Any, Any, Any], Coroutine[Any, Any, None]]
 
 # CONNACK codes meaning "this broker does not speak MQTT 5" (v5: 0x84; 3.1.1: 1).
@@ -63,9 +64,13 @@ class MqttServer:
         # ack_id -> (connection generation, mid, qos): an ack for a message of an
         # earlier connection is dropped; the broker redelivers it on the new one.
         self._unacked: dict[int, tuple[int, int, int]] = {}
-        # Bounded by MAX_QUEUED: see there. `_slots` counts the free places, taken in
-        # paho's thread before enqueueing and given back when the application reads.
-        self._queue: asyncio.Queue[IncomingEvent] = asyncio.Queue(maxsize=MAX_QUEUED)
+        # Bounded by MAX_QUEUED events from paho's thread: see there. `_slots` counts their
+        # free places, taken in paho's thread before enqueueing and given back when the
+        # application reads. `mqtt.published` events take no place (paho calls on_publish
+        # holding a lock that the application's next publish needs: it must never wait);
+        # there are at most as many as the publishes with a `publish_id` the application has
+        # in flight, its own bound.
+        self._queue: asyncio.Queue[IncomingEvent] = asyncio.Queue()
         self._slots = threading.Semaphore(MAX_QUEUED)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: paho.Client | None = None
@@ -73,7 +78,8 @@ class MqttServer:
         # The broker's Maximum Packet Size (MQTT 5 CONNACK): a larger PUBLISH would make the
         # broker drop the connection, and paho would send it again after every reconnect.
         self._max_packet: int | None = None
-        self._inflight: dict[int, str] = {}  # mid -> topic of QoS > 0 publishes not yet acknowledged
+        # mid -> (topic, publish_id) of QoS > 0 publishes the broker has not answered yet.
+        self._inflight: dict[int, tuple[str, int | None]] = {}
         self.published = 0
         self.refused = 0
 
@@ -150,6 +156,10 @@ class MqttServer:
         client, self._client = self._client, None
         if client is None:
             return
+        # What this client still holds goes with it: the application may publish it again.
+        for _topic, publish_id in self._inflight.values():
+            self._report(publish_id, "lost", "the broker client was replaced before an answer")
+        self._inflight.clear()
         client.disconnect()
         # loop_stop joins paho's thread: not on the event loop.
         await asyncio.to_thread(client.loop_stop)
@@ -272,20 +282,32 @@ class MqttServer:
     async def _receive(self) -> IncomingEvent:
         """The application's `receive`: the next event, freeing its place for paho's thread."""
         event = await self._queue.get()
-        self._slots.release()
+        if event["type"] != "mqtt.published":
+            self._slots.release()
         return event
 
     def _set_max_packet(self, size: int | None) -> None:
         self._max_packet = size
 
     def _published(self, mid: int, reason: ReasonCode) -> None:
-        topic = self._inflight.pop(mid, "?")
+        topic, publish_id = self._inflight.pop(mid, ("?", None))
         if reason.is_failure:
             # Refused for good (not authorized, quota, payload format): paho does not resend it.
             self.refused += 1
             logger.error("the broker refused a publish on %s: %s; dropped", shorten(topic), reason)
+            self._report(publish_id, "refused", str(reason))
         else:
             self.published += 1
+            self._report(publish_id, "accepted", str(reason))
+
+    def _report(self, publish_id: int | None, outcome: Outcome, reason: str) -> None:
+        """Tell the application what became of a publish it gave an id (see PublishedEvent)."""
+        if publish_id is not None:
+            event: PublishedEvent = {
+                "type": "mqtt.published", "publish_id": publish_id,
+                "outcome": outcome, "reason": reason,
+            }
+            self._queue.put_nowait(event)
 
     def _enqueue(self, event: IncomingEvent) -> None:
         self._queue.put_nowait(event)
@@ -309,6 +331,8 @@ class MqttServer:
             return
         if client is None:
             logger.warning("dropping %s: the broker client is being replaced", kind)
+            if kind == "mqtt.publish":
+                self._report(event.get("publish_id"), "lost", "no broker client")
             return
         if kind == "mqtt.publish":
             self._publish(client, event)
@@ -324,25 +348,37 @@ class MqttServer:
     def _publish(self, client: paho.Client, event: dict[str, Any]) -> None:
         """Hand one PUBLISH to paho, or drop it (logged) when no retry could ever deliver it."""
         topic, payload, qos = event["topic"], event["payload"], event["qos"]
+        publish_id = event.get("publish_id")
         size = _packet_size(topic, payload, qos)
         if self._max_packet is not None and size > self._max_packet:
             self.refused += 1
             logger.error("dropping a publish on %s: %s bytes, over the broker's maximum packet "
                          "size of %s", shorten(topic), size, self._max_packet)
+            self._report(publish_id, "refused", f"{size} bytes, over the maximum packet size")
             return
         try:
             info = client.publish(topic, payload, qos=qos, retain=event.get("retain", False))
         except ValueError as exc:  # paho's own refusals: an invalid topic, a payload too large
             self.refused += 1
             logger.error("dropping a publish on %s: %s", shorten(topic), exc)
+            self._report(publish_id, "refused", str(exc))
+            return
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:  # paho's queue is full: try again later
+            logger.warning("not publishing on %s now: %s", shorten(topic), paho.error_string(info.rc))
+            self._report(publish_id, "lost", paho.error_string(info.rc))
             return
         # Not connected: paho keeps QoS 1/2 messages and sends them after reconnecting.
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             self.refused += 1
             logger.error("dropping a publish on %s: %s", shorten(topic), paho.error_string(info.rc))
+            self._report(publish_id, "refused", paho.error_string(info.rc))
             return
         if qos > 0:
-            self._inflight[info.mid] = topic
+            self._inflight[info.mid] = (topic, publish_id)
+        elif info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._report(publish_id, "accepted", "QoS 0: handed to the client")
+        else:  # QoS 0 while not connected: paho drops it
+            self._report(publish_id, "lost", paho.error_string(info.rc))
 
 
 def _packet_size(topic: str, payload: bytes, qos: int) -> int:

@@ -16,7 +16,10 @@ class MqttCommunicator(ApplicationCommunicator):
     """Plays the protocol server: connects, delivers PUBLISHes, collects the replies.
 
     Publishes, subscriptions and acks the application sends are kept apart, so
-    a test can wait for the next publish while acks go by.
+    a test can wait for the next publish while acks go by. A publish that asks
+    for its outcome (`publish_id`) is answered with `mqtt.published` and
+    `self.outcome` ("accepted", as from a broker that takes everything); set it
+    to None to hold the answers and give them with `answer`.
     """
 
     def __init__(self, application: Any, *, client_id: str = "test-bridge", protocol: int = 5) -> None:
@@ -33,6 +36,7 @@ class MqttCommunicator(ApplicationCommunicator):
         self.published: list[dict[str, Any]] = []
         self.subscribed: list[str] = []
         self.acked: set[int] = set()
+        self.outcome: str | None = "accepted"
 
     async def connect(self, *, session_present: bool = False, timeout: float = 2) -> list[str]:  # noqa: ASYNC109
         """Send `mqtt.connect`; returns the topic filters the application subscribed to."""
@@ -90,12 +94,20 @@ class MqttCommunicator(ApplicationCommunicator):
                 return self.published.pop(index)
         raise AssertionError("unreachable")
 
+    async def answer(self, publish: dict[str, Any], outcome: str, reason: str = "test") -> None:
+        """What the server says once the broker answered `publish` (see PublishedEvent)."""
+        await self.send_input(
+            {"type": "mqtt.published", "publish_id": publish["publish_id"], "outcome": outcome, "reason": reason}
+        )
+
     async def _until(self, condition: Any, timeout: float) -> None:  # noqa: ASYNC109
         while not condition():
             event = await self.receive_output(timeout)
             kind = event["type"]
             if kind == "mqtt.publish":
                 self.published.append(event)
+                if "publish_id" in event and self.outcome is not None:
+                    await self.answer(event, self.outcome)
             elif kind == "mqtt.subscribe":
                 self.subscribed.extend(event["topics"])
             elif kind == "mqtt.ack":

@@ -20,10 +20,16 @@ def _setup() -> None:
 
 
 @pytest.fixture
-async def bridge(transactional_db: None) -> AsyncIterator[MqttCommunicator]:
+def bridge_settings() -> dict[str, object]:
+    """Settings the bridge starts with (it reads them once): parametrize to change them."""
+    return {}
+
+
+@pytest.fixture
+async def bridge(transactional_db: None, bridge_settings: dict[str, object]) -> AsyncIterator[MqttCommunicator]:
     """The bridge's MQTT application through the project's router, connected; one device."""
     await database_sync_to_async(_setup)()
-    with override_settings(MQTT_UNKNOWN_DEVICES="refuse", MQTT_SHARED_GROUP="bridge"):
+    with override_settings(MQTT_UNKNOWN_DEVICES="refuse", MQTT_SHARED_GROUP="bridge", **bridge_settings):
         communicator = MqttCommunicator(application)
         await communicator.connect()
         try:

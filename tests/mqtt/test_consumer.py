@@ -302,18 +302,18 @@ async def test_dropped_messages_are_counted_for_metrics(bridge: MqttCommunicator
     await bridge.receive_publish(topic="rooms/lobby/messages")  # the one stored, published
 
 
-@pytest.mark.parametrize("dynsec", [False, True])
+@pytest.mark.parametrize("bridge_settings", [{"MQTT_DYNSEC": False}, {"MQTT_DYNSEC": True}])
 async def test_private_rooms_reach_mqtt_only_where_the_broker_keeps_them_to_members(
-    bridge: MqttCommunicator, dynsec: bool
+    bridge: MqttCommunicator, bridge_settings: dict[str, object]
 ) -> None:
+    dynsec = bridge_settings["MQTT_DYNSEC"]
     await database_sync_to_async(room_create)(slug="vault", private=True)
     bob = await database_sync_to_async(_user_identity)("bob", member_of="vault")
-    with override_settings(MQTT_DYNSEC=dynsec):
-        await amessage_post(room="vault", sender=bob, origin="web", text="secret")
-        await amessage_post(room="lobby", sender=bob, origin="web", text="public")
-        await bridge.receive_publish(topic="rooms/lobby/messages")
-        if dynsec:
-            await bridge.receive_publish(topic="rooms/vault/messages")
-        else:
-            assert await bridge.receive_nothing(timeout=0.5)
-            assert "rooms/vault/messages" not in [e["topic"] for e in bridge.published]
+    await amessage_post(room="vault", sender=bob, origin="web", text="secret")
+    await amessage_post(room="lobby", sender=bob, origin="web", text="public")
+    await bridge.receive_publish(topic="rooms/lobby/messages")
+    if dynsec:
+        await bridge.receive_publish(topic="rooms/vault/messages")
+    else:
+        assert await bridge.receive_nothing(timeout=0.5)
+        assert "rooms/vault/messages" not in [e["topic"] for e in bridge.published]

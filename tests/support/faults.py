@@ -4,7 +4,8 @@
 `runmqtt` and `runworker` (both with their ops endpoint), waits until each
 says it is ready (`/readyz`), and stops them after. Scenarios inject faults
 from outside (`redis_kill`, `redis_start`, `redis_freeze`/`redis_thaw`,
-signals to any process, a `TcpProxy` in front of Redis), count what was stored
+signals to any process, a `TcpProxy` in front of Redis or between `runmqtt` and
+the broker, `runmqtt_start` after a kill), count what was stored
 (`stored`), listen like browsers (`Listener`), publish like devices
 (`DeviceStream`), and print one line each (`report`).
 """
@@ -75,6 +76,8 @@ class Deployment:
     web: str
     ops: dict[str, int]  # process name -> its ops port
     proxy: TcpProxy | None = None
+    # Between runmqtt and mosquitto (deployment(mqtt_proxy=True)); devices connect directly.
+    mqtt_proxy: TcpProxy | None = None
     procs: dict[str, Proc] = field(default_factory=dict)
 
     # --- faults ----------------------------------------------------------------------
@@ -95,6 +98,22 @@ class Deployment:
     def redis_thaw(self) -> None:
         assert self.redis is not None
         self.redis.popen.send_signal(signal.SIGCONT)
+
+    def runmqtt_start(self, name: str = "runmqtt") -> Proc:
+        """(Again) runmqtt, with the same client id, through the MQTT proxy if there is one;
+        returns once it is ready."""
+        env = dict(self.stack.env)
+        if self.mqtt_proxy is not None:
+            env["MQTT_URL"] = self.broker.bridge_url.replace(f":{self.broker.port}", f":{self.mqtt_proxy.port}")
+        proc = start_manage(
+            name, ["runmqtt", "--client-id", "bridge-faults", "--ops-port", str(self.ops["runmqtt"])],
+            env=env, log_dir=self.tmp,
+        )
+        self.procs["runmqtt"] = proc
+        self.stack.procs.append(proc)
+        wait_for_port(self.ops["runmqtt"], proc=proc)
+        _ready_or_fail(self, "runmqtt", proc)
+        return proc
 
     # --- observations ---------------------------------------------------------------------
 
@@ -142,7 +161,7 @@ def _ready_or_fail(deployment: Deployment, name: str, proc: Proc) -> None:
 
 
 @contextlib.contextmanager
-def deployment(tmp: Path, *, redis_proxy: bool = False, **env: str) -> Iterator[Deployment]:
+def deployment(tmp: Path, *, redis_proxy: bool = False, mqtt_proxy: bool = False, **env: str) -> Iterator[Deployment]:
     """Everything running and ready; every process stopped after, by its own id."""
     redis = redis_server(tmp)
     redis_port = int(redis.extra["port"])  # type: ignore[call-overload]
@@ -161,19 +180,19 @@ def deployment(tmp: Path, *, redis_proxy: bool = False, **env: str) -> Iterator[
     ops = {"runmqtt": free_port(), "worker": free_port()}
     found = Deployment(tmp=tmp, stack=stack, broker=broker, redis_port=redis_port, redis=redis,
                        web="", ops=ops, proxy=proxy)
+    if mqtt_proxy:
+        found.mqtt_proxy = TcpProxy(target_port=broker.port)
+        found.mqtt_proxy.start()
     try:
         found.web = stack.asgi("web")
         found.procs["web"] = stack.procs[-1]
-        found.procs["runmqtt"] = start_manage(
-            "runmqtt", ["runmqtt", "--client-id", "bridge-faults", "--ops-port", str(ops["runmqtt"])],
-            env=stack.env, log_dir=tmp,
-        )
         found.procs["worker"] = start_manage(
             "worker", ["runworker", "bridge-tasks", "--ops-port", str(ops["worker"])],
             env=stack.env, log_dir=tmp,
         )
-        stack.procs += [found.procs["runmqtt"], found.procs["worker"]]
-        for name in ("web", "runmqtt", "worker"):
+        stack.procs.append(found.procs["worker"])
+        found.runmqtt_start()
+        for name in ("web", "worker"):
             if name != "web":
                 wait_for_port(ops[name], proc=found.procs[name])
             _ready_or_fail(found, name, found.procs[name])
@@ -185,6 +204,8 @@ def deployment(tmp: Path, *, redis_proxy: bool = False, **env: str) -> Iterator[
         broker.stop()
         if proxy is not None:
             proxy.stop()
+        if found.mqtt_proxy is not None:
+            found.mqtt_proxy.stop()
         if found.redis is not None:
             found.redis.stop()
 

@@ -1,0 +1,106 @@
+"""Room messages out to MQTT: the cursor moves only past what the broker has (at least once)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from channels.db import database_sync_to_async
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from bridge.models import EdgeCursor, Identity
+from bridge.services.cursors import (
+    edge_cursor_delivered,
+    edge_cursor_get,
+    edge_cursor_lease,
+    edge_cursor_lease_renew,
+)
+from bridge.services.identities import identity_for_user
+from bridge.services.messages import amessage_post, message_post
+from bridge.services.rooms import room_create
+from protocols.mqtt.testing import MqttCommunicator
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _cursor(room: str = "lobby") -> int:
+    return EdgeCursor.objects.get(edge="mqtt", room__slug=room).seq
+
+
+def _identity() -> Identity:
+    user, _ = get_user_model().objects.get_or_create(username="ann")
+    return identity_for_user(user)
+
+
+def _post(room: str, text: str) -> None:
+    message_post(room=room, sender=_identity(), origin="web", text=text)
+
+
+def test_a_lease_keeps_a_room_to_one_owner_until_it_delivered_lapsed_or_came_back() -> None:
+    room = room_create(slug="hall")
+    edge_cursor_get(edge="t", room=room, start_at_end=False)
+    for i in range(3):
+        _post("hall", f"m{i}")
+    first = edge_cursor_lease(edge="t", room=room, owner="bridge-1", seconds=30)
+    assert [m.seq for m in first] == [1, 2, 3]
+    assert edge_cursor_lease(edge="t", room=room, owner="bridge-2", seconds=30) == []  # held
+    # The same owner (a restarted process, same client id) takes its range again at once.
+    assert [m.seq for m in edge_cursor_lease(edge="t", room=room, owner="bridge-1", seconds=30)] == [1, 2, 3]
+    assert edge_cursor_lease_renew(edge="t", room_id=room.pk, owner="bridge-1", seconds=30)
+    assert not edge_cursor_lease_renew(edge="t", room_id=room.pk, owner="bridge-2", seconds=30)
+    assert edge_cursor_delivered(edge="t", room_id=room.pk, owner="bridge-1", to_seq=2)
+    assert [m.seq for m in edge_cursor_lease(edge="t", room=room, owner="bridge-2", seconds=30)] == [3]
+    # bridge-2 died holding it: the lease lapses and anyone gets the range again.
+    EdgeCursor.objects.filter(edge="t").update(lease_until=timezone.now() - timedelta(seconds=1))
+    assert [m.seq for m in edge_cursor_lease(edge="t", room=room, owner="bridge-3", seconds=30)] == [3]
+    # A late holder's delivery never moves the cursor back, and reports the lease gone.
+    assert not edge_cursor_delivered(edge="t", room_id=room.pk, owner="bridge-2", to_seq=1)
+    assert EdgeCursor.objects.get(edge="t").seq == 2
+
+
+async def test_the_cursor_waits_for_the_brokers_answer(bridge: MqttCommunicator) -> None:
+    bridge.outcome = None  # the broker does not answer yet
+    start = await database_sync_to_async(_cursor)()
+    await bridge.deliver("devices/sensor-1/rooms/lobby", "one")
+    published = await bridge.receive_publish(topic="rooms/lobby/messages")
+    assert await bridge.receive_nothing(timeout=0.3)
+    assert await database_sync_to_async(_cursor)() == start  # handed to paho is not delivered
+    await bridge.answer(published, "accepted")
+    assert await bridge.receive_nothing(timeout=0.3)
+    assert await database_sync_to_async(_cursor)() == start + 1
+
+
+async def test_a_refused_publish_is_passed_over_and_the_next_ones_still_go(bridge: MqttCommunicator) -> None:
+    bridge.outcome = None
+    start = await database_sync_to_async(_cursor)()
+    await bridge.deliver("devices/sensor-1/rooms/lobby", "refused by the broker")
+    refused = await bridge.receive_publish(topic="rooms/lobby/messages")
+    await bridge.answer(refused, "refused", "Not authorized")
+    await bridge.deliver("devices/sensor-1/rooms/lobby", "next")
+    published = await bridge.receive_publish(topic="rooms/lobby/messages")
+    assert json.loads(published["payload"])["text"] == "next"
+    await bridge.answer(published, "accepted")
+    assert await bridge.receive_nothing(timeout=0.3)
+    assert await database_sync_to_async(_cursor)() == start + 2
+
+
+async def test_publishes_lost_with_the_broker_client_go_again_in_order(bridge: MqttCommunicator) -> None:
+    bridge.outcome = None
+    start = await database_sync_to_async(_cursor)()
+    identity = await database_sync_to_async(_identity)()
+    for text in ("a", "b", "c"):
+        await amessage_post(room="lobby", sender=identity, origin="web", text=text)
+    first = [await bridge.receive_publish(topic="rooms/lobby/messages") for _ in range(3)]
+    assert [json.loads(p["payload"])["text"] for p in first] == ["a", "b", "c"]
+    await bridge.answer(first[0], "accepted")
+    await bridge.answer(first[1], "lost")
+    await bridge.answer(first[2], "accepted")
+    again = [await bridge.receive_publish(topic="rooms/lobby/messages", timeout=5) for _ in range(2)]
+    assert [json.loads(p["payload"])["text"] for p in again] == ["b", "c"]
+    assert await database_sync_to_async(_cursor)() == start + 1
+    for published in again:
+        await bridge.answer(published, "accepted")
+    assert await bridge.receive_nothing(timeout=0.3)
+    assert await database_sync_to_async(_cursor)() == start + 3
