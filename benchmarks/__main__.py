@@ -20,7 +20,7 @@ from benchmarks.harness import Options, cpu_split, say
 from benchmarks.report import charts, table
 from tests.support.processes import REPO
 
-SCENARIOS = ("mqtt_ingress", "fanout", "idle", "channel_layer", "end_to_end", "xmpp_ingress")
+SCENARIOS = ("mqtt_ingress", "fanout", "idle", "channel_layer", "end_to_end", "xmpp_ingress", "page")
 
 
 def main() -> None:

@@ -22,6 +22,13 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
                    ("added_p50_ms", "p50 added over floor, ms"), ("added_p99_ms", "p99 added over floor, ms")],
     "xmpp_ingress": [("target", "target"), ("senders", "occupants sending"),
                      ("rate", "stored + fanned out, msg/s (burst)"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")],
+    "page": [("target", "page"), ("rate", "msg/s offered"), ("achieved_rate", "msg/s stored"),
+             ("messages", "messages"),
+             ("TaskDuration_ms_per_msg", "main thread ms/msg"), ("ScriptDuration_ms_per_msg", "script ms/msg"),
+             ("LayoutDuration_ms_per_msg", "layout ms/msg"), ("RecalcStyleDuration_ms_per_msg", "style ms/msg"),
+             ("handler_ms_per_msg", "onmessage ms/msg"), ("behind_after_send_s", "last shown after (s)"),
+             ("messages_in_page", "messages received"), ("nodes_after", "DOM nodes"),
+             ("js_heap_mib", "JS heap MiB")],
 }
 # Ratios: (scenario, key, numerator target prefix, denominator target, header).
 RATIOS = [

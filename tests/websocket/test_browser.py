@@ -181,3 +181,32 @@ def test_a_hole_left_by_a_deleted_message_does_not_stall_the_page(bridge: str, b
     say(page, "after")
     wait_for_text(page, "after")
     assert texts(page)[-2:] == ["before", "after"]
+
+
+def test_a_busy_room_keeps_the_newest_500_on_the_page_and_scrolling_up_brings_back_the_rest(
+    bridge: str, browser: Any
+) -> None:
+    page = browser.new_context().new_page()
+    open_lobby(page, bridge)
+    # 650 posts through a second socket of the same user, each acknowledged (stored).
+    page.evaluate("""async (count) => {
+        const ws = new WebSocket(location.origin.replace("http", "ws") + "/ws/rooms/lobby/");
+        await new Promise((resolve) => { ws.onopen = resolve; });
+        let acked = 0;
+        const done = new Promise((resolve) => {
+            ws.onmessage = (event) => { if (JSON.parse(event.data).type === "ack" && ++acked === count) resolve(); };
+        });
+        for (let i = 0; i < count; i++) ws.send(JSON.stringify({type: "message", text: "bulk " + i}));
+        await done;
+        ws.close();
+    }""", 650)
+    wait_for_text(page, "bulk 649")
+    seqs = [int(s) for s in page.locator("#messages li").evaluate_all("els => els.map(e => e.dataset.seq)")]
+    assert len(seqs) == 500 and seqs == list(range(seqs[0], seqs[0] + 500))  # the newest, no hole
+    assert texts(page)[-1] == "bulk 649"
+    # Scrolled to the top: the page before the oldest shown comes back from the API.
+    page.evaluate("document.getElementById('messages').scrollTop = 0")
+    page.wait_for_function("first => Number(document.querySelector('#messages li').dataset.seq) < first",
+                           arg=seqs[0], timeout=15000)
+    more = [int(s) for s in page.locator("#messages li").evaluate_all("els => els.map(e => e.dataset.seq)")]
+    assert more[-500:] == seqs and more == list(range(more[0], seqs[-1] + 1))

@@ -73,13 +73,43 @@
     return date.toLocaleDateString() + " " + date.toLocaleTimeString();
   }
 
+  // New messages reach the DOM once per frame, not once each: reading the scroll
+  // position after every append forced a layout per message (O(messages shown)).
+  // The list keeps the newest MAX_SHOWN while the reader is at the bottom; what is
+  // dropped is loaded again by scrolling up.
+  const MAX_SHOWN = 500;
+  let pending = [];
+  let flushScheduled = false;
+
   function append(message) {
-    if (message.seq <= lastSeq) return; // already shown
-    const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
-    list.append(render(message));
+    if (message.seq <= lastSeq) return; // already shown (or about to be)
+    pending.push(message);
     lastSeq = message.seq;
     if (!firstSeq) firstSeq = message.seq;
-    if (atBottom) list.scrollTop = list.scrollHeight;
+    if (!flushScheduled) {
+      flushScheduled = true;
+      // A hidden tab gets no animation frames: batch there on a timer instead.
+      if (document.hidden) setTimeout(flush, 250);
+      else requestAnimationFrame(flush);
+    }
+  }
+
+  function flush() {
+    flushScheduled = false;
+    if (!pending.length) return;
+    const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+    const fragment = document.createDocumentFragment();
+    pending.forEach(function (message) { fragment.append(render(message)); });
+    pending = [];
+    list.append(fragment);
+    if (!atBottom) return;
+    const extra = list.children.length - MAX_SHOWN;
+    if (extra > 0) {
+      for (let i = 0; i < extra; i++) list.firstElementChild.remove();
+      firstSeq = Number(list.firstElementChild.dataset.seq);
+      olderMarker().textContent = "";
+    }
+    list.scrollTop = list.scrollHeight;
   }
 
   // A line above the list (not an item of it): loading, or the room's beginning reached.
@@ -100,6 +130,7 @@
         );
         if (!response.ok) throw new Error("history: HTTP " + response.status);
         const body = await response.json();
+        flush(); // anything still queued goes below first
         const height = list.scrollHeight;
         const fragment = document.createDocumentFragment();
         body.messages.forEach(function (message) { fragment.append(render(message)); });
@@ -123,8 +154,11 @@
     if (list.scrollTop < 40) loadOlder();
   });
 
+  let wanted = 0; // the newest seq seen live: a gap fill goes on until it has it
+
   function add(message) {
     if (message.seq > lastSeq + 1 && lastSeq > 0) {
+      wanted = Math.max(wanted, message.seq);
       fillGap(); // a message went missing on the way: the history API has it
       return;
     }
@@ -134,6 +168,7 @@
   async function fillGap() {
     if (fetching) return fetching;
     fetching = (async () => {
+      let retries = 0;
       try {
         for (;;) {
           const response = await fetch(
@@ -145,7 +180,10 @@
           // The database is the truth: show what it has, in order, even across a
           // hole that a deleted message left.
           body.messages.forEach(append);
-          if (body.messages.length < 500) break;
+          // A short page ends it, unless a message seen live while this one was asked
+          // for is newer than it (it arrived during the fetch and would stay missing
+          // until the next one); a few tries, for one deleted since.
+          if (body.messages.length < 500 && (lastSeq >= wanted || ++retries > 3)) break;
         }
       } catch (err) {
         showError("Could not load missed messages: " + err.message);
@@ -197,6 +235,7 @@
       if (frame.type === "history") {
         // A long history comes as several history frames; "more" says another follows.
         frame.messages.forEach(append);
+        flush();
         if (firstSeq <= 1 && frame.messages.length) olderMarker().textContent = "the beginning of the room";
         if (!frame.more) {
           list.scrollTop = list.scrollHeight;
