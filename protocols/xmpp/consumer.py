@@ -10,6 +10,7 @@ from protocols.xmpp.events import (
     XmppDisconnectEvent,
     XmppIqEvent,
     XmppMessageEvent,
+    XmppMessagesEvent,
     XmppPresenceEvent,
     XmppScope,
 )
@@ -21,7 +22,8 @@ class XmppConsumer(AsyncConsumer):
     Hooks: `connect` (the server accepted the component, after every reconnect),
     `disconnect` (the stream is gone; sends are dropped until the next connect),
     `receive_message`, `receive_presence` and `receive_iq` (one stanza each; IQs are the
-    answers to the application's own requests).
+    answers to the application's own requests), `receive_messages` (message stanzas that
+    arrived back to back; by default `receive_message` for each, in order).
     """
 
     scope: XmppScope
@@ -36,6 +38,9 @@ class XmppConsumer(AsyncConsumer):
 
     async def xmpp_message(self, event: XmppMessageEvent) -> None:
         await self.receive_message(event)
+
+    async def xmpp_messages(self, event: XmppMessagesEvent) -> None:
+        await self.receive_messages(event["messages"])
 
     async def xmpp_presence(self, event: XmppPresenceEvent) -> None:
         await self.receive_presence(event)
@@ -53,6 +58,10 @@ class XmppConsumer(AsyncConsumer):
 
     async def receive_message(self, event: XmppMessageEvent) -> None:
         pass
+
+    async def receive_messages(self, events: list[XmppMessageEvent]) -> None:
+        for event in events:
+            await self.receive_message(event)
 
     async def receive_presence(self, event: XmppPresenceEvent) -> None:
         pass

@@ -221,7 +221,10 @@ class BridgeXmppConsumer(XmppConsumer):
             await self.occupants.puppet_presence(link, puppet, event)
 
     async def receive_message(self, event: XmppMessageEvent) -> None:
-        await self.inbound.message(event)
+        await self.inbound.messages([event])
+
+    async def receive_messages(self, events: list[XmppMessageEvent]) -> None:
+        await self.inbound.messages(events)
 
     async def receive_iq(self, event: XmppIqEvent) -> None:
         link = self._link_of(event["sender"])

@@ -51,6 +51,14 @@ class XmppMessageEvent(TypedDict):
     subject: str | None  # None: no <subject/>; "" an empty one (ends the join history)
 
 
+class XmppMessagesEvent(TypedDict):
+    """Several message stanzas that arrived back to back, in order (at most `MAX_BATCH`):
+    what the server had queued behind one, so that a burst is handled as one batch."""
+
+    type: Literal["xmpp.messages"]
+    messages: list[XmppMessageEvent]
+
+
 class XmppPresenceEvent(TypedDict):
     type: Literal["xmpp.presence"]
     sender: str
@@ -152,6 +160,7 @@ class XmppSendIqEvent(TypedDict):
 
 
 XmppIncoming = (
-    XmppConnectEvent | XmppDisconnectEvent | XmppMessageEvent | XmppPresenceEvent | XmppIqEvent
+    XmppConnectEvent | XmppDisconnectEvent | XmppMessageEvent | XmppMessagesEvent | XmppPresenceEvent
+    | XmppIqEvent
 )
 XmppOutgoing = XmppSendMessageEvent | XmppSendPresenceEvent | XmppSendErrorEvent | XmppSendIqEvent

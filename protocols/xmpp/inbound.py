@@ -9,6 +9,7 @@ sender's real JID, with a log line.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from channels.db import database_sync_to_async
@@ -16,7 +17,7 @@ from channels.db import database_sync_to_async
 from bridge.exceptions import BridgeError
 from bridge.instruments import refused
 from bridge.ratelimit import athrottle
-from bridge.services.messages import amessage_post
+from bridge.services.messages import PostResult, messages_fanout
 from protocols.xmpp import store
 from protocols.xmpp.addresses import Jid, occupant_jid, room_jid
 from protocols.xmpp.events import XmppMessageEvent
@@ -30,19 +31,41 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class _Said:
+    """An occupant's message, admitted (rate limit), waiting for its batch's store."""
+
+    link: RoomLink
+    nick: str
+    real_jid: str
+    event: XmppMessageEvent
+
+
 class Inbound:
     """The inbound part of the bridge's XMPP consumer."""
 
     def __init__(self, edge: BridgeXmppConsumer) -> None:
         self.edge = edge
 
-    async def message(self, event: XmppMessageEvent) -> None:
+    async def messages(self, events: list[XmppMessageEvent]) -> None:
+        """Stanzas that arrived back to back, handled in order; what occupants said is then
+        stored in one transaction per room and fanned out once (a burst costs one store, not
+        one per message). Run again after a database or Redis error (see the consumer's
+        dispatch): nothing of a failed store is written, and the origin-id or stanza-id makes
+        a message stored already come back as the same row."""
+        said: list[_Said] = []
+        for event in events:
+            await self._message(event, said)
+        if said:
+            await self._store(said)
+
+    async def _message(self, event: XmppMessageEvent, said: list[_Said]) -> None:
         edge = self.edge
         sender = Jid.parse(event["sender"])
         to = Jid.parse(event["to"])
         link = edge.rooms.get(sender.local) if sender.domain == edge.muc.lower() else None
         if link is not None and event["to"] == link.relay_jid:
-            await self._in_room(link, sender.resource, event)
+            await self._in_room(link, sender.resource, event, said)
         elif link is not None and link.puppet_by_jid(event["to"]) is not None:
             await self._to_puppet(link, event)
         elif event["message_type"] == "error":
@@ -58,7 +81,7 @@ class Inbound:
                 text=f"No such room or user here. Rooms are on {edge.muc}; send 'help' to {edge.component}.",
             )
 
-    async def _in_room(self, link: RoomLink, nick: str, event: XmppMessageEvent) -> None:
+    async def _in_room(self, link: RoomLink, nick: str, event: XmppMessageEvent, said: list[_Said]) -> None:
         if event["message_type"] == "error":
             await self.edge.pump.bounced(link, event)
             return
@@ -77,28 +100,51 @@ class Inbound:
             return
         if not nick or not event["body"]:
             return
-        await self._from_occupant(link, nick, event)
+        await self._from_occupant(link, nick, event, said)
 
-    async def _from_occupant(self, link: RoomLink, nick: str, event: XmppMessageEvent) -> None:
-        """An XMPP occupant spoke: store it once, as its sender; refusals go back to it."""
+    async def _from_occupant(self, link: RoomLink, nick: str, event: XmppMessageEvent, said: list[_Said]) -> None:
+        """An XMPP occupant spoke: admitted, it is stored with its batch (`_store`), once, as
+        its sender; refusals go back to it."""
         real = link.real_jid(nick)
         # The real bare JID where the room shows it: a nick change or a squatter keeps no quota.
         key = Jid.parse(real).bare.lower() if real else occupant_jid(link.slug, nick, muc_service=self.edge.muc)
         try:
             # One budget per account across every runxmpp (Redis), XMPP_RATE and XMPP_BURST.
             await athrottle("xmpp", key)
-            identity = await database_sync_to_async(store.occupant_identity)(nick=nick, real_jid=real)
-            await amessage_post(
-                room=link.slug,
-                sender=identity,
-                origin="xmpp",
-                text=event["body"],
-                client_key=event["origin_id"] or event["stanza_id"] or None,
-            )
         except BridgeError as exc:
-            logger.info("xmpp: refused a message of %s in %s: %s %s", nick, link.slug, exc.code,
-                        exc.detail)
-            await self._refuse(link, nick, event, exc)
+            await self._refused(link, nick, event, exc)
+            return
+        # Who the sender is, as of now: a later stanza of the batch may change the nick's JID.
+        said.append(_Said(link=link, nick=nick, real_jid=real, event=event))
+
+    async def _store(self, said: list[_Said]) -> None:
+        by_room: dict[str, list[_Said]] = {}
+        for item in said:
+            by_room.setdefault(item.link.slug, []).append(item)
+        stored = []
+        for slug, items in by_room.items():
+            wanted = [
+                store.OccupantMessage(nick=i.nick, real_jid=i.real_jid, text=i.event["body"],
+                                      client_key=i.event["origin_id"] or i.event["stanza_id"] or None)
+                for i in items
+            ]
+            results: list[PostResult | BridgeError]
+            try:
+                results = await database_sync_to_async(store.occupant_messages_store)(slug=slug, messages=wanted)
+            except BridgeError as exc:  # the room itself is gone
+                results = [exc] * len(items)
+            for item, result in zip(items, results, strict=True):
+                if isinstance(result, BridgeError):
+                    await self._refused(item.link, item.nick, item.event, result)
+                else:
+                    # Stored before, too (a resent origin-id): told again; receivers dedupe by seq.
+                    stored.append(result.envelope)
+        if stored:
+            await messages_fanout(stored)
+
+    async def _refused(self, link: RoomLink, nick: str, event: XmppMessageEvent, exc: BridgeError) -> None:
+        logger.info("xmpp: refused a message of %s in %s: %s %s", nick, link.slug, exc.code, exc.detail)
+        await self._refuse(link, nick, event, exc)
 
     async def _refuse(self, link: RoomLink, nick: str, event: XmppMessageEvent, exc: BridgeError) -> None:
         # RFC 6120 would allow policy-violation for size, but slixmpp (and older clients) only

@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 ID_PREFIX = "bridge-"
 # A message the room refuses this often is skipped (with a log line) so the room is not stuck.
 MAX_FAILURES = 3
+# Stored messages read per query: most may need no sending (they came from XMPP), and those
+# cost no window, so a page is larger than the window.
+PAGE = 100
 
 
 def relayed_body(envelope: Envelope) -> str:
@@ -61,23 +64,36 @@ class Pump:
         """Send what is stored after what was sent, in order, while the window has room."""
         while self.edge.connected and link.ready and link.window_left() > 0:
             pending = await database_sync_to_async(store.messages_after)(
-                room_pk=link.room_pk, slug=link.slug, after=link.sent_upto, limit=link.window_left()
+                room_pk=link.room_pk, slug=link.slug, after=link.sent_upto, limit=PAGE
             )
             if not pending:
                 break
+            confirmed, joining = None, False
             for envelope in pending:
+                if self._nothing_to_send(link, envelope):
+                    # One cursor write for a run of these, not one each (a burst from XMPP).
+                    confirmed = link.skip(envelope["seq"]) or confirmed
+                    continue
+                if link.window_left() <= 0:
+                    break
                 if not await self._send_one(link, envelope):
-                    return  # a puppet is joining: its answer (or its timeout) pumps again
+                    joining = True  # a puppet is joining: its answer (or its timeout) pumps again
+                    break
+            await self._advance_to(link, confirmed)
+            if joining:
+                return
         if not link.inflight:
             for puppet in list(link.puppets.values()):
                 if not puppet.online:
                     await self.edge.occupants.leave_if_idle(link, puppet)
 
+    @staticmethod
+    def _nothing_to_send(link: RoomLink, envelope: Envelope) -> bool:
+        """From XMPP (the room has it), or in the room already (seen in its join history)."""
+        return envelope["origin"] == "xmpp" or f"{ID_PREFIX}{envelope['id']}" in link.in_room
+
     async def _send_one(self, link: RoomLink, envelope: Envelope) -> bool:
         message_id = f"{ID_PREFIX}{envelope['id']}"
-        if envelope["origin"] == "xmpp" or message_id in link.in_room:
-            await self._advance_to(link, link.skip(envelope["seq"]))
-            return True
         sender_jid, key, body = link.relay_jid, None, message_body(envelope)
         if envelope["sender"]["kind"] != "system":
             puppet = link.puppet(envelope["sender"])

@@ -22,7 +22,7 @@ from slixmpp.xmlstream.matcher import MatchXPath
 
 from bridge.health import HEALTH
 from protocols.xmpp.config import XmppConfig
-from protocols.xmpp.events import XmppIncoming, XmppOutgoing, XmppScope
+from protocols.xmpp.events import XmppIncoming, XmppMessageEvent, XmppOutgoing, XmppScope
 from protocols.xmpp.stanzas import (
     build_error,
     build_iq,
@@ -44,6 +44,9 @@ Application = Callable[..., Coroutine[Any, Any, None]]
 # Stop reading from the server above this many queued events; read again below the low mark.
 QUEUE_HIGH = 2000
 QUEUE_LOW = 500
+# Message stanzas queued back to back go to the application as one `xmpp.messages` of at
+# most this many: a burst from occupants is then stored in one transaction, not one each.
+MAX_BATCH = 200
 
 
 class XmppServer:
@@ -51,6 +54,8 @@ class XmppServer:
         self.application = application
         self.config = config
         self.queue: asyncio.Queue[XmppIncoming] = asyncio.Queue()
+        # The event that ended the last batch (not a message): the next one handed over.
+        self._held: XmppIncoming | None = None
         self.connected = False
         self._session = asyncio.Event()
         self._gone = asyncio.Event()
@@ -129,12 +134,31 @@ class XmppServer:
             delay = min(delay * 2, self.config.backoff_max)
 
     async def _receive(self) -> XmppIncoming:
-        event = await self.queue.get()
+        if self._held is not None:
+            event, self._held = self._held, None
+        else:
+            event = await self.queue.get()
+        if event["type"] == "xmpp.message" and not self.queue.empty():
+            event = self._batch(event)
         if self._reading_paused and self.queue.qsize() <= QUEUE_LOW:
             self._reading_paused = False
             if self.xmpp.transport is not None:
                 self.xmpp.transport.resume_reading()
         return event
+
+    def _batch(self, first: XmppMessageEvent) -> XmppIncoming:
+        """`first` and the message events queued right behind it, in order; the first other
+        event is held for the next receive, so nothing is reordered."""
+        batch = [first]
+        while len(batch) < MAX_BATCH and not self.queue.empty():
+            event = self.queue.get_nowait()
+            if event["type"] != "xmpp.message":
+                self._held = event
+                break
+            batch.append(event)
+        if len(batch) == 1:
+            return first
+        return {"type": "xmpp.messages", "messages": batch}
 
     def _enqueue(self, event: XmppIncoming) -> None:
         logger.debug("xmpp: in %s", event)

@@ -10,10 +10,12 @@ from datetime import timedelta
 
 from bridge.access import room_member_jids
 from bridge.envelope import Envelope, Sender, message_envelope
+from bridge.exceptions import BridgeError
 from bridge.models import Identity, Presence, Room
-from bridge.selectors import message_history
+from bridge.selectors import message_history, room_get
 from bridge.services.cursors import edge_cursor_advance, edge_cursor_get
 from bridge.services.identities import identity_for_jid, identity_get_or_create
+from bridge.services.messages import NewMessage, PostResult, message_store_many
 from bridge.services.presence import (
     presence_join,
     presence_leave,
@@ -91,6 +93,38 @@ def occupant_identity(*, nick: str, real_jid: str) -> Identity:
     if real_jid:
         return identity_for_jid(jid=real_jid, nick=nick)
     return identity_get_or_create(kind=Identity.Kind.XMPP, name=nick)
+
+
+@dataclass(frozen=True)
+class OccupantMessage:
+    nick: str
+    real_jid: str
+    text: str
+    client_key: str | None
+
+
+def occupant_messages_store(*, slug: str, messages: list[OccupantMessage]) -> list[PostResult | BridgeError]:
+    """What occupants said in one room, stored in one transaction, in order: one result each
+    (the row, stored now or before under the same key, or the error that refused it).
+    Each sender is looked up once per batch."""
+    room = room_get(slug=slug)
+    senders: dict[tuple[str, str], Identity | BridgeError] = {}
+    wanted: list[NewMessage] = []
+    refused: dict[int, BridgeError] = {}
+    for index, said in enumerate(messages):
+        who = (said.nick, said.real_jid)
+        if who not in senders:
+            try:
+                senders[who] = occupant_identity(nick=said.nick, real_jid=said.real_jid)
+            except BridgeError as exc:
+                senders[who] = exc
+        sender = senders[who]
+        if isinstance(sender, BridgeError):
+            refused[index] = sender
+        else:
+            wanted.append(NewMessage(sender=sender, origin="xmpp", text=said.text, client_key=said.client_key))
+    results = iter(message_store_many(room=room, messages=wanted) if wanted else [])
+    return [refused[i] if i in refused else next(results) for i in range(len(messages))]
 
 
 def _occupant_connection(nick: str) -> str:

@@ -40,6 +40,13 @@ class XmppCommunicator(ApplicationCommunicator):
         await self.send_input({"type": "xmpp.disconnect", "reason": reason})
 
     async def message(self, **fields: Any) -> None:
+        await self.send_input(self.message_event(**fields))
+
+    async def messages(self, *each: dict[str, Any]) -> None:
+        """Message stanzas that arrived back to back: one `xmpp.messages` event, in order."""
+        await self.send_input({"type": "xmpp.messages", "messages": [self.message_event(**f) for f in each]})
+
+    def message_event(self, **fields: Any) -> XmppMessageEvent:
         event: XmppMessageEvent = {
             "type": "xmpp.message",
             "id": "",
@@ -54,7 +61,7 @@ class XmppCommunicator(ApplicationCommunicator):
             "subject": None,
         }
         event.update(fields)  # type: ignore[typeddict-item]
-        await self.send_input(event)
+        return event
 
     async def presence(self, **fields: Any) -> None:
         event: XmppPresenceEvent = {

@@ -558,3 +558,77 @@ async def test_a_database_that_is_away_delays_a_message_and_loses_nothing(
     await comm.message(sender=f"{ROOM}/carol", to=RELAY, id="c1", origin_id="c1", body="patience")
     assert await _stored(1) == [("xmpp", "carol", "patience")]
     assert "trying again until it works" in caplog.text
+
+
+# --- a burst: message stanzas that arrived back to back (`xmpp.messages`) -------------------
+
+
+def _said(nick: str, body: str, origin_id: str = "", **fields: Any) -> dict[str, Any]:
+    return {"sender": f"{ROOM}/{nick}", "to": RELAY, "id": origin_id, "origin_id": origin_id,
+            "body": body, **fields}
+
+
+async def test_a_batch_is_stored_in_order_once_with_refusals_and_history_left_out(
+    comm: XmppCommunicator,
+) -> None:
+    await _ready(comm)
+    await comm.presence(sender=f"{ROOM}/carol", to=RELAY, real_jid="carol@localhost/phone")
+    await comm.presence(sender=f"{ROOM}/dave", to=RELAY, real_jid="dave@localhost/pc")
+    await comm.messages(
+        _said("carol", "one", "c1"),
+        _said("carol", "from yesterday", "old", delayed=True),
+        _said("dave", "two", "d1"),
+        _said("carol", "one", "c1"),  # redelivered in the middle of the batch
+        _said("carol", "x" * 5000, "bad-1"),
+        _said("dave", "three", "d2"),
+    )
+    error = await comm.sent()
+    assert (error["type"], error["to"], error["id"], error["condition"]) == (
+        "xmpp.error", "carol@localhost/phone", "bad-1", "not-acceptable"
+    )
+    assert await _stored(3) == [("xmpp", "carol", "one"), ("xmpp", "dave", "two"), ("xmpp", "dave", "three")]
+    # Nothing of it goes back to the room; the cursor passes all of it.
+    assert await _cursor_reaches(3) == 3
+    assert await comm.nothing_sent()
+    await comm.messages(_said("dave", "three", "d2"), _said("carol", "four", "c2"))
+    assert [text for *_, text in await _stored(4)] == ["one", "two", "three", "four"]
+
+
+async def test_a_batch_spanning_rooms_goes_to_each(comm: XmppCommunicator) -> None:
+    await _ready(comm)
+    await database_sync_to_async(room_create)(slug="garden", title="Garden")
+    garden = "garden@conference.localhost"
+    await _join_room(comm, room=garden)
+    await comm.messages(
+        _said("carol", "in the lobby", "c1"),
+        {"sender": f"{garden}/carol", "to": RELAY, "id": "g1", "origin_id": "g1", "body": "in the garden"},
+        _said("carol", "lobby again", "c2"),
+    )
+    await _stored(3)
+    rooms = await database_sync_to_async(
+        lambda: list(Message.objects.order_by("room__slug", "seq").values_list("room__slug", "seq", "text"))
+    )()
+    assert rooms == [("garden", 1, "in the garden"), ("lobby", 1, "in the lobby"), ("lobby", 2, "lobby again")]
+
+
+async def test_a_batch_whose_store_fails_is_stored_once_when_the_database_is_back(
+    comm: XmppCommunicator, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from django.db import OperationalError
+
+    from protocols.xmpp import store
+
+    real = store.occupant_messages_store
+    failures = []
+
+    def failing_once(**kwargs: Any) -> Any:
+        if not failures:
+            failures.append(1)
+            raise OperationalError("database is locked")
+        return real(**kwargs)
+
+    monkeypatch.setattr(store, "occupant_messages_store", failing_once)
+    await _ready(comm)
+    await comm.messages(_said("carol", "one", "c1"), _said("carol", "two", "c2"))
+    assert [text for *_, text in await _stored(2)] == ["one", "two"]
+    assert failures == [1]
