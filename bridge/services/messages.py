@@ -23,6 +23,7 @@ from bridge.instruments import FANOUT_SECONDS, MESSAGES_IN, MESSAGES_REPLAYED, S
 from bridge.models import Identity, Message, Room
 from bridge.names import ORIGINS, room_group
 from bridge.selectors import room_get
+from bridge.services.message_insert import messages_insert
 from bridge.services.tasks import task_schedule, tasks_wake
 
 logger = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ def _store_valid(
             results[index] = PostResult(row, message_envelope(row, room_slug=room.slug), True)
         transaction.on_commit(functools.partial(_count, valid, results))
         if new_rows:
-            Message.objects.bulk_create(new_rows)
+            messages_insert(new_rows)
             Room.objects.filter(pk=room.pk).update(last_seq=seq)
             scheduled = task_schedule(
                 name="room_stats",
