@@ -8,7 +8,8 @@ from typing import Any
 # Per scenario: (key, header) columns; the rows are matched on `group` for ratios.
 COLUMNS: dict[str, list[tuple[str, str]]] = {
     "mqtt_ingress": [("target", "target"), ("rate", "stored + fanned out, msg/s (burst)"),
-                     ("steady_rate", "steady msg/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")],
+                     ("steady_rate", "steady msg/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
+                     ("rate_two", "two runmqtt, msg/s (burst)"), ("two_vs_one", "two / one")],
     "fanout": [("target", "target"), ("clients", "clients"), ("processes", "server procs"),
                ("max_per_s", "most deliveries/s"), ("kept_up_to", "kept up to (offered/s)"),
                ("best_p50_ms", "p50 ms there"), ("best_p99_ms", "p99 ms there"),

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.harness import Options, pin, say
+from tests.support.http import request
 from tests.support.mosquitto import BRIDGE_PASSWORD, BRIDGE_USER, Mosquitto, mosquitto_server
 from tests.support.postgres import postgres_server
 from tests.support.processes import (
@@ -29,6 +30,7 @@ from tests.support.processes import (
     redis_server,
     start,
     wait_for_port,
+    wait_until,
 )
 from tests.support.prosody import Prosody
 
@@ -141,8 +143,14 @@ class Stack:
         return f"127.0.0.1:{port}"
 
     def bridge_runmqtt(self, env: dict[str, str], client_id: str = "bridge-bench") -> Proc:
-        return self.server(f"runmqtt-{client_id}",
-                           [sys.executable, "manage.py", "runmqtt", "--client-id", client_id], env)
+        """One runmqtt, returned once its /readyz answers 200 (subscribed to the broker)."""
+        ops = free_port()
+        proc = self.server(f"runmqtt-{client_id}", [sys.executable, "manage.py", "runmqtt", "--client-id",
+                                                    client_id, "--ops-port", str(ops)], env)
+        wait_until(lambda: _answers(f"http://127.0.0.1:{ops}/readyz"), proc=proc,
+                   what=f"runmqtt {client_id} /readyz")
+        pin(proc.popen.pid, self.opts.server_cpus)  # its threads started meanwhile
+        return proc
 
     def bridge_runxmpp(self, env: dict[str, str], room: str = "lobby") -> Proc:
         """runxmpp, once its /readyz says `room` is bridged (joined, configured, caught up)."""
@@ -222,6 +230,13 @@ def _room_ready(ops_port: int, room: str) -> bool:
         return False  # not listening yet
     check = body.get("checks", {}).get(f"xmpp:room:{room}")
     return bool(check and check.get("ok"))
+
+
+def _answers(url: str) -> bool:
+    try:
+        return request(url)[0] == 200
+    except OSError:
+        return False  # not listening yet
 
 
 def peer_venv(opts: Options) -> Path:

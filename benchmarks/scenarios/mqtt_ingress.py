@@ -5,7 +5,9 @@ For each target: a burst (every message at once, as fast as the broker takes
 them) gives the highest rate stored and fanned out to the listeners; then a
 steady stream at half that rate gives the publish-to-WebSocket latency.
 Targets: one `runmqtt` on SQLite and on PostgreSQL (uvicorn serving the
-listeners, Redis channel layer); the peer, mqttasgi with a plain Channels
+listeners, Redis channel layer), then, in the same stack, a second `runmqtt`
+beside the first on the shared subscription and the burst again (`rate_two`,
+and `two_vs_one` its ratio to one); the peer, mqttasgi with a plain Channels
 consumer (ORM insert + group_send) and the tutorial consumer on Daphne; the
 floor, mosquitto to one plain paho subscriber.
 """
@@ -24,6 +26,7 @@ from tests.support.mosquitto import BRIDGE_PASSWORD, BRIDGE_USER
 DEVICES = 10
 LISTENERS = 5
 KEYS = ("rate", "p50_ms", "p99_ms", "steady_rate", "delivered")
+PAIR_CLIENT_ID = "bridge-bench-2"
 
 
 def run(opts: Options) -> list[dict[str, Any]]:
@@ -46,6 +49,7 @@ def _target(stack: Stack, target: str) -> dict[str, Any]:
     stack.infra(devices=DEVICES, postgres=target == "bridge-postgresql")
     assert stack.broker is not None
     profiled = None
+    env: dict[str, str] = {}
     if target.startswith("bridge"):
         env = stack.bridge_env()
         profiled = stack.bridge_runmqtt(env)
@@ -89,15 +93,39 @@ def _target(stack: Stack, target: str) -> dict[str, Any]:
                            tag=f"s{n}-{uuid.uuid4().hex[:6]}")
             say(f"  steady {steady:.0f} msg/s {n + 1}/{opts.runs}: p50 {got['p50_ms']} ms, p99 {got['p99_ms']} ms")
             steadies.append(got)
+        pair = _two_runmqtt(stack, audience, env, burst) if target.startswith("bridge") else None
     finally:
         audience.close()
     row = median_row(bursts, ["rate", "delivered"])
     latency = median_row(steadies, ["p50_ms", "p99_ms"])
-    return {
+    result = {
         "rate": row["rate"], "delivered": row["delivered"], "burst": burst,
         "steady_rate": steady, "p50_ms": latency["p50_ms"], "p99_ms": latency["p99_ms"],
         "sample_ms": latency.get("sample_ms", []), "runs": {"burst": row["runs"], "steady": latency["runs"]},
     }
+    if pair is not None:
+        result["rate_two"] = pair["rate"]
+        result["two_vs_one"] = round(pair["rate"] / row["rate"], 2) if pair["rate"] and row["rate"] else None
+        result["runs"]["two"] = pair["runs"]
+    return result
+
+
+def _two_runmqtt(stack: Stack, audience: Any, env: dict[str, str], burst: int) -> dict[str, Any]:
+    """A second runmqtt joins the first on the shared subscription: the same bursts again.
+
+    Both are servers under test, on the same CPUs as the first (`pin`): on a
+    machine whose server half is one core, the two share it.
+    """
+    opts = stack.opts
+    stack.bridge_runmqtt(env, client_id=PAIR_CLIENT_ID)  # returns once subscribed
+    _one_run(stack, audience, count=DEVICES * 5, rate=0, tag=f"warm2-{uuid.uuid4().hex[:6]}")
+    runs = []
+    for n in range(opts.runs):
+        got = _one_run(stack, audience, count=burst, rate=0, tag=f"p{n}-{uuid.uuid4().hex[:6]}")
+        say(f"  two runmqtt, burst {n + 1}/{opts.runs}: {got['rate']} msg/s "
+            f"({got['delivered']}/{burst} delivered)")
+        runs.append(got)
+    return median_row(runs, ["rate"])
 
 
 def _one_run(stack: Stack, audience: Any, *, count: int, rate: float, tag: str) -> dict[str, Any]:
