@@ -6,7 +6,11 @@ import logging
 from collections.abc import Callable
 from http import HTTPStatus
 
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from bridge.health import HEALTH
+from bridge.probes import DATABASE
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +22,10 @@ CODES = {
     405: "method_not_allowed",
     413: "too_large",
     500: "internal_error",
+    503: "unavailable",
 }
+# Seconds a client is told to wait before trying again while the database is away.
+RETRY_AFTER = "5"
 
 
 class ApiJsonErrors:
@@ -44,6 +51,27 @@ class ApiJsonErrors:
             code = CODES.get(status, "internal_error" if status >= 500 else "bad_request")
             logger.info("%s %s: Django's %s answered as JSON", request.method, request.path, status)
             return JsonResponse({"error": {"code": code, "detail": _detail(request, status)}}, status=status)
+        return response
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        """The database away (an outage, a restart) is no bug of the request: 503 with
+        Retry-After, not a 500 with a traceback. The request's transaction rolled back; if
+        the connection died during its commit, a retry with the same `client_id` stores
+        nothing twice."""
+        if not isinstance(exception, OperationalError | InterfaceError):
+            return None
+        # HEALTH logs the outage once; each refused request is an INFO line, not Django's ERROR.
+        HEALTH.failing(DATABASE, exception)
+        logger.info("%s %s: 503, the database is unavailable: %s", request.method, request.path, exception)
+        headers = {"Retry-After": RETRY_AFTER}
+        response: HttpResponse
+        if request.path.startswith(API_PREFIX):
+            detail = "The database is unavailable; try again shortly."
+            response = JsonResponse({"error": {"code": "unavailable", "detail": detail}}, status=503, headers=headers)
+        else:
+            response = HttpResponse("The service is unavailable; try again shortly.\n", status=503,
+                                    content_type="text/plain; charset=utf-8", headers=headers)
+        response._has_been_logged = True  # type: ignore[attr-defined]
         return response
 
 

@@ -176,4 +176,8 @@ def readyz(request: HttpRequest) -> HttpResponse:
     503 with each failing check's reason while any critical one fails."""
     probe_database()
     probe_channel_layer()
-    return JsonResponse(HEALTH.as_json(), status=200 if HEALTH.ready() else 503)
+    response = JsonResponse(HEALTH.as_json(), status=200 if HEALTH.ready() else 503)
+    # HEALTH logs each check once when it fails and once when it recovers; Django would log
+    # an ERROR for every probe's 503 meanwhile (one every few seconds per load balancer).
+    response._has_been_logged = True  # type: ignore[attr-defined]
+    return response

@@ -323,3 +323,20 @@ def test_a_crash_under_api_is_a_json_500(lobby: Room, monkeypatch: pytest.Monkey
     response = Client(raise_request_exception=False).get("/api/rooms/")
     assert response.status_code == 500 and response["Content-Type"] == "application/json"
     assert response.json()["error"]["code"] == "internal_error"
+
+
+def test_the_database_away_is_a_503_with_retry_after_not_a_500(lobby: Room, monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.db import OperationalError
+
+    from bridge.health import HEALTH
+
+    def away(**kwargs: object) -> None:
+        raise OperationalError("connection to server was lost")
+
+    monkeypatch.setattr("bridge.views.api.room_list", away)
+    client = Client(raise_request_exception=False)
+    response = client.get("/api/rooms/")
+    assert response.status_code == 503 and response["Content-Type"] == "application/json"
+    assert response.json()["error"]["code"] == "unavailable" and int(response["Retry-After"]) >= 1
+    assert not HEALTH.ready()  # /readyz says so before its own probe runs
+    HEALTH.ok("database")

@@ -6,8 +6,8 @@ says it is ready (`/readyz`), and stops them after. Scenarios inject faults
 from outside (`redis_kill`, `redis_start`, `redis_freeze`/`redis_thaw`,
 signals to any process, a `TcpProxy` in front of Redis or between `runmqtt` and
 the broker, `runmqtt_start` after a kill), count what was stored
-(`stored`), listen like browsers (`Listener`), publish like devices
-(`DeviceStream`), and print one line each (`report`).
+(`stored`), listen like browsers (`Listener`) and devices (`RoomWatcher`),
+publish like devices (`DeviceStream`), and print one line each (`report`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
 import websockets
+from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.support.http import request
 from tests.support.mosquitto import Mosquitto, mosquitto_server
@@ -216,25 +218,65 @@ class DeviceStream:
     def __init__(self, device: TestDevice, *, count: int, rate: float, prefix: str = "m") -> None:
         self.device, self.count, self.rate, self.prefix = device, count, rate, prefix
         self.sent = 0
+        self.acknowledged = threading.Semaphore(0)
         self.done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="device-stream", daemon=True)
+        # Counted from PUBACKs, not paho's wait_for_publish, which raises for a message
+        # published while the broker was away (paho still queues and sends it).
+        device.client.on_publish = lambda client, userdata, mid, reason, properties: self.acknowledged.release()
 
     def start(self) -> None:
         self._thread.start()
 
     def _run(self) -> None:
         started = time.monotonic()
-        infos = []
         for i in range(self.count):
             delay = started + i / self.rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             text = f"{self.prefix}-{i}"
-            infos.append(self.device.publish("devices/sensor-1/rooms/lobby", json.dumps({"text": text, "id": text})))
+            self.device.publish("devices/sensor-1/rooms/lobby", json.dumps({"text": text, "id": text}))
             self.sent += 1
-        for info in infos:
-            info.wait_for_publish(timeout=120)
+        deadline = time.monotonic() + 120
+        for _ in range(self.count):
+            if not self.acknowledged.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                return  # never done: the scenario's wait on `done` fails
         self.done.set()
+
+
+class RoomWatcher:
+    """A device's subscription to rooms/lobby/messages, made again after every reconnect
+    (a restarted broker forgot it), recording every seq in arrival order."""
+
+    def __init__(self, port: int) -> None:
+        self.arrived: list[int] = []
+        self.subscriptions = 0
+        self._lock = threading.Lock()
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"watcher-{port}", protocol=paho.MQTTv5)
+        client.username_pw_set(DEVICE, DEVICE_PASSWORD)
+        client.reconnect_delay_set(min_delay=1, max_delay=1)
+        client.on_connect = lambda c, u, f, rc, p: c.subscribe("rooms/lobby/messages", qos=1)
+        client.on_subscribe = lambda c, u, mid, rcs, p: self._subscribed()
+        client.on_message = lambda c, u, m: self._add(json.loads(m.payload)["seq"])
+        client.connect("127.0.0.1", port, keepalive=10)
+        client.loop_start()
+        self.client = client
+
+    def _subscribed(self) -> None:
+        with self._lock:
+            self.subscriptions += 1
+
+    def _add(self, seq: int) -> None:
+        with self._lock:
+            self.arrived.append(seq)
+
+    def seqs(self) -> set[int]:
+        with self._lock:
+            return set(self.arrived)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
 
 
 class Listener:

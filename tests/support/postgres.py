@@ -6,6 +6,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -59,3 +60,20 @@ def postgres_server(log_dir: Path) -> Proc:
     proc.extra["port"] = port
     proc.extra["url"] = f"postgres://postgres@127.0.0.1:{port}/postgres"
     return proc
+
+
+def postgres_stop(proc: Proc) -> None:
+    """A fast shutdown (SIGINT to the postmaster, not to runuser, which would turn it into
+    SIGTERM then SIGKILL): open connections are ended, as in a database restart."""
+    args = [str(a) for a in proc.popen.args]  # type: ignore[union-attr]
+    data = Path(args[args.index("-D") + 1])
+    os.kill(int((data / "postmaster.pid").read_text().split()[0]), signal.SIGINT)
+    proc.popen.wait(timeout=30)
+
+
+def postgres_restart(proc: Proc) -> Proc:
+    """The same server again (data directory, port) after `postgres_stop`."""
+    again = start("postgres", [str(a) for a in proc.popen.args], log_dir=proc.log.parent)  # type: ignore[union-attr]
+    again.extra.update(proc.extra)
+    wait_for_port(int(proc.extra["port"]), proc=again)  # type: ignore[call-overload]
+    return again

@@ -5,6 +5,7 @@
     proxy.delay(0.5)                    # every chunk, both ways, half a second late
     proxy.blackhole()                   # connections stay open, nothing gets through (a frozen peer)
     proxy.cut()                         # every open connection is closed now (a network drop)
+    proxy.refuse()                      # cut, and close new connections at once (a server down)
     proxy.heal()                        # pass everything again
     proxy.stop()
 
@@ -28,6 +29,7 @@ class TcpProxy:
         self.connections = 0
         self._delay = 0.0
         self._blackhole = False
+        self._refuse = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tcp-proxy", daemon=True)
         self._server: asyncio.Server | None = None
@@ -52,7 +54,11 @@ class TcpProxy:
         self._blackhole = True
 
     def heal(self) -> None:
-        self._delay, self._blackhole = 0.0, False
+        self._delay, self._blackhole, self._refuse = 0.0, False, False
+
+    def refuse(self) -> None:
+        self._refuse = True
+        self.cut()
 
     def cut(self) -> None:
         asyncio.run_coroutine_threadsafe(self._cut(), self._loop).result(10)
@@ -74,6 +80,9 @@ class TcpProxy:
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        if self._refuse:
+            client_writer.transport.abort()
+            return
         try:
             server_reader, server_writer = await asyncio.open_connection(*self.target)
         except OSError:
