@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="sample the servers with py-spy during the first burst (var/bench/profiles/)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers and load to separate CPUs")
+    parser.add_argument("--connections", default="",
+                        help="idle scenario: comma-separated socket counts (default 2000 quick; 10000,20000)")
     args = parser.parse_args()
     only = frozenset(x for x in args.only.split(",") if x) or frozenset(SCENARIOS)
     unknown = only - set(SCENARIOS)
@@ -41,7 +43,8 @@ def main() -> None:
     servers, load = (frozenset(), frozenset()) if args.no_pin else cpu_split()
     opts = Options(runs=args.runs or (1 if args.quick else 3), quick=args.quick, out=args.out,
                    only=only, server_cpus=servers, load_cpus=load, profile=args.profile,
-                   targets=tuple(x for x in args.targets.split(",") if x))
+                   targets=tuple(x for x in args.targets.split(",") if x),
+                   connections=tuple(int(x) for x in args.connections.split(",") if x))
     opts.out.mkdir(parents=True, exist_ok=True)
     machine = _machine(opts)
     say(f"machine: {machine['cpu']}, {machine['cpus']} CPUs; servers on {machine['server_cpus']}, "

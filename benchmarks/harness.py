@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -36,6 +37,7 @@ class Options:
     load_cpus: frozenset[int] = field(default_factory=frozenset)
     profile: bool = False
     targets: tuple[str, ...] = ()
+    connections: tuple[int, ...] = ()  # `--connections`: the idle scenario's sizes
 
     def wants(self, target: str) -> bool:
         """`--targets`: only targets whose name contains one of these."""
@@ -69,6 +71,24 @@ def pin(pid: int, cpus: Iterable[int]) -> None:
                     pass  # a thread that ended meanwhile
     except psutil.NoSuchProcess:
         pass
+
+
+def raise_open_files(wanted: int) -> int:
+    """Lift this process's open-file limit (children inherit it) toward `wanted`; the limit now.
+
+    An idle socket is a file on both sides: 20,000 of them need more than a
+    shell's usual soft limit. Root may raise the hard limit too.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return soft
+    for new_hard in (max(hard, wanted), hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, new_hard), new_hard))
+            break
+        except (ValueError, OSError):
+            continue
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def say(message: str) -> None:

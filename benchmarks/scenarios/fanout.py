@@ -25,7 +25,7 @@ TARGETS = (
     ("daphne+RedisChannelLayer", "daphne", "core"),
     ("uvicorn+RedisPubSubChannelLayer", "uvicorn", "pubsub"),
 )
-OFFERED = (500, 1000, 2000, 4000, 8000, 16000, 32000)
+OFFERED = (500, 1000, 2000, 4000, 8000, 16000, 32000, 64000)
 
 
 def run(opts: Options) -> list[dict[str, Any]]:

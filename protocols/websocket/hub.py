@@ -26,6 +26,7 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 
+from bridge.instruments import delivered
 from bridge.layer import LayerMember, layer_call
 from bridge.names import devices_group, room_access_group, room_group, user_access_group
 from bridge.supervisor import Supervisor
@@ -181,14 +182,16 @@ class RoomHub(LayerMember):
             if kind == "room.message":
                 message = event["message"]
                 text = MESSAGE_FRAME % (event.get("json") or json.dumps(message))
-                for sub in self._room(message["room"]):
-                    sub.offer_message(message["seq"], text)
+                seq = message["seq"]
+                written = sum(sub.offer_message(seq, text) for sub in self._room(message["room"]))
+                delivered("web", written)
             elif kind == "room.messages":
                 subs = self._room(event["room"])
+                written = 0
                 for item in event["messages"]:
-                    text = MESSAGE_FRAME % item["json"]
-                    for sub in subs:
-                        sub.offer_message(item["seq"], text)
+                    text, seq = MESSAGE_FRAME % item["json"], item["seq"]
+                    written += sum(sub.offer_message(seq, text) for sub in subs)
+                delivered("web", written)
             elif kind == "room.presence":
                 text = json.dumps({"type": "presence", "who": event["who"], "state": event["state"]})
                 for sub in self._room(event["room"]):

@@ -79,6 +79,11 @@ class _Rest:
                 return
 
 
+# The backlog of a socket whose sends are not blocked: never appended to (appends would
+# vanish); `_start` gives a blocked socket a deque of its own.
+_EMPTY: deque[Any] = deque(maxlen=0)
+
+
 class Outlet:
     """See the module's docstring. `on_gone(reason)` is called once, when the socket is given up."""
 
@@ -89,8 +94,9 @@ class Outlet:
         self.timeout = timeout
         self.limit = limit
         self.on_gone = on_gone
-        # Waiting behind a blocked send: (text, the consumer's future or None).
-        self._backlog: deque[tuple[str, asyncio.Future[None] | None]] = deque()
+        # Waiting behind a blocked send: (text, the consumer's future or None). Shared and
+        # empty until a send blocks (an empty deque per idle socket is 600 bytes).
+        self._backlog: deque[tuple[str, asyncio.Future[None] | None]] = _EMPTY
         self._task: asyncio.Task[None] | None = None
         self.gone: str | None = None
 
@@ -122,7 +128,7 @@ class Outlet:
                     raise ClientGone(self.gone)
                 return
             waiter = asyncio.get_running_loop().create_future()
-            self._backlog.appendleft(("", waiter))  # marks where this frame ends
+            self._backlog.append(("", waiter))  # marks where this frame ends
         else:
             waiter = asyncio.get_running_loop().create_future()
             self._backlog.append((text, waiter))
@@ -137,6 +143,7 @@ class Outlet:
         except OSError as exc:  # uvicorn's ClientDisconnected: the peer is gone
             self._give_up(f"it went away ({exc.__class__.__name__})")
             return
+        self._backlog = deque()
         self._task = asyncio.ensure_future(self._drain(_Rest(coro, pending)))
 
     async def _drain(self, first: _Rest) -> None:
@@ -157,6 +164,7 @@ class Outlet:
             self._give_up(f"it went away ({exc.__class__.__name__})")
         finally:
             self._task = None
+            self._backlog = _EMPTY
 
     def _give_up(self, reason: str) -> None:
         if self.gone is not None:

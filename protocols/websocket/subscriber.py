@@ -59,7 +59,8 @@ class Subscriber:
         self._fail = fail
         self.state = State.SYNCING
         self.last_seq = 0
-        self.held: deque[tuple[int | None, str]] = deque()
+        # Made on first use: most sockets never hold a frame after their history.
+        self.held: deque[tuple[int | None, str]] | None = None
         self.held_overflow = False
         self._want_catch_up = False
         self._access_events: list[dict[str, Any]] = []
@@ -71,15 +72,20 @@ class Subscriber:
 
     # --- from the hub (synchronous: one slow socket must not hold up the room) ---
 
-    def offer_message(self, seq: int, text: str) -> None:
+    def offer_message(self, seq: int, text: str) -> bool:
+        """True when written now (the hub counts deliveries, once per event)."""
         if self.state is State.LIVE:
-            if self._write(seq, text):
-                return
+            if seq == self.last_seq + 1 and self.outlet.offer(text):
+                self.last_seq = seq
+                return True
+            if seq <= self.last_seq:
+                return False  # a repeat
             self.state = State.SYNCING
             self._hold(seq, text)
             self._start_catch_up()
         elif self.state is State.SYNCING:
             self._hold(seq, text)
+        return False
 
     def offer_frame(self, text: str) -> None:
         """A frame without a place in the stream (presence, telemetry): at most once."""
@@ -125,8 +131,8 @@ class Subscriber:
         if not self._started:
             self._started = True
             self._run()
-        held, overflow = self.held, self.held_overflow
-        self.held, self.held_overflow = deque(), False
+        held, overflow = self.held or deque(), self.held_overflow
+        self.held, self.held_overflow = None, False
         while held:
             seq, text = held.popleft()
             if seq is None:
@@ -136,7 +142,7 @@ class Subscriber:
                 overflow = True
                 break
         if overflow:
-            self.held.extend(held)
+            self.held = held
             self._start_catch_up()
             return
         self.state = State.LIVE
@@ -145,7 +151,7 @@ class Subscriber:
         if self.state is State.CLOSED:
             return
         self.state = State.CLOSED
-        self.held.clear()
+        self.held = None
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
 
@@ -158,10 +164,12 @@ class Subscriber:
         if seq != self.last_seq + 1 or not self.outlet.offer(text):
             return False
         self.last_seq = seq
-        delivered("web")
+        delivered("web")  # held ones: few, counted one by one
         return True
 
     def _hold(self, seq: int | None, text: str) -> None:
+        if self.held is None:
+            self.held = deque()
         if len(self.held) < HELD_LIMIT:
             self.held.append((seq, text))
         else:
