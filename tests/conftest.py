@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.postgres import postgres_server
 from tests.support.processes import Proc, redis_server
 
 
@@ -27,3 +29,17 @@ def redis_proc(service_dir: Path) -> Iterator[Proc]:
 @pytest.fixture
 def redis_url(redis_proc: Proc) -> str:
     return str(redis_proc.extra["url"])
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The same test on a SQLite file and on a real PostgreSQL server of its own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'bridge.sqlite3'}"
+        return
+    proc = postgres_server(tmp_path)
+    try:
+        yield str(proc.extra["url"])
+    finally:
+        proc.stop()
+        shutil.rmtree(str(proc.extra["cleanup"]), ignore_errors=True)

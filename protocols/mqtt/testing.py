@@ -100,6 +100,10 @@ class MqttCommunicator(ApplicationCommunicator):
             {"type": "mqtt.published", "publish_id": publish["publish_id"], "outcome": outcome, "reason": reason}
         )
 
+    async def wait_for(self, condition: Any, *, timeout: float = 5) -> None:  # noqa: ASYNC109
+        """Collect what the application sends until `condition()` holds (looked at after each)."""
+        await self._until(condition, timeout)
+
     async def _until(self, condition: Any, timeout: float) -> None:  # noqa: ASYNC109
         while not condition():
             event = await self.receive_output(timeout)

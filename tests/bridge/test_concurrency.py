@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.postgres import postgres_server
 from tests.support.processes import bridge_env, manage, query, start
 
 pytestmark = pytest.mark.slow
 
 PER_POSTER = 60
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'db.sqlite3'}"
-        return
-    proc = postgres_server(tmp_path)
-    try:
-        yield str(proc.extra["url"])
-    finally:
-        proc.stop()
-        shutil.rmtree(str(proc.extra["cleanup"]), ignore_errors=True)
 
 
 def test_concurrent_posts_get_gapless_unique_seqs(database_url: str, tmp_path: Path) -> None:

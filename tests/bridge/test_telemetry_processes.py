@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -21,7 +20,6 @@ import pytest
 
 from tests.support.mosquitto import Mosquitto, mosquitto_server
 from tests.support.mqtt_device import TestDevice
-from tests.support.postgres import postgres_server
 from tests.support.processes import Proc, manage, query, start, start_manage, wait_until
 from tests.support.stack import Stack, provision
 
@@ -40,19 +38,6 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'bridge.sqlite3'}"
-        return
-    proc = postgres_server(tmp_path)
-    try:
-        yield str(proc.extra["url"])
-    finally:
-        proc.stop()
-        shutil.rmtree(str(proc.extra["cleanup"]), ignore_errors=True)
 
 
 @pytest.fixture

@@ -165,3 +165,42 @@ def test_a_batch_refuses_the_disabled_the_unknown_and_the_misplaced_in_their_tur
     assert [o.error.code if o.error else None for o in outcomes] == [
         None, "device_disabled", "unknown_device", "forbidden_room", None]
     assert _rows("lobby") == [(1, "ok")] and _rows("kitchen") == [(1, "ok too")]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_nothing_is_acknowledged_until_a_failing_commit_succeeds_and_each_is_stored_once(
+    bridge: MqttCommunicator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_commit = BaseDatabaseWrapper.commit
+    failed = 0
+
+    def commit_failing_twice(self: BaseDatabaseWrapper) -> None:
+        nonlocal failed
+        if failed < 2:
+            failed += 1
+            raise OperationalError("the server closed the connection during COMMIT")
+        real_commit(self)
+
+    monkeypatch.setattr(BaseDatabaseWrapper, "commit", commit_failing_twice)
+    messages = [_post("lobby", "one", "k1"), _post("kitchen", "two", "k2"), _post("lobby", "one", "k1")]
+    ack_ids = []
+    for n, (topic, payload) in enumerate(messages, start=100):
+        ack_ids.append(n)
+        await bridge.send_input({"type": "mqtt.message", "topic": topic, "payload": payload, "qos": 1,
+                                 "retain": False, "dup": False, "properties": {}, "ack_id": n})
+
+    early: list[int] = []
+
+    def all_acknowledged() -> bool:
+        # Looked at after every event the application sends: an ack before the commit
+        # that finally succeeded (two failures) is a broken promise.
+        if bridge.acked and failed < 2:
+            early.extend(bridge.acked)
+        return set(ack_ids) <= bridge.acked
+
+    await bridge.wait_for(all_acknowledged, timeout=10)
+
+    assert early == []
+    assert failed == 2
+    assert await database_sync_to_async(_rows)("lobby") == [(1, "one")]
+    assert await database_sync_to_async(_rows)("kitchen") == [(1, "two")]

@@ -1,0 +1,98 @@
+"""The MQTT batch store against the database DATABASE_URL names, in a process of its own.
+
+python -m tests.support.ingest_scenarios   (DATABASE_URL and the bridge's settings in the environment)
+
+Migrates, then runs the batches the ingest tests run in-process on SQLite (a
+duplicate id in the middle, a batch spanning rooms, a commit that fails and
+the same batch again), and prints one JSON object of what it saw, for a test
+to assert on: so the PostgreSQL path (native UUIDs, jsonb, its own INSERT
+values) is checked on a real server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+
+def main() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", "--noinput", "-v0")
+    sys.stdout.write(json.dumps(_scenarios()) + "\n")
+
+
+def _scenarios() -> dict[str, Any]:
+    from django.db import OperationalError
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    from bridge.envelope import message_envelope
+    from bridge.models import Message, Room
+    from bridge.services.devices import device_register
+    from bridge.services.rooms import room_create
+    from protocols.mqtt.ingest import ingest_batch
+    from protocols.mqtt.topics import Topics
+
+    topics = Topics(prefix="", shared_group="")
+    for slug in ("lobby", "kitchen", "hall"):
+        room_create(slug=slug)
+    device_register(device_id="sensor-1", post_rooms=["lobby", "kitchen", "hall"])
+
+    def post(room: str, text: str, key: str | None = None, data: Any = None) -> tuple[str, bytes]:
+        body = {"text": text, **({"id": key} if key else {}), **({"data": data} if data else {})}
+        return f"devices/sensor-1/rooms/{room}", json.dumps(body).encode()
+
+    def rows(room: str) -> list[list[Any]]:
+        found = Message.objects.filter(room__slug=room).order_by("seq").values_list("seq", "text")
+        return [list(row) for row in found]
+
+    def seqs(outcomes: list[Any]) -> list[Any]:
+        return [[o.envelope["room"], o.envelope["seq"]] if o.envelope else o.error.code for o in outcomes]
+
+    seen: dict[str, Any] = {}
+    duplicate = ingest_batch(topics=topics, messages=[
+        post("lobby", "a", "k1", {"t": 21.5}), post("lobby", "b", "k2"), post("lobby", "a again", "k1"),
+        post("lobby", "c", "k3"),
+    ])
+    seen["duplicate"] = {"rows": rows("lobby"), "outcomes": seqs(duplicate)}
+    # What the batch answered is what the database holds, field by field (ids, data, times).
+    stored = {str(m.id): message_envelope(m) for m in Message.objects.select_related("room", "sender")}
+    seen["envelopes_match"] = all(
+        o.envelope == stored[o.envelope["id"]] for o in duplicate if o.envelope is not None
+    )
+
+    spanning = ingest_batch(topics=topics, messages=[
+        post("kitchen", "k1"), post("hall", "h1"), post("kitchen", "k2"), post("nowhere", "x"),
+        post("hall", "h2"),
+    ])
+    seen["spanning"] = {"kitchen": rows("kitchen"), "hall": rows("hall"), "outcomes": seqs(spanning)}
+
+    batch = [post("lobby", "one", "f1"), post("kitchen", "two", "f2"), post("lobby", "three", "f3")]
+    real_commit = BaseDatabaseWrapper.commit
+
+    def failing_commit(self: BaseDatabaseWrapper) -> None:
+        raise OperationalError("the server closed the connection during COMMIT")
+
+    BaseDatabaseWrapper.commit = failing_commit  # type: ignore[method-assign]
+    try:
+        ingest_batch(topics=topics, messages=batch)
+        seen["failed_commit_raised"] = False
+    except OperationalError:
+        seen["failed_commit_raised"] = True
+    finally:
+        BaseDatabaseWrapper.commit = real_commit  # type: ignore[method-assign]
+    seen["after_failed_commit"] = {"lobby": rows("lobby"), "kitchen": rows("kitchen"),
+                                   "lobby_last_seq": Room.objects.get(slug="lobby").last_seq}
+    again = [seqs(ingest_batch(topics=topics, messages=batch)) for _ in range(2)]
+    seen["retried"] = {"lobby": rows("lobby"), "kitchen": rows("kitchen"), "outcomes": again}
+    return seen
+
+
+if __name__ == "__main__":
+    main()
