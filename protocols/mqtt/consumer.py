@@ -13,6 +13,7 @@ from channels.consumer import AsyncConsumer
 from protocols.mqtt.events import (
     ConnectEvent,
     DisconnectEvent,
+    DrainEvent,
     MessageEvent,
     PublishedEvent,
     PublishEvent,
@@ -73,6 +74,15 @@ class MqttConsumer(AsyncConsumer):
     async def mqtt_disconnect(self, event: DisconnectEvent) -> None:
         await self.disconnect(event)
 
+    async def mqtt_drain(self, event: DrainEvent) -> None:
+        # Not awaited here: draining waits on events (`mqtt.published`) that this dispatch
+        # must go on delivering.
+        self.start_background(self._drain_and_tell(), name="drain")
+
+    async def _drain_and_tell(self) -> None:
+        await self.drain()
+        await self.send({"type": "mqtt.drained"})
+
     async def mqtt_published(self, event: PublishedEvent) -> None:
         future = self._confirmations.pop(event["publish_id"], None)
         if future is not None and not future.done():
@@ -88,6 +98,10 @@ class MqttConsumer(AsyncConsumer):
 
     async def disconnect(self, event: DisconnectEvent) -> None:
         """Called when the broker connection drops; the server is already reconnecting."""
+
+    async def drain(self) -> None:
+        """Called once when the server is stopping: return when the work in hand is done
+        (events still arrive meanwhile); the instance is cancelled after."""
 
     # --- replies --------------------------------------------------------------
 

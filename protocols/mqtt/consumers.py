@@ -77,6 +77,11 @@ class BridgeConsumer(LayerMember, MqttConsumer):
         self._retry_pause = RETRY_MIN
         self.supervisor = Supervisor("mqtt", backoff_max=5.0)
         self._batch: list[MessageEvent] = []  # taken from the inbox, not yet acknowledged
+        # Stopping (SIGTERM, see `drain`): the loops finish what they hold and take nothing new.
+        self._draining = False
+        self._writer_idle, self._publisher_idle = asyncio.Event(), asyncio.Event()
+        self._writer_idle.set()
+        self._publisher_idle.set()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -115,6 +120,18 @@ class BridgeConsumer(LayerMember, MqttConsumer):
         # Claim nothing while offline: a process that is connected publishes it instead.
         self._online.clear()
 
+    async def drain(self) -> None:
+        """The server is stopping: the batch being stored is committed and acknowledged, the
+        room being published waits for the broker's answers and moves its cursor; nothing
+        new is taken. What waits in the inbox is not acknowledged: the broker sends it again
+        (to another runmqtt sharing the subscription, or to this one after its restart)."""
+        self._draining = True
+        self._inbox_room.set()  # a receive waiting for room lets its message go
+        self._inbox_ready.set()
+        self._wake.set()
+        await self._writer_idle.wait()
+        await self._publisher_idle.wait()
+
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels closes stale database connections before every handler, a thread hop
         each (7 % of runmqtt under a burst, in a profile). `receive` only queues for the
@@ -140,9 +157,11 @@ class BridgeConsumer(LayerMember, MqttConsumer):
             if error is not None:
                 await self._refuse(message["topic"], error.error)
             return
-        while len(self._inbox) >= MAX_INBOX:
+        while len(self._inbox) >= MAX_INBOX and not self._draining:
             self._inbox_room.clear()
             await self._inbox_room.wait()
+        if self._draining:
+            return  # not acknowledged: it comes again
         self._inbox.append(message)
         self._inbox_ready.set()
 
@@ -155,9 +174,11 @@ class BridgeConsumer(LayerMember, MqttConsumer):
         """
         while True:
             if not self._batch:
+                self._writer_idle.set()
                 self._batch = await self._next_batch()
                 if not self._batch:
                     continue
+                self._writer_idle.clear()
             batch = self._batch
             outcomes = await self._store(batch)
             if outcomes is None:
@@ -181,6 +202,8 @@ class BridgeConsumer(LayerMember, MqttConsumer):
         await self._inbox_ready.wait()
         if len(self._inbox) < BATCH:
             await asyncio.sleep(LINGER)  # let a burst gather: one commit for many
+        if self._draining:
+            await _parked()
         batch, self._inbox = self._inbox[:BATCH], self._inbox[BATCH:]
         if not self._inbox:
             self._inbox_ready.clear()
@@ -300,6 +323,7 @@ class BridgeConsumer(LayerMember, MqttConsumer):
         dropped the event) and finds rooms created since the last one.
         """
         while True:
+            self._publisher_idle.set()
             sweep = False
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=settings.MQTT_SWEEP_INTERVAL)
@@ -307,6 +331,9 @@ class BridgeConsumer(LayerMember, MqttConsumer):
                 sweep = True
             await asyncio.sleep(LINGER)  # let wake-ups coalesce: one claim for many messages
             await self._online.wait()
+            if self._draining:
+                await _parked()
+            self._publisher_idle.clear()
             self._wake.clear()
             try:
                 if sweep:
@@ -321,14 +348,14 @@ class BridgeConsumer(LayerMember, MqttConsumer):
                             exc)
 
     async def _publish_due(self) -> None:
-        while self._dirty:
+        while self._dirty and not self._draining:
             slug = self._dirty.pop()
             delivered = await self.rooms_out.deliver(slug)
             if delivered.commands:
                 await self._publish_commands(delivered.commands)
             if delivered.more:
                 self._dirty.add(slug)
-        if self._commands_due:
+        if self._commands_due and not self._draining:
             self._commands_due = False
             await self._publish_commands(await database_sync_to_async(outbound.commands_claim)())
 
@@ -355,3 +382,7 @@ class BridgeConsumer(LayerMember, MqttConsumer):
         self._commands_due = True
         self._wake.set()
 
+
+async def _parked() -> None:
+    """Wait until cancelled: a loop of a draining consumer takes no new work."""
+    await asyncio.Event().wait()

@@ -15,10 +15,15 @@ Server to application (`receive`):
 - `mqtt.published`: the fate of an `mqtt.publish` that carried a `publish_id`
   (accepted by the broker, refused for good, or lost with a replaced client),
   so the application can move a delivery cursor only past what the broker has.
+- `mqtt.drain`: the server is stopping (SIGTERM): finish the work in hand
+  (a batch being stored, publishes awaiting their answers), take no more, and
+  send `mqtt.drained`; the server waits for it (at most its grace period),
+  then disconnects. What was received and not acknowledged comes again.
 
 Application to server (`send`):
 - `mqtt.publish`, `mqtt.subscribe`, `mqtt.unsubscribe`, and `mqtt.ack` (an
-  extension Channels' protocols do not need: acknowledgement after work).
+  extension Channels' protocols do not need: acknowledgement after work);
+  `mqtt.drained` once the application has drained.
 """
 
 from __future__ import annotations
@@ -70,6 +75,14 @@ class PublishedEvent(TypedDict):
     reason: str
 
 
+class DrainEvent(TypedDict):
+    type: Literal["mqtt.drain"]
+
+
+class DrainedEvent(TypedDict):
+    type: Literal["mqtt.drained"]
+
+
 class DisconnectEvent(TypedDict):
     type: Literal["mqtt.disconnect"]
     reason: str
@@ -102,5 +115,5 @@ class AckEvent(TypedDict):
     ack_id: int
 
 
-IncomingEvent = ConnectEvent | MessageEvent | DisconnectEvent | PublishedEvent
-OutgoingEvent = PublishEvent | SubscribeEvent | UnsubscribeEvent | AckEvent
+IncomingEvent = ConnectEvent | MessageEvent | DisconnectEvent | PublishedEvent | DrainEvent
+OutgoingEvent = PublishEvent | SubscribeEvent | UnsubscribeEvent | AckEvent | DrainedEvent

@@ -37,6 +37,10 @@ Application = Callable[[Any, Any, Any], Coroutine[Any, Any, None]]
 # CONNACK codes meaning "this broker does not speak MQTT 5" (v5: 0x84; 3.1.1: 1).
 UNSUPPORTED_PROTOCOL = {132, 1}
 HEALTH_CHECK = "mqtt_broker"  # in /readyz and bridge_dependency_up
+STOPPING_CHECK = "stopping"  # not ready while draining: nothing new should be routed here
+# Events the server itself puts on the application's queue from the loop: they take no
+# place of the flow control (see `_queue`).
+LOOP_EVENTS = frozenset({"mqtt.published", "mqtt.drain"})
 RECEIVE_MAXIMUM = 1000
 # Events waiting for the application, at most. When the queue is full, paho's network
 # thread waits in its callback, so it stops reading the socket and the broker holds what
@@ -117,6 +121,7 @@ class MqttServer:
         # it must never wait); there are at most as many as the publishes with a
         # `publish_id` the application has in flight, its own bound.
         self._queue: asyncio.Queue[IncomingEvent] = asyncio.Queue()
+        self._drained = asyncio.Event()
         self._put = 0
         self._taken = 0
         self._room = threading.Event()
@@ -155,8 +160,28 @@ class MqttServer:
                 self._fallback.cancel()
             await self._stop_client()
             HEALTH.forget(HEALTH_CHECK)
+            HEALTH.forget(STOPPING_CHECK)
             logger.info("stopped: %s messages received", self.received)
         raise MqttServerError("the MQTT application instance ended")
+
+    async def drain(self, grace: float) -> bool:
+        """Before stopping: have the application finish the work in hand (`mqtt.drain`) and
+        wait for its `mqtt.drained`, at most `grace` seconds. Then cancel `run`.
+
+        The broker connection stays up meanwhile: the answers to publishes in flight still
+        arrive, and the acknowledgements of the last stored batch still leave.
+        """
+        HEALTH.failing(STOPPING_CHECK, "stopping: finishing the work in hand")
+        logger.info("stopping: draining (at most %s s)", grace)
+        self._queue.put_nowait({"type": "mqtt.drain"})
+        try:
+            await asyncio.wait_for(self._drained.wait(), grace)
+        except TimeoutError:
+            logger.warning("stopping: not drained after %s s; what is unfinished is done again "
+                           "after the restart (unacknowledged, or published again)", grace)
+            return False
+        logger.info("stopping: drained")
+        return True
 
     def _start_client(self) -> None:
         config = self.config
@@ -337,7 +362,7 @@ class MqttServer:
     async def _receive(self) -> IncomingEvent:
         """The application's `receive`: the next event, freeing its place for paho's thread."""
         event = await self._queue.get()
-        if event["type"] != "mqtt.published":
+        if event["type"] not in LOOP_EVENTS:
             self._taken += 1
             if not self._room.is_set():
                 self._room.set()  # paho's thread may be waiting for this place
@@ -381,6 +406,9 @@ class MqttServer:
         """Every reply of the application: checked here, then handed to paho."""
         client = self._client
         kind = event.get("type")
+        if kind == "mqtt.drained":
+            self._drained.set()
+            return
         if kind == "mqtt.ack":
             generation, mid, qos = self._unacked.pop(event["ack_id"])
             if client is not None and generation == self._generation:

@@ -37,6 +37,7 @@ class MqttCommunicator(ApplicationCommunicator):
         self.subscribed: list[str] = []
         self.acked: set[int] = set()
         self.outcome: str | None = "accepted"
+        self.drained = False
 
     async def connect(self, *, session_present: bool = False, timeout: float = 2) -> list[str]:  # noqa: ASYNC109
         """Send `mqtt.connect`; returns the topic filters the application subscribed to."""
@@ -72,6 +73,11 @@ class MqttCommunicator(ApplicationCommunicator):
         )
         if ack_id is not None:
             await self._until(lambda: ack_id in self.acked, timeout)
+
+    async def drain(self, *, timeout: float = 5) -> None:  # noqa: ASYNC109
+        """What the server does on SIGTERM: `mqtt.drain`, then wait for `mqtt.drained`."""
+        await self.send_input({"type": "mqtt.drain"})
+        await self._until(lambda: self.drained, timeout)
 
     async def disconnect(self, reason: str = "test") -> None:
         await self.send_input({"type": "mqtt.disconnect", "reason": reason})
@@ -116,5 +122,7 @@ class MqttCommunicator(ApplicationCommunicator):
                 self.subscribed.extend(event["topics"])
             elif kind == "mqtt.ack":
                 self.acked.add(event["ack_id"])
+            elif kind == "mqtt.drained":
+                self.drained = True
             elif kind != "mqtt.unsubscribe":
                 raise AssertionError(f"unexpected event from the application: {event!r}")

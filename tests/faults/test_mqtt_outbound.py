@@ -1,10 +1,11 @@
 """Room messages reach MQTT at least once: a runmqtt killed before the broker's PUBACKs
-loses nothing on `rooms/<room>/messages`."""
+loses nothing on `rooms/<room>/messages`, and one told to stop waits for them."""
 
 from __future__ import annotations
 
 import json
 import queue
+import signal
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from tests.support.faults import deployment, report, wait_until
 from tests.support.http import request
+from tests.support.mqtt_device import TestDevice
 from tests.support.processes import query
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
@@ -86,3 +88,60 @@ def test_runmqtt_killed_between_claim_and_puback_then_restarted_publishes_every_
         assert _cursor(dep.stack.database_url) == (last_seq, "")
         assert dep.exited() == []
         listener.close()
+
+
+def test_runmqtt_on_sigterm_waits_for_the_pubacks_of_its_batch_then_exits(tmp_path: Path) -> None:
+    with deployment(tmp_path, mqtt_proxy=True, BRIDGE_SHUTDOWN_GRACE="60") as dep:
+        assert dep.mqtt_proxy is not None
+        listener = dep.device()
+        listener.subscribe("rooms/lobby/messages")
+        url = f"{dep.web}/api/rooms/lobby/messages"
+        headers = {"Authorization": f"Token {dep.stack.token}"}
+        dep.mqtt_proxy.blackhole()
+        for i in range(DURING):
+            status, _ = request(url, method="POST", body={"text": f"t-{i}", "client_id": f"t-{i}"}, headers=headers)
+            assert status == 201
+        wait_until(lambda: _cursor(dep.stack.database_url)[1] == "bridge-faults", timeout=30,
+                   what="runmqtt holding the room's lease, waiting for PUBACKs")
+        runmqtt = dep.procs["runmqtt"]
+        runmqtt.popen.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+
+        def stopping() -> bool:
+            status, body = dep.readyz("runmqtt")
+            return status == 503 and "stopping" in body.get("checks", {})
+
+        wait_until(stopping, timeout=15, what="runmqtt reporting that it is stopping")
+        held = _cursor(dep.stack.database_url)
+        # The link comes back as a new connection: paho sends the unanswered publishes again.
+        dep.mqtt_proxy.heal()
+        dep.mqtt_proxy.cut()
+        code = runmqtt.popen.wait(timeout=60)
+        exited_after = time.monotonic() - signalled
+        after = _cursor(dep.stack.database_url)
+        seqs: set[int] = set()
+        wait_until(lambda: _drain_seqs(listener, seqs) >= after[0], timeout=30, what="the drained batch on MQTT")
+        report(
+            "mqtt-outbound-sigterm-drain",
+            "SIGTERM while publishes await PUBACKs: runmqtt waits for them, moves the cursor past them, exits 0",
+            posted=DURING, cursor_when_signalled=held, cursor_after_exit=after, on_mqtt=len(seqs),
+            exit_code=code, exited_after_s=exited_after,
+        )
+        assert held[1] == "bridge-faults"  # publishes in flight when it was told to stop
+        assert code == 0, runmqtt.output()
+        assert after[0] > held[0] and after[1] == "", "the batch in flight was not drained"
+        assert seqs >= set(range(1, after[0] + 1))
+        # What it had not taken yet goes out after a restart.
+        dep.runmqtt_start("runmqtt-again")
+        wait_until(lambda: _drain_seqs(listener, seqs) >= DURING and max(seqs) >= DURING, timeout=30,
+                   what="the rest on MQTT after the restart")
+        listener.close()
+
+
+def _drain_seqs(device: TestDevice, seqs: set[int]) -> int:
+    while True:
+        try:
+            _, payload = device.messages.get_nowait()
+        except queue.Empty:
+            return len(seqs)
+        seqs.add(json.loads(payload)["seq"])

@@ -104,3 +104,20 @@ async def test_publishes_lost_with_the_broker_client_go_again_in_order(bridge: M
         await bridge.answer(published, "accepted")
     assert await bridge.receive_nothing(timeout=0.3)
     assert await database_sync_to_async(_cursor)() == start + 3
+
+
+async def test_a_drain_waits_for_the_answers_of_what_is_in_flight(bridge: MqttCommunicator) -> None:
+    bridge.outcome = None
+    start = await database_sync_to_async(_cursor)()
+    await bridge.deliver("devices/sensor-1/rooms/lobby", "in flight")
+    published = await bridge.receive_publish(topic="rooms/lobby/messages")
+    await bridge.send_input({"type": "mqtt.drain"})
+    assert await bridge.receive_nothing(timeout=0.3)  # not drained: a publish awaits its answer
+    await bridge.answer(published, "accepted")
+    await bridge._until(lambda: bridge.drained, 5)
+    assert await database_sync_to_async(_cursor)() == start + 1
+    # Drained: a message arriving now is neither stored nor acknowledged (it comes again).
+    await bridge.send_input({"type": "mqtt.message", "topic": "devices/sensor-1/rooms/lobby", "payload": b"late",
+                             "qos": 1, "retain": False, "dup": False, "properties": {}, "ack_id": 999})
+    assert await bridge.receive_nothing(timeout=0.3)
+    assert 999 not in bridge.acked

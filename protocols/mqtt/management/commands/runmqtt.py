@@ -59,12 +59,15 @@ class Command(BaseCommand):
 
         main = asyncio.current_task()
         loop = asyncio.get_running_loop()
+        self._server: MqttServer | None = None
+        self._stopping: asyncio.Task[None] | None = None
         if main is not None:
-            loop.add_signal_handler(signal.SIGTERM, main.cancel)
+            loop.add_signal_handler(signal.SIGTERM, self._on_sigterm, main)
         try:
             async with ops_endpoint(ops_port), broker_permissions(config, edge_topics()):
                 if slot is None:
-                    await MqttServer(application, config).run()
+                    self._server = MqttServer(application, config)
+                    await self._server.run()
                 else:
                     await self._run_in_slot(application, config, slot)
         except asyncio.CancelledError:
@@ -72,14 +75,27 @@ class Command(BaseCommand):
         except MqttServerError as exc:
             raise CommandError(str(exc)) from exc
 
+    def _on_sigterm(self, main: asyncio.Task[None]) -> None:
+        """The first SIGTERM drains the work in hand (at most BRIDGE_SHUTDOWN_GRACE
+        seconds), then stops; a second one stops at once."""
+        if self._stopping is not None or self._server is None:
+            main.cancel()
+            return
+        self._stopping = asyncio.create_task(self._drain_then_stop(self._server, main))
+
+    async def _drain_then_stop(self, server: MqttServer, main: asyncio.Task[None]) -> None:
+        await server.drain(settings.BRIDGE_SHUTDOWN_GRACE)
+        main.cancel()
+
     async def _run_in_slot(self, application: Any, config: MqttConfig, slot: ClientIdSlot) -> None:
         """The server under the slot's client id, for as long as the lease is ours."""
         try:
             config = dataclasses.replace(config, client_id=await slot.claim())
             self.stdout.write(f"runmqtt: client id {config.client_id}")
             self.stdout.flush()
+            self._server = MqttServer(application, config)
             async with asyncio.TaskGroup() as group:
-                group.create_task(MqttServer(application, config).run())
+                group.create_task(self._server.run())
                 group.create_task(slot.keep())
         except* SlotLost as lost:
             raise CommandError(str(lost.exceptions[0])) from None
