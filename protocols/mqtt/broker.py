@@ -11,6 +11,7 @@ import contextlib
 import logging
 import shutil
 import socket
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 START_TIMEOUT = 10.0
+# Runs mosquitto and ends it when runbridge ends (a script: standard library only).
+GUARD = str(Path(__file__).with_name("broker_guard.py"))
 
 
 class BrokerError(OSError):
@@ -87,16 +90,18 @@ async def _mosquitto(binary: str, host: str, port: int) -> AsyncIterator[Embedde
             # "information" carries the "... running" line that says it listens.
             "log_type information\n"
         )
+        # Through the guard, which ends mosquitto when this process ends, even by kill -9:
+        # its stdin is a pipe from us that nobody writes to (see broker_guard.py).
         proc = await asyncio.create_subprocess_exec(
-            binary, "-c", str(conf),
-            stdin=asyncio.subprocess.DEVNULL,
+            sys.executable, GUARD, binary, "-c", str(conf),
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
         drain: asyncio.Task[None] | None = None
         try:
             drain = await _wait_running(proc, host, port)
-            logger.info("embedded mosquitto (pid %s) on %s:%s", proc.pid, host, port)
+            logger.info("embedded mosquitto (guard pid %s) on %s:%s", proc.pid, host, port)
             yield EmbeddedBroker(host=host, port=port, kind="mosquitto")
         finally:
             if drain is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -53,3 +54,42 @@ def test_sigterm_stops_every_service_and_the_process_exits(tmp_path: Path) -> No
         assert "bridge stopped" in proc.output()
     finally:
         proc.kill()
+
+
+def test_kill_9_of_runbridge_does_not_leave_its_mosquitto_running(tmp_path: Path) -> None:
+    """The embedded mosquitto (run as root it drops to its own user) ends with runbridge,
+    so the next runbridge finds its MQTT port free."""
+    env = bridge_env(tmp_path)
+    manage(["migrate", "--noinput", "-v0"], env=env)
+    web, mqtt = free_port(), free_port()
+    args = ["runbridge", f"127.0.0.1:{web}", "--mqtt-port", str(mqtt)]
+
+    def broker_listens() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", mqtt), timeout=0.5).close()
+        except OSError:
+            return False
+        return True
+
+    def ready() -> bool:
+        try:
+            entries = json.loads((tmp_path / "runbridge.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return "mqtt" in entries and "embedded mosquitto" in first.output()
+
+    first = start_manage("runbridge", args, env=env, log_dir=tmp_path)
+    try:
+        wait_until(ready, timeout=60, what="runbridge with its embedded mosquitto", proc=first)
+        assert broker_listens()
+        first.kill()
+        wait_until(lambda: not broker_listens(), timeout=10, what="mosquitto gone with runbridge")
+        (tmp_path / "runbridge.json").unlink(missing_ok=True)
+        second = start_manage("runbridge-again", args, env=env, log_dir=tmp_path)
+        try:
+            wait_until(lambda: "Bridge is running" in second.output(), timeout=60, proc=second)
+            assert broker_listens()
+        finally:
+            second.stop()
+    finally:
+        first.kill()
