@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
 
@@ -27,6 +28,14 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def _cursor(room: str = "lobby") -> int:
     return EdgeCursor.objects.get(edge="mqtt", room__slug=room).seq
+
+
+async def _cursor_reaches(seq: int, timeout: float = 10) -> None:
+    """Wait for the publisher's commit (it follows the answer, in a database thread)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (now := await database_sync_to_async(_cursor)()) != seq:
+        assert asyncio.get_running_loop().time() < deadline, f"cursor at {now}, not {seq}"
+        await asyncio.sleep(0.02)
 
 
 def _identity() -> Identity:
@@ -68,8 +77,7 @@ async def test_the_cursor_waits_for_the_brokers_answer(bridge: MqttCommunicator)
     assert await bridge.receive_nothing(timeout=0.3)
     assert await database_sync_to_async(_cursor)() == start  # handed to paho is not delivered
     await bridge.answer(published, "accepted")
-    assert await bridge.receive_nothing(timeout=0.3)
-    assert await database_sync_to_async(_cursor)() == start + 1
+    await _cursor_reaches(start + 1)
 
 
 async def test_a_refused_publish_is_passed_over_and_the_next_ones_still_go(bridge: MqttCommunicator) -> None:
@@ -82,8 +90,7 @@ async def test_a_refused_publish_is_passed_over_and_the_next_ones_still_go(bridg
     published = await bridge.receive_publish(topic="rooms/lobby/messages")
     assert json.loads(published["payload"])["text"] == "next"
     await bridge.answer(published, "accepted")
-    assert await bridge.receive_nothing(timeout=0.3)
-    assert await database_sync_to_async(_cursor)() == start + 2
+    await _cursor_reaches(start + 2)
 
 
 async def test_publishes_lost_with_the_broker_client_go_again_in_order(bridge: MqttCommunicator) -> None:
@@ -102,8 +109,7 @@ async def test_publishes_lost_with_the_broker_client_go_again_in_order(bridge: M
     assert await database_sync_to_async(_cursor)() == start + 1
     for published in again:
         await bridge.answer(published, "accepted")
-    assert await bridge.receive_nothing(timeout=0.3)
-    assert await database_sync_to_async(_cursor)() == start + 3
+    await _cursor_reaches(start + 3)
 
 
 async def test_a_drain_waits_for_the_answers_of_what_is_in_flight(bridge: MqttCommunicator) -> None:
