@@ -144,6 +144,11 @@ def message_store_many(*, room: Room, messages: Sequence[NewMessage]) -> list[Po
     The room row lock (SQLite: the IMMEDIATE transaction) serialises writers per
     room, so `seq` has no gaps and no duplicates; one lock, one key lookup, one
     insert and one stats task for the whole batch is what makes bursts cheap.
+
+    Inside a caller's transaction (a batch of device or occupant messages) no
+    savepoint of its own: an exception here ends the caller's transaction as it
+    would have anyway (nothing catches it in between), without two more
+    statements (two round trips on PostgreSQL) per room and batch.
     """
     results: list[PostResult | BridgeError] = []
     valid: list[tuple[int, _Valid]] = []
@@ -155,19 +160,25 @@ def message_store_many(*, room: Room, messages: Sequence[NewMessage]) -> list[Po
             continue
         results.append(_PENDING)  # replaced by _store_valid
     if valid:
-        _store_valid(room, valid, results)
+        _store_valid(room, valid, results, savepoint=False)
     return results
 
 
 def _store_valid(
-    room: Room, valid: list[tuple[int, _Valid]], results: list[PostResult | BridgeError]
+    room: Room,
+    valid: list[tuple[int, _Valid]],
+    results: list[PostResult | BridgeError],
+    *,
+    savepoint: bool = True,
 ) -> None:
     """Store validated messages under the room lock; results[index] gets each outcome.
 
     A key seen twice (already stored, or earlier in this batch) gives the stored
-    row with `created=False`.
+    row with `created=False`. `savepoint=False`: inside a transaction, an
+    exception leaves it for the caller to roll back whole (`message_store` keeps
+    the savepoint: it goes on after an IntegrityError).
     """
-    with timed(STORE_SECONDS), transaction.atomic():
+    with timed(STORE_SECONDS), transaction.atomic(savepoint=savepoint):
         locked = Room.objects.select_for_update().only("id", "last_seq").get(pk=room.pk)
         keys = [v.key for _, v in valid if v.key is not None]
         existing = _by_keys(room, keys) if keys else {}
