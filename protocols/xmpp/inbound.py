@@ -9,7 +9,7 @@ sender's real JID, with a log line.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from channels.db import database_sync_to_async
@@ -41,6 +41,15 @@ class _Said:
     event: XmppMessageEvent
 
 
+@dataclass
+class _Batch:
+    """What a batch of stanzas leaves to do once it is read: occupants' messages to store,
+    and per room the echoes of ours to confirm (one cursor write and one pump per room)."""
+
+    said: list[_Said] = field(default_factory=list)
+    echoes: dict[str, tuple[RoomLink, list[str]]] = field(default_factory=dict)
+
+
 class Inbound:
     """The inbound part of the bridge's XMPP consumer."""
 
@@ -53,21 +62,28 @@ class Inbound:
         one per message). Run again after a database or Redis error (see the consumer's
         dispatch): nothing of a failed store is written, and the origin-id or stanza-id makes
         a message stored already come back as the same row."""
-        said: list[_Said] = []
+        batch = _Batch()
         for event in events:
-            await self._message(event, said)
-        if said:
-            await self._store(said)
+            await self._message(event, batch)
+        await self._confirm(batch)
+        if batch.said:
+            await self._store(batch.said)
 
-    async def _message(self, event: XmppMessageEvent, said: list[_Said]) -> None:
+    async def _confirm(self, batch: _Batch) -> None:
+        """The room echoed these of ours: the cursor moves, and the pump sends what is next."""
+        echoes, batch.echoes = batch.echoes, {}
+        for link, message_ids in echoes.values():
+            await self.edge.pump.echoed(link, message_ids)
+
+    async def _message(self, event: XmppMessageEvent, batch: _Batch) -> None:
         edge = self.edge
         sender = Jid.parse(event["sender"])
         to = Jid.parse(event["to"])
         link = edge.rooms.get(sender.local) if sender.domain == edge.muc.lower() else None
         if link is not None and event["to"] == link.relay_jid:
-            await self._in_room(link, sender.resource, event, said)
+            await self._in_room(link, sender.resource, event, batch)
         elif link is not None and link.puppet_by_jid(event["to"]) is not None:
-            await self._to_puppet(link, event)
+            await self._to_puppet(link, event, batch)
         elif event["message_type"] == "error":
             return  # never answer an error: that is how loops start
         elif to.domain == edge.component.lower() and not to.local:
@@ -81,8 +97,9 @@ class Inbound:
                 text=f"No such room or user here. Rooms are on {edge.muc}; send 'help' to {edge.component}.",
             )
 
-    async def _in_room(self, link: RoomLink, nick: str, event: XmppMessageEvent, said: list[_Said]) -> None:
+    async def _in_room(self, link: RoomLink, nick: str, event: XmppMessageEvent, batch: _Batch) -> None:
         if event["message_type"] == "error":
+            await self._confirm(batch)  # echoes that came before it count first, as they came
             await self.edge.pump.bounced(link, event)
             return
         if event["message_type"] != "groupchat":
@@ -96,13 +113,13 @@ class Inbound:
             return  # the history a room replays on join is never stored again
         if link.is_ours(nick):
             if ours.startswith(ID_PREFIX):
-                await self.edge.pump.echoed(link, ours)
+                batch.echoes.setdefault(link.slug, (link, []))[1].append(ours)
             return
         if not nick or not event["body"]:
             return
-        await self._from_occupant(link, nick, event, said)
+        await self._from_occupant(link, nick, event, batch)
 
-    async def _from_occupant(self, link: RoomLink, nick: str, event: XmppMessageEvent, said: list[_Said]) -> None:
+    async def _from_occupant(self, link: RoomLink, nick: str, event: XmppMessageEvent, batch: _Batch) -> None:
         """An XMPP occupant spoke: admitted, it is stored with its batch (`_store`), once, as
         its sender; refusals go back to it."""
         real = link.real_jid(nick)
@@ -115,7 +132,7 @@ class Inbound:
             await self._refused(link, nick, event, exc)
             return
         # Who the sender is, as of now: a later stanza of the batch may change the nick's JID.
-        said.append(_Said(link=link, nick=nick, real_jid=real, event=event))
+        batch.said.append(_Said(link=link, nick=nick, real_jid=real, event=event))
 
     async def _store(self, said: list[_Said]) -> None:
         by_room: dict[str, list[_Said]] = {}
@@ -165,8 +182,9 @@ class Inbound:
                 body=text, message_type="chat",
             )
 
-    async def _to_puppet(self, link: RoomLink, event: XmppMessageEvent) -> None:
+    async def _to_puppet(self, link: RoomLink, event: XmppMessageEvent, batch: _Batch) -> None:
         if event["message_type"] == "error":
+            await self._confirm(batch)
             await self.edge.pump.bounced(link, event)
         elif event["message_type"] in ("chat", "normal") and event["body"]:
             await self.edge.send_error(

@@ -37,8 +37,8 @@ logger = logging.getLogger(__name__)
 ID_PREFIX = "bridge-"
 # A message the room refuses this often is skipped (with a log line) so the room is not stuck.
 MAX_FAILURES = 3
-# Stored messages read per query: most may need no sending (they came from XMPP), and those
-# cost no window, so a page is larger than the window.
+# Stored messages read per query while nothing is in flight: most may need no sending (they
+# came from XMPP), and those cost no window, so a page is larger than the window.
 PAGE = 100
 
 
@@ -63,8 +63,11 @@ class Pump:
     async def pump(self, link: RoomLink) -> None:
         """Send what is stored after what was sent, in order, while the window has room."""
         while self.edge.connected and link.ready and link.window_left() > 0:
+            # Sends in flight: only what the window takes is read. None: a page, since a run of
+            # messages that need no sending (a burst from XMPP) costs no window.
+            limit = link.window_left() if link.inflight else PAGE
             pending = await database_sync_to_async(store.messages_after)(
-                room_pk=link.room_pk, slug=link.slug, after=link.sent_upto, limit=PAGE
+                room_pk=link.room_pk, slug=link.slug, after=link.sent_upto, limit=limit
             )
             if not pending:
                 break
@@ -117,9 +120,12 @@ class Pump:
 
     # --- what the room says about ours --------------------------------------------------
 
-    async def echoed(self, link: RoomLink, message_id: str) -> None:
-        """The room reflected one of ours: it has it (and archived it)."""
-        await self._advance_to(link, link.ack(message_id))
+    async def echoed(self, link: RoomLink, message_ids: list[str]) -> None:
+        """The room reflected these of ours (in order): it has them (and archived them)."""
+        confirmed = None
+        for message_id in message_ids:
+            confirmed = link.ack(message_id) or confirmed
+        await self._advance_to(link, confirmed)
         await self.pump(link)
 
     async def bounced(self, link: RoomLink, event: XmppMessageEvent) -> None:

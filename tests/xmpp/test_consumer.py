@@ -632,3 +632,33 @@ async def test_a_batch_whose_store_fails_is_stored_once_when_the_database_is_bac
     await comm.messages(_said("carol", "one", "c1"), _said("carol", "two", "c2"))
     assert [text for *_, text in await _stored(2)] == ["one", "two"]
     assert failures == [1]
+
+
+async def test_echoes_in_a_batch_count_before_a_bounce_behind_them(comm: XmppCommunicator) -> None:
+    await _ready(comm)
+    first = await _post_as_web("one")
+    await comm.sent()  # puppet join
+    await comm.presence(sender=f"{ROOM}/alice", to=ALICE, status_codes=[110])
+    one = await comm.sent()
+    await _post_as_web("two")
+    two = await comm.sent()
+    assert (one["body"], two["body"]) == ("one", "two")
+    await comm.messages(
+        _said("alice", "one", one["id"]),  # the room has "one"
+        {"sender": ROOM, "to": ALICE, "id": two["id"], "origin_id": two["id"], "message_type": "error",
+         "error_condition": "not-acceptable", "body": "two"},
+    )
+    # Only "two" goes again (its puppet rejoins first: most refusals mean it is out).
+    rejoin = await comm.sent()
+    assert rejoin["to"] == f"{ROOM}/alice" and rejoin["join"] is True
+    await comm.presence(sender=f"{ROOM}/alice", to=ALICE, status_codes=[110])
+    again = await comm.sent()
+    assert (again["body"], again["id"]) == ("two", two["id"])
+    assert await _cursor_reaches(1) == 1
+    assert first.envelope["seq"] == 1
+    await comm.messages(_said("alice", "two", two["id"]))
+    assert await _cursor_reaches(2) == 2
+    # Nothing is sent again; the puppet of a sender who is not online leaves, done.
+    left = await comm.sent()
+    assert (left["type"], left["sender"], left.get("presence_type")) == ("xmpp.presence", ALICE, "unavailable")
+    assert await comm.nothing_sent()
