@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from channels.auth import AuthMiddlewareStack
 from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter
 from django.conf import settings
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
@@ -12,8 +11,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from bridge.tasks.consumer import TaskConsumer
 from bridge.tasks.telemetry import TelemetryConsumer
 from protocols.mqtt.routing import mqtt_application
-from protocols.websocket.auth import TokenAuthMiddleware
-from protocols.websocket.outlet import FrameSend
+from protocols.websocket.auth import SessionAuthMiddleware, TokenAuthMiddleware
 from protocols.websocket.routing import websocket_urlpatterns
 from protocols.websocket.security import origin_check
 from protocols.xmpp.routing import xmpp_application
@@ -24,8 +22,7 @@ def build_application(django_asgi_app: Any) -> ProtocolTypeRouter:
         {
             "http": ASGIStaticFilesHandler(django_asgi_app),
             "websocket": origin_check(
-                # FrameSend: the server's own send, for frames (past the session middleware).
-                FrameSend(AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns))))
+                SessionAuthMiddleware(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
             ),
             # The MQTT protocol server (runmqtt) opens one instance per broker connection.
             "mqtt": mqtt_application,

@@ -42,7 +42,7 @@ from bridge.services.messages import amessage_post
 from bridge.services.presence import presence_join, presence_leave, presence_list
 from protocols.websocket.hub import RoomHub
 from protocols.websocket.lifecycle import track, untrack
-from protocols.websocket.outlet import FRAME_SEND, ClientGone, Outlet
+from protocols.websocket.outlet import ClientGone, Outlet
 from protocols.websocket.presence import PresenceRenewer
 from protocols.websocket.subscriber import Subscriber
 
@@ -116,8 +116,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.channel_layer = None
         # Names this socket in presence rows, rate limits and logs (it used to be the channel).
         self.connection = f"ws.{uuid.uuid4().hex}"
-        self.outlet = Outlet(scope.get(FRAME_SEND, send), timeout=timeout, limit=OUTLET_LIMIT,
-                             on_gone=self._let_go)
+        self.outlet = Outlet(send, timeout=timeout, limit=OUTLET_LIMIT, on_gone=self._let_go)
         self._send_other = bounded_send
         self.base_send = self._send
         self._task = asyncio.current_task()
@@ -161,7 +160,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def _send(self, message: dict[str, Any]) -> None:
         """Text frames through the outlet, in order with the hub's; the handshake and close
-        through the server's send (with the session middleware)."""
+        straight to the server's send (bounded by the send timeout)."""
         if message["type"] == "websocket.send" and message.get("text") is not None:
             await self.outlet.write(message["text"])
             return

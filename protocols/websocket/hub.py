@@ -172,6 +172,8 @@ class RoomHub(LayerMember):
                 sub.recover()
 
     async def _renew(self) -> None:
+        if not self.channel_name:
+            return
         for group in sorted(self._member_groups()):
             await layer_call(self.channel_layer.group_add(group, self.channel_name), "group_add")
 

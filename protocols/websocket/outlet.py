@@ -15,10 +15,6 @@ client does not read must never hold up the others:
 - `Outlet.write(text)` is the consumer's own frames (history, acks, errors):
   queued behind the others and awaited until written, so history is read from
   the database a page at a time as the client takes it.
-
-Frames go to the server's own `send`, not through Channels' session middleware,
-whose wrapper only acts on HTTP responses but cost a sixth of a busy fan-out's
-time (a py-spy profile): `FrameSend` keeps that `send` in the scope.
 """
 
 from __future__ import annotations
@@ -32,21 +28,10 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 Send = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
-FRAME_SEND = "bridge.frame_send"  # the scope key of the server's own `send`
 
 
 class ClientGone(Exception):
     """The socket takes nothing more: the peer went away, or its send buffer stayed full."""
-
-
-class FrameSend:
-    """ASGI middleware (outside the session middleware): keeps the server's `send` for frames."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
-        return await self.app({**scope, FRAME_SEND: send}, receive, send)
 
 
 class _Rest:

@@ -410,3 +410,27 @@ async def test_a_socket_that_takes_nothing_more_is_let_go_and_goes_offline(sessi
     assert [m["type"] for m in sent[:2]] == ["websocket.accept", "websocket.send"]
     assert json.loads(sent[1]["text"])["type"] == "history"
     assert not await database_sync_to_async(Presence.objects.exists)()
+
+
+async def test_a_session_whose_password_hash_is_stale_opens_an_anonymous_socket(ws: Any, session_for: Any, lobby: Room) -> None:
+    """The session middleware is ours (one step instead of Channels' three): it must verify
+    the session's auth hash as Django does, so a session from before a password change
+    does not sign the socket in."""
+    from django.contrib.auth import get_user_model
+
+    cookie = await session_for("carol")
+    user = await database_sync_to_async(get_user_model().objects.get)(username="carol")
+    user.set_password("a new one")
+    await database_sync_to_async(user.save)()
+    comm = ws("/ws/rooms/lobby/", cookie=cookie)
+    assert (await comm.connect())[0]
+    await comm.receive_json_from()
+    await comm.send_json_to({"type": "message", "text": "hi"})
+    assert (await frames_until(comm, "error"))["code"] == "auth_required"
+    fresh = ws("/ws/rooms/lobby/", cookie=await session_for("dave"))
+    assert (await fresh.connect())[0]
+    await fresh.receive_json_from()
+    await fresh.send_json_to({"type": "message", "text": "hi", "client_id": "d"})
+    assert (await frames_until(fresh, "ack"))["client_id"] == "d"
+    await comm.disconnect()
+    await fresh.disconnect()
