@@ -28,6 +28,7 @@ from typing import Any
 from channels.exceptions import ChannelFull
 from django.conf import settings
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bridge.health import HEALTH
 from bridge.probes import CHANNEL_LAYER
@@ -48,6 +49,11 @@ RECEIVE_BACKOFF = (0.2, 5.0)  # a member's receive loop waits this long (doublin
 # value msgpack cannot carry, which must not end the consumer either).
 LAYER_ERRORS = (RedisError, OSError, TimeoutError, ChannelFull, OverflowError)
 
+
+# Pings that time out in a row before the watch takes the layer for down (a refused
+# connection counts at once).
+TIMEOUTS_BEFORE_DOWN = 2
+TIMEOUTS = (TimeoutError, RedisTimeoutError)
 
 # Without a watch in this process (a web process serving only the API), a failed call
 # makes the next ones skip the layer for this many seconds instead of each waiting.
@@ -122,6 +128,8 @@ class LayerWatch:
         self.recoveries = 0
         self._follow_up = 0
         self.supervisor = Supervisor("layer", backoff_max=5.0)
+        self._client: Any = None
+        self._timeouts = 0
 
     @property
     def down(self) -> bool:
@@ -157,17 +165,25 @@ class LayerWatch:
     async def check(self) -> None:
         import redis.asyncio as aioredis
 
-        client = aioredis.Redis.from_url(
-            str(settings.REDIS_URL), socket_timeout=LAYER_TIMEOUT, socket_connect_timeout=LAYER_TIMEOUT
-        )
+        if self._client is None:  # one connection, kept: a new one per ping is slow under load
+            self._client = aioredis.Redis.from_url(
+                str(settings.REDIS_URL), socket_timeout=LAYER_TIMEOUT, socket_connect_timeout=LAYER_TIMEOUT
+            )
         try:
-            info = await client.info("server")
+            info = await self._client.info("server")
         except (aioredis.RedisError, OSError) as exc:
-            self.down = True
-            layer_failed(exc, "ping")
+            client, self._client = self._client, None
+            with contextlib.suppress(Exception):
+                await client.aclose()
+            # A refused or reset connection is an outage; one slow answer on a busy machine
+            # may not be, and taking the layer for down skips every fan-out: a timeout
+            # counts only when the ping before it failed too.
+            self._timeouts = self._timeouts + 1 if isinstance(exc, TIMEOUTS) else 0
+            if self.down or not isinstance(exc, TIMEOUTS) or self._timeouts >= TIMEOUTS_BEFORE_DOWN:
+                self.down = True
+                layer_failed(exc, "ping")
             return
-        finally:
-            await client.aclose()
+        self._timeouts = 0
         run_id = str(info.get("run_id", ""))
         restarted = self.run_id is not None and run_id != self.run_id
         self.run_id = run_id
