@@ -118,7 +118,10 @@ class BridgeConsumer(LayerMember, MqttConsumer):
             self.supervisor.run("publisher", self._publisher, critical=True)
         await self.subscribe(self.topics.inbound_filters(), qos=1)
         self._online.set()
-        self._wake.set()  # publish what piled up while we were away
+        # Publish what piled up while we were away, and what a dead holder of a room's lease
+        # (this client id before a restart) left unconfirmed: every room, not the next sweep.
+        self._dirty |= self._rooms
+        self._wake.set()
 
     async def disconnect(self, event: DisconnectEvent) -> None:
         # Claim nothing while offline: a process that is connected publishes it instead.

@@ -19,6 +19,7 @@ from tests.support.processes import query
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 BEFORE, DURING = 50, 100
+LEASE = 5  # MQTT_PUBLISH_LEASE here (seconds; 30 by default)
 
 
 def _cursor(database_url: str) -> tuple[int, str]:
@@ -27,10 +28,13 @@ def _cursor(database_url: str) -> tuple[int, str]:
     return int(rows[0][0]), str(rows[0][1])  # type: ignore[call-overload]
 
 
+@pytest.mark.parametrize("successor", ["bridge-faults", "bridge-faults-2"])
 def test_runmqtt_killed_between_claim_and_puback_then_restarted_publishes_every_seq_in_order(
-    tmp_path: Path,
+    tmp_path: Path, successor: str,
 ) -> None:
-    with deployment(tmp_path, mqtt_proxy=True) as dep:
+    """Restarted with the same client id it takes the room back at once; another runmqtt
+    (another client id) takes it once the dead one's lease lapsed (MQTT_PUBLISH_LEASE)."""
+    with deployment(tmp_path, mqtt_proxy=True, MQTT_PUBLISH_LEASE=str(LEASE)) as dep:
         assert dep.mqtt_proxy is not None
         listener = dep.device()
         listener.subscribe("rooms/lobby/messages")
@@ -69,18 +73,18 @@ def test_runmqtt_killed_between_claim_and_puback_then_restarted_publishes_every_
         seen_before_restart = len(drain())
 
         dep.mqtt_proxy.heal()
-        dep.runmqtt_start("runmqtt-again")
+        dep.runmqtt_start("runmqtt-again", client_id=successor)
         took = wait_until(lambda: max(drain(), default=0) >= last_seq and len(set(arrived)) >= last_seq,
                           timeout=60, what="every seq on rooms/lobby/messages")
         time.sleep(1)  # a late duplicate would show here
         drain()
         firsts = list(dict.fromkeys(arrived))  # each seq at its first arrival, in arrival order
         report(
-            "mqtt-outbound-kill-before-puback",
+            f"mqtt-outbound-kill-before-puback[{'same client id' if successor == 'bridge-faults' else 'another runmqtt'}]",
             "every seq on rooms/<room>/messages after a kill -9 between claim and PUBACK, first arrivals in order",
             posted=last_seq, cursor_at_kill=cursor_after_kill, seen_before_restart=seen_before_restart,
             arrived=len(arrived), distinct=len(set(arrived)), duplicated=len(arrived) - len(set(arrived)),
-            restart_to_all_seconds=took, exited=dep.exited(),
+            lease_s=LEASE, restart_to_all_seconds=took, exited=dep.exited(),
         )
         assert cursor_after_kill == base, "the cursor moved past messages the broker never acknowledged"
         assert set(arrived) >= set(range(1, last_seq + 1))

@@ -99,17 +99,15 @@ async def test_publishes_lost_with_the_broker_client_go_again_in_order(bridge: M
     identity = await database_sync_to_async(_identity)()
     for text in ("a", "b", "c"):
         await amessage_post(room="lobby", sender=identity, origin="web", text=text)
-    first = [await bridge.receive_publish(topic="rooms/lobby/messages") for _ in range(3)]
-    assert [json.loads(p["payload"])["text"] for p in first] == ["a", "b", "c"]
-    await bridge.answer(first[0], "accepted")
-    await bridge.answer(first[1], "lost")
-    await bridge.answer(first[2], "accepted")
-    again = [await bridge.receive_publish(topic="rooms/lobby/messages", timeout=5) for _ in range(2)]
-    assert [json.loads(p["payload"])["text"] for p in again] == ["b", "c"]
-    assert await database_sync_to_async(_cursor)() == start + 1
-    for published in again:
-        await bridge.answer(published, "accepted")
+    # However the three were claimed (one batch or several), "b" is lost the first time.
+    seen: list[str] = []
+    while seen.count("b") < 2 or seen[-1] != "c":
+        published = await bridge.receive_publish(topic="rooms/lobby/messages")
+        seen.append(json.loads(published["payload"])["text"])
+        await bridge.answer(published, "lost" if seen == ["a", "b"] else "accepted")
     await _cursor_reaches(start + 3)
+    # "c" may have gone out once after the lost "b" already; then "b" and "c" again, in order.
+    assert seen in (["a", "b", "b", "c"], ["a", "b", "c", "b", "c"]), seen
 
 
 async def test_a_drain_waits_for_the_answers_of_what_is_in_flight(bridge: MqttCommunicator) -> None:

@@ -101,14 +101,13 @@ class Deployment:
         assert self.redis is not None
         self.redis.popen.send_signal(signal.SIGCONT)
 
-    def runmqtt_start(self, name: str = "runmqtt") -> Proc:
-        """(Again) runmqtt, with the same client id, through the MQTT proxy if there is one;
-        returns once it is ready."""
+    def runmqtt_start(self, name: str = "runmqtt", client_id: str = "bridge-faults") -> Proc:
+        """(Again) runmqtt, through the MQTT proxy if there is one; returns once it is ready."""
         env = dict(self.stack.env)
         if self.mqtt_proxy is not None:
             env["MQTT_URL"] = self.broker.bridge_url.replace(f":{self.broker.port}", f":{self.mqtt_proxy.port}")
         proc = start_manage(
-            name, ["runmqtt", "--client-id", "bridge-faults", "--ops-port", str(self.ops["runmqtt"])],
+            name, ["runmqtt", "--client-id", client_id, "--ops-port", str(self.ops["runmqtt"])],
             env=env, log_dir=self.tmp,
         )
         self.procs["runmqtt"] = proc
