@@ -74,6 +74,8 @@ def room_claim(*, slug: str, owner: str, lease: float) -> Claimed:
     if room is None:
         return claimed
     claimed.room_id, claimed.private = room.pk, room.private
+    if room.last_seq <= edge_cursor_get(edge=EDGE, room=room).seq:
+        return claimed  # nothing after the cursor: no transaction (most sweeps and wake-ups)
     # The lease and the commands found in the range commit together. A range leased
     # again (its holder died) finds its commands already claimed: they are not resent.
     with transaction.atomic():
