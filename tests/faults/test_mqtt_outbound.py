@@ -58,6 +58,9 @@ def test_runmqtt_killed_between_claim_and_puback_then_restarted_publishes_every_
         for i in range(BEFORE):
             post(i)
         wait_until(lambda: len(drain()) >= BEFORE, timeout=30, what="the first messages on MQTT")
+        # A subscriber can see a message before the PUBACK's cursor write commits.
+        wait_until(lambda: _cursor(dep.stack.database_url)[0] >= max(arrived), timeout=30,
+                   what="the cursor past what the broker acknowledged")
         base, _ = _cursor(dep.stack.database_url)
 
         # The broker's answers stop coming (the link black-holes): runmqtt claims, hands to
