@@ -32,7 +32,7 @@ import pytest
 import websockets
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.support.faults import report, rss_mib
+from tests.support.faults import percentile, report, rss_mib
 from tests.support.http import login_cookie
 from tests.support.mosquitto import Mosquitto, mosquitto_server
 from tests.support.mqtt_device import TestDevice
@@ -149,11 +149,6 @@ time.sleep(1)
 client.disconnect()
 client.loop_stop()
 """
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 @pytest.fixture

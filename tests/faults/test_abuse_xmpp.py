@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import websockets
 
-from tests.support.faults import report
+from tests.support.faults import percentile, report
 from tests.support.processes import query, start_manage
 from tests.support.prosody import Prosody
 from tests.support.stack import Stack, provision
@@ -75,11 +75,6 @@ async def main():
 
 asyncio.run(main())
 """
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 @pytest.fixture

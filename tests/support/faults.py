@@ -61,6 +61,12 @@ def report(scenario: str, condition: str, **figures: object) -> None:
     print(f"\nFAULT {scenario} | pass: {condition} | {shown}", flush=True)
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The value at fraction `q` of the sorted values (q=0.99: the p99)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 def rss_mib(proc: Proc) -> float:
     for line in Path(f"/proc/{proc.popen.pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
