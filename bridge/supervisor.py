@@ -10,7 +10,7 @@ supervisor itself, never through a channel-layer message that can be lost.
     supervisor = Supervisor("worker")
     supervisor.every("reconcile", 30, reconcile_once)
     ...
-    await supervisor.stop()   # cancels every loop and waits for them
+    await supervisor.stop()   # cancels every loop and waits for them (bounded)
 
 Nothing here swallows `CancelledError`: stopping is always possible.
 """
@@ -28,6 +28,8 @@ from bridge.health import HEALTH, Health
 logger = logging.getLogger(__name__)
 
 HEALTHY_AFTER = 1.0  # seconds a restarted loop must keep running to count as recovered
+STOP_GRACE = 10.0  # seconds `stop` waits for its loops to end
+RECANCEL_AFTER = 1.0  # seconds after which a loop that has not ended is cancelled again
 
 
 @dataclass
@@ -184,12 +186,29 @@ class Supervisor:
                 wait = interval
             await asyncio.sleep(wait)
 
-    async def stop(self) -> None:
-        """Cancel every loop and wait for them to end."""
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for loop in self._tasks:
+    async def stop(self, *, grace: float = STOP_GRACE) -> None:
+        """Cancel every loop and wait for them to end, at most `grace` seconds.
+
+        A loop still running a second after its cancel is cancelled again: a library
+        can swallow one cancellation (redis-py does, for a blocking command cancelled
+        as its reply arrives: redis/redis-py#2028), and a process that waits on that
+        loop never stops (a `runmqtt` hung on SIGTERM this way). One still running
+        after `grace` is logged and left behind, so stopping always ends.
+        """
+        tasks = {loop: task for loop, task in self._tasks.items() if not task.done()}
+        deadline = time.monotonic() + grace
+        while tasks:
+            for task in tasks.values():
+                task.cancel()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                logger.error("%s: %s still running %.0f s after being cancelled; left behind",
+                             self.name, ", ".join(sorted(tasks)), grace)
+                break
+            await asyncio.wait(tasks.values(), timeout=min(RECANCEL_AFTER, left))
+            tasks = {loop: task for loop, task in tasks.items() if not task.done()}
+        for loop, task in self._tasks.items():
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: a loop's last failure is already logged
             self.health.forget(self._check(loop))
         self._tasks.clear()

@@ -87,12 +87,23 @@ class PermissionSync:
         """
         layer = get_channel_layer()
         channel = await layer.new_channel() if layer is not None else None
+        # One receive kept pending across resyncs, never cancelled on a timeout: a blocking
+        # Redis read cancelled as its reply arrives can swallow the cancellation (and lose
+        # the event), so only stopping cancels it.
+        receiving: asyncio.Task[dict[str, Any]] | None = None
         try:
             while True:
                 if layer is not None and channel is not None:
                     # Re-joined every pass: Redis expires group membership after a day.
                     await layer.group_add(DEVICE_ACCESS_GROUP, channel)
-                await self._events_until_resync(layer, channel)
+                    if receiving is None:
+                        receiving = asyncio.ensure_future(layer.receive(channel))
+                    done, _ = await asyncio.wait({receiving}, timeout=self.resync_interval)
+                    if done:
+                        event, receiving = receiving.result(), None
+                        self._take(event)
+                else:
+                    await asyncio.sleep(self.resync_interval)
                 try:
                     if self._pending:
                         pending, self._pending = self._pending, set()
@@ -103,18 +114,13 @@ class PermissionSync:
                     HEALTH.failing(CHECK, exc)
                     raise
         finally:
+            if receiving is not None:
+                receiving.cancel()
             if layer is not None and channel is not None:
                 await layer.group_discard(DEVICE_ACCESS_GROUP, channel)
 
-    async def _events_until_resync(self, layer: Any, channel: str | None) -> None:
-        """Return when a change event arrived (its devices pending) or the resync is due."""
-        if layer is None or channel is None:
-            await asyncio.sleep(self.resync_interval)
-            return
-        try:
-            event = await asyncio.wait_for(layer.receive(channel), timeout=self.resync_interval)
-        except TimeoutError:
-            return
+    def _take(self, event: dict[str, Any]) -> None:
+        """A change event's devices wait for the next pass (at most MAX_PENDING)."""
         if event.get("type") == "devices.changed":
             room = MAX_PENDING - len(self._pending)
             self._pending.update(list(event.get("devices", []))[: max(room, 0)])

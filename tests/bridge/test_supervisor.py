@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+
+import pytest
 
 from bridge.health import Health
 from bridge.supervisor import HEALTHY_AFTER, Supervisor
@@ -54,6 +57,47 @@ async def test_a_periodic_loop_keeps_its_schedule_after_failures() -> None:
     assert health.ready()
     assert supervisor.stats["tick"].failures == 1
     await supervisor.stop()
+
+
+async def test_stop_cancels_again_a_loop_that_swallowed_its_cancellation() -> None:
+    # What redis-py does to a blocking read cancelled as its reply arrives: the
+    # cancellation is lost and the read goes on (a runmqtt hung on SIGTERM).
+    supervisor = Supervisor("t", health=Health())
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed += 1
+
+    supervisor.run("stubborn", stubborn)
+    await asyncio.sleep(0)
+    task = supervisor._tasks["stubborn"]
+    await asyncio.wait_for(supervisor.stop(grace=5), 4)
+    assert swallowed == 1
+    assert task.cancelled()
+
+
+async def test_stop_ends_even_when_a_loop_never_does(caplog: pytest.LogCaptureFixture) -> None:
+    supervisor = Supervisor("t", health=Health())
+
+    async def immortal() -> None:
+        while True:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()
+
+    supervisor.run("immortal", immortal)
+    await asyncio.sleep(0)
+    task = supervisor._tasks["immortal"]
+    await asyncio.wait_for(supervisor.stop(grace=0.3), 2)
+    assert not task.done()
+    assert "t: immortal still running" in caplog.text
+    task.get_coro().close()  # what asyncio.run would otherwise wait on forever
 
 
 def test_health_logs_a_change_once_and_keeps_its_start() -> None:

@@ -15,6 +15,7 @@ import asyncio
 import json
 import shutil
 import signal
+import subprocess
 import threading
 import time
 import urllib.error
@@ -161,7 +162,10 @@ async def test_the_compose_topology_end_to_end(stack: LocalStack) -> None:
         for name in ("mqtt-1", "worker-1"):
             stack.signal(name, signal.SIGTERM)
         for name in ("mqtt-1", "worker-1"):
-            code = await asyncio.to_thread(stack.procs[name].popen.wait, 60)
+            try:
+                code = await asyncio.to_thread(stack.procs[name].popen.wait, 60)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"{name} still running 60 s after SIGTERM:\n{stack.procs[name].output()}")
             assert code == 0, f"{name} exited with {code} on SIGTERM:\n{stack.procs[name].output()}"
             stack.start(name)  # restart: unless-stopped
         await until(lambda: len(receivers.web) >= FIRST // 2, "half of the stream")
