@@ -35,7 +35,11 @@ def main() -> None:
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers and load to separate CPUs")
     parser.add_argument("--connections", default="",
                         help="idle scenario: comma-separated socket counts (default 2000 quick; 10000,20000)")
+    parser.add_argument("--bridge-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the bridge's processes (repeatable), for A/B runs: XMPP_WINDOW=40")
     args = parser.parse_args()
+    if any("=" not in x for x in args.bridge_env):
+        parser.error("--bridge-env takes NAME=VALUE")
     only = frozenset(x for x in args.only.split(",") if x) or frozenset(SCENARIOS)
     unknown = only - set(SCENARIOS)
     if unknown:
@@ -44,7 +48,8 @@ def main() -> None:
     opts = Options(runs=args.runs or (1 if args.quick else 3), quick=args.quick, out=args.out,
                    only=only, server_cpus=servers, load_cpus=load, profile=args.profile,
                    targets=tuple(x for x in args.targets.split(",") if x),
-                   connections=tuple(int(x) for x in args.connections.split(",") if x))
+                   connections=tuple(int(x) for x in args.connections.split(",") if x),
+                   bridge_env=tuple(tuple(x.split("=", 1)) for x in args.bridge_env))  # type: ignore[misc]
     opts.out.mkdir(parents=True, exist_ok=True)
     machine = _machine(opts)
     say(f"machine: {machine['cpu']}, {machine['cpus']} CPUs; servers on {machine['server_cpus']}, "
@@ -81,6 +86,7 @@ def _machine(opts: Options) -> dict[str, object]:
         "server_cpus": sorted(opts.server_cpus) or "any", "load_cpus": sorted(opts.load_cpus) or "any",
         "loadavg_at_start": " ".join(load[:3]), "python": platform.python_version(),
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": opts.quick, "runs": opts.runs,
+        "bridge_env": dict(opts.bridge_env),
     }
 
 

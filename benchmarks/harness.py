@@ -38,6 +38,7 @@ class Options:
     profile: bool = False
     targets: tuple[str, ...] = ()
     connections: tuple[int, ...] = ()  # `--connections`: the idle scenario's sizes
+    bridge_env: tuple[tuple[str, str], ...] = ()  # `--bridge-env`: settings for the bridge's processes
 
     def wants(self, target: str) -> bool:
         """`--targets`: only targets whose name contains one of these."""

@@ -19,6 +19,7 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
     "channel_layer": [("target", "layer"), ("members", "group size"), ("send_ms", "group_send median ms"),
                       ("send_p99_ms", "p99 ms"), ("deliveries_per_s", "deliveries/s incl. receive")],
     "end_to_end": [("target", "target"), ("path", "publish to"), ("rate", "offered msg/s"),
+                   ("achieved_rate", "devices achieved msg/s"), ("per_client_per_s", "delivered msg/s per client"),
                    ("delivered_pct", "delivered %"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
                    ("added_p50_ms", "p50 added over floor, ms"), ("added_p99_ms", "p99 added over floor, ms")],
     "xmpp_ingress": [("target", "target"), ("senders", "occupants sending"),

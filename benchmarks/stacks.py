@@ -130,6 +130,7 @@ class Stack:
         if self.xmpp is not None:
             # Occupants send as fast as the scenario asks: no per-account rate limit.
             overrides.update(self.xmpp.bridge_settings(), XMPP_RATE="0")
+        overrides.update(self.opts.bridge_env)  # `--bridge-env`, last: what an A/B run varies
         env = bridge_env(self.tmp, **overrides)
         manage(["migrate", "--noinput", "-v0"], env=env)
         manage(["demo"], env=env)  # room lobby, user demo/demo

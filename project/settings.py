@@ -296,6 +296,8 @@ XMPP_MUC_SERVICE = env.optional("XMPP_MUC_SERVICE")  # e.g. conference.localhost
 XMPP_BRIDGE_NICK = env.str("XMPP_BRIDGE_NICK", default="bridge")  # the relay's nick in each room
 # Seconds between checks for rooms created without the edge hearing of it.
 XMPP_ROOM_SYNC_INTERVAL = env.int("XMPP_ROOM_SYNC_INTERVAL", 30, minimum=1)
+# Messages per room sent to the MUC and not yet echoed back; within the server's replayed history.
+XMPP_WINDOW = env.int("XMPP_WINDOW", 10, minimum=1)
 
 # --- Logging ----------------------------------------------------------------
 

@@ -3,7 +3,9 @@
 Each device is its own paho client (its own account, as the broker's ACL
 wants); one loop spreads the messages over them round-robin at `--rate`
 (0: no pacing, only the broker's acknowledgements hold them back).
-Prints one JSON line when the broker has acknowledged every message.
+Prints one JSON line when the broker has acknowledged every message: how long
+publishing took, the rate achieved (below `--rate` when this process could not
+keep the pace) and the CPU seconds it used.
 Run: python -m benchmarks.load.mqtt_devices --port 1883 --devices 10 --count 5000 --rate 0 --tag r1
 """
 
@@ -65,7 +67,11 @@ def main() -> None:
     for client in clients:
         client.disconnect()
         client.loop_stop()
-    sys.stdout.write(json.dumps({"sent": args.count, "publish_s": round(sent, 3), "acked_s": round(acks, 3)}) + "\n")
+    achieved = args.count / sent if sent > 0 else None
+    sys.stdout.write(json.dumps({
+        "sent": args.count, "publish_s": round(sent, 3), "acked_s": round(acks, 3),
+        "achieved_per_s": round(achieved, 1) if achieved else None, "cpu_s": round(time.process_time(), 3),
+    }) + "\n")
 
 
 if __name__ == "__main__":

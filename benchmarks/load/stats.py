@@ -16,6 +16,15 @@ def stamp_text(now: float, tag: str, n: int) -> str:
     return f"t={now:.6f};r={tag};n={n}"
 
 
+def percentiles(latencies: array) -> dict[str, float | None]:
+    """p50 and p99 in ms of latencies in seconds."""
+    ordered = sorted(latencies)
+    count = len(ordered)
+    if not count:
+        return {"p50_ms": None, "p99_ms": None}
+    return {f"p{p}_ms": round(ordered[min(count - 1, int(count * p / 100))] * 1e3, 3) for p in (50, 99)}
+
+
 def summary(latencies: array, *, first: float | None, last: float | None) -> dict[str, Any]:
     ordered = sorted(latencies)
     count = len(ordered)

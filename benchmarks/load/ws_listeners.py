@@ -3,7 +3,9 @@
 Speaks JSON lines: one once every socket is open; then, for each line `<tag> <expect>`
 on stdin, one when every client has seen `expect` frames of that run (or none
 came for `--idle` seconds); `status` answers how many sockets are still open.
-Run: python -m benchmarks.load.ws_listeners --url ws://... --clients 200 [--bridge]
+With `--stages` (the bridge's frames), the first client also splits each latency at the
+message's `created` (when the bridge built its row): publish to stored, stored to frame.
+Run: python -m benchmarks.load.ws_listeners --url ws://... --clients 200 [--bridge] [--stages]
 """
 
 from __future__ import annotations
@@ -11,24 +13,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 import time
 from array import array
+from datetime import datetime
 
 from benchmarks.load import rawws
-from benchmarks.load.stats import STAMP, summary
+from benchmarks.load.stats import STAMP, percentiles, summary
+
+CREATED = re.compile(rb'"created": "([^"]+)"')
+# Wall clock (the bridge's `created`) to the system-wide monotonic clock (the stamps).
+WALL_TO_MONOTONIC = time.time() - time.monotonic()
 
 
 class Phase:
     """What the clients have seen of one run."""
 
-    def __init__(self, clients: int, prefix: bytes) -> None:
-        self.clients, self.prefix = clients, prefix
+    def __init__(self, clients: int, prefix: bytes, *, stages: bool = False) -> None:
+        self.clients, self.prefix, self.stages = clients, prefix, stages
         self.reset("", 0)
 
     def reset(self, tag: str, expect: int) -> None:
         self.tag, self.expect = f"r={tag};".encode(), expect
         self.latencies: array = array("d")
+        # With stages, client 0's frames: publish -> stored, stored -> frame (seconds).
+        self.to_stored: array = array("d")
+        self.to_frame: array = array("d")
         self.counts = [0] * self.clients
         self.first: float | None = None
         self.last: float | None = None
@@ -44,6 +55,8 @@ class Phase:
                 return
             now = time.monotonic()
             self.latencies.append(now - float(match[1]))
+            if self.stages and index == 0:
+                self._split(payload, float(match[1]), now)
             self.first = self.first or now
             self.last = now
             self.counts[index] += 1
@@ -52,6 +65,17 @@ class Phase:
                 if self.full == self.clients:
                     self.done.set()
         return on_text
+
+    def _split(self, payload: bytes, published: float, now: float) -> None:
+        found = CREATED.search(payload)
+        if found is None:
+            return
+        stored = datetime.fromisoformat(found[1].decode()).timestamp() - WALL_TO_MONOTONIC
+        self.to_stored.append(stored - published)
+        self.to_frame.append(now - stored)
+
+    def stage_figures(self) -> dict[str, object]:
+        return {"publish_to_stored": percentiles(self.to_stored), "stored_to_frame": percentiles(self.to_frame)}
 
     async def wait(self, idle: float) -> None:
         seen = -1
@@ -70,10 +94,11 @@ async def main() -> None:
     parser.add_argument("--clients", type=int, required=True)
     parser.add_argument("--origin", default="")
     parser.add_argument("--bridge", action="store_true", help="count only the bridge's `message` frames")
+    parser.add_argument("--stages", action="store_true", help="split client 0's latencies at `created`")
     parser.add_argument("--idle", type=float, default=10.0)
     args = parser.parse_args()
 
-    phase = Phase(args.clients, b'{"type": "message"' if args.bridge else b"")
+    phase = Phase(args.clients, b'{"type": "message"' if args.bridge else b"", stages=args.stages)
     headers = {"Origin": args.origin} if args.origin else {}
     sockets = []
     gate = asyncio.Semaphore(50)  # handshakes at once: a server's backlog is finite
@@ -107,6 +132,8 @@ async def main() -> None:
         result = summary(phase.latencies, first=phase.first, last=phase.last)
         result["complete"] = sum(1 for c in phase.counts if c >= phase.expect)
         result["open"] = sum(1 for s in sockets if not s.closed.done())
+        if args.stages:
+            result["stages"] = phase.stage_figures()
         reply(result)
     for sock in sockets:
         sock.close()

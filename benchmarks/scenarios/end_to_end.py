@@ -7,16 +7,31 @@ the bridge runs `runmqtt`, uvicorn and `runxmpp` (Redis channel layer,
 SQLite). Figures: p50/p99 from the device's publish to each WebSocket frame
 and to each XMPP stanza. Floor: the same stream from mosquitto to one plain
 paho subscriber, in the same run; "added" is the bridge's figure minus it.
+
+So that a figure says what held it, each run also reports the rate the devices
+achieved (below the offered rate when their process could not keep the pace:
+then the figures are not those of 500 a second), each audience's delivery rate
+per client, the WebSocket latency split at the stored row's `created` (publish
+to stored, stored to frame, from one client), and the CPU each process used
+while the devices published and until the last delivery: servers,
+infrastructure and load generators alike (2 CPUs
+shared by all of them is the usual limit here). `--profile` samples runmqtt,
+uvicorn and runxmpp with py-spy.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
+import time
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import Load, Options, Profile, median_row, say
+import psutil
+
+from benchmarks.harness import Load, Options, Profile, cpu_seconds, median_row, say
 from benchmarks.scenarios.mqtt_ingress import BrokerFloor
 from benchmarks.stacks import DEVICE_PASSWORD, Stack
 
@@ -25,7 +40,9 @@ DEVICES = 10
 WEB_CLIENTS = 100
 OCCUPANTS = 10
 OCCUPANT_PROCESSES = 2
-KEYS = ("p50_ms", "p99_ms", "delivered_pct")
+KEYS = ("p50_ms", "p99_ms", "delivered_pct", "achieved_rate", "per_client_per_s")
+# Below this share of the offered rate, the devices did not keep the pace: said in the row.
+ACHIEVED_ENOUGH = 0.95
 
 
 def run(opts: Options) -> list[dict[str, Any]]:
@@ -59,16 +76,15 @@ def _target(stack: Stack, target: str, *, count: int) -> dict[str, dict[str, Any
     bridge = target == "bridge"
     stack.infra(devices=DEVICES, occupants=OCCUPANTS if bridge else 0)
     audiences: dict[str, tuple[Any, int]] = {}
-    profiled = None
     if bridge:
         assert stack.xmpp is not None
         env = stack.bridge_env()
-        profiled = stack.bridge_runxmpp(env)
+        stack.bridge_runxmpp(env)
         stack.bridge_runmqtt(env)
         address = stack.bridge_asgi(env)
         web = Load("ws_listeners", [
             "--url", f"ws://{address}/ws/rooms/lobby/", "--origin", f"http://{address}", "--bridge",
-            "--clients", str(WEB_CLIENTS), "--idle", "15"], cpus=opts.load_cpus)
+            "--stages", "--clients", str(WEB_CLIENTS), "--idle", "15"], cpus=opts.load_cpus)
         audiences[f"WebSocket ({WEB_CLIENTS} clients)"] = (web, WEB_CLIENTS)
         each = OCCUPANTS // OCCUPANT_PROCESSES
         for n in range(OCCUPANT_PROCESSES):
@@ -85,28 +101,76 @@ def _target(stack: Stack, target: str, *, count: int) -> dict[str, dict[str, Any
         runs: dict[str, list[dict[str, Any]]] = {}
         for n in range(opts.runs):
             tag = f"e{n}-{uuid.uuid4().hex[:6]}"
-            with Profile(opts, profiled.popen.pid if profiled and n == 0 else 0, "end_to_end-runxmpp"):
+            with ExitStack() as profiles:
+                for proc in stack.procs if bridge and n == 0 else ():
+                    if proc.name.startswith(("runmqtt", "uvicorn", "runxmpp")):
+                        profiles.enter_context(Profile(opts, proc.popen.pid, f"end_to_end-{proc.name}"))
                 got = _one_run(stack, audiences, count=count, tag=tag)
             for path, row in got.items():
                 runs.setdefault(path, []).append(row)
                 say(f"  run {n + 1}/{opts.runs} {path}: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
-                    f"{row['delivered_pct']} % delivered")
+                    f"{row['delivered_pct']} % delivered, {row['per_client_per_s']} msg/s per client; "
+                    f"devices {row['achieved_rate']} msg/s")
+            say(f"  run {n + 1}/{opts.runs} CPU % of one core [while publishing, until the last delivery]: "
+                f"{row['cpu_pct']}")
+            if "stages" in got.get(f"WebSocket ({WEB_CLIENTS} clients)", {}):
+                say(f"  run {n + 1}/{opts.runs} WebSocket stages: {got[f'WebSocket ({WEB_CLIENTS} clients)']['stages']}")
     finally:
         for load, _ in audiences.values():
             load.close()
-    return {path: median_row(rows, KEYS) for path, rows in runs.items()}
+    # Medians of the figures; the CPU use and the stages of the first run (every run's are in `runs`).
+    return {path: {**median_row(rows, KEYS), "cpu_pct": rows[0]["cpu_pct"], "load_avg": rows[0]["load_avg"],
+                   **({"stages": rows[0]["stages"]} if "stages" in rows[0] else {})}
+            for path, rows in runs.items()}
+
+
+def _processes(stack: Stack, audiences: dict[str, tuple[Any, int]]) -> dict[str, int]:
+    """Every long-lived process of the run by name: servers, infrastructure, load generators."""
+    named = {proc.name: proc.popen.pid for proc in stack.procs}
+    if stack.broker is not None and stack.broker.proc is not None:
+        named["mosquitto"] = stack.broker.proc.popen.pid
+    for path, (audience, _) in audiences.items():
+        load = audience if isinstance(audience, Load) else getattr(audience, "load", None)
+        if load is not None:
+            named[f"load: {path}"] = load.popen.pid
+    return named
+
+
+def _cpu(pids: dict[str, int]) -> dict[str, float]:
+    found = {}
+    for name, pid in pids.items():
+        try:
+            found[name] = cpu_seconds(pid)
+        except psutil.NoSuchProcess:
+            continue
+    return found
 
 
 def _one_run(stack: Stack, audiences: dict[str, tuple[Any, int]], *, count: int, tag: str) -> dict[str, dict[str, Any]]:
     assert stack.broker is not None
     for load, _ in audiences.values():
         load.tell(f"{tag} {count}")
+    pids = _processes(stack, audiences)
+    cpu_before, started = _cpu(pids), time.monotonic()
+    load_before = os.getloadavg()[0]
     devices = Load("mqtt_devices", [
         "--port", str(stack.broker.port), "--devices", str(DEVICES), "--password", DEVICE_PASSWORD,
         "--count", str(count), "--rate", str(RATE), "--tag", tag,
     ], cpus=stack.opts.load_cpus)
-    devices.result()
+    sent = devices.result()
+    # While the devices published (what the offered rate costs), then up to the last delivery
+    # (the queue drained; the listeners wait `--idle` seconds more only when some are lost).
+    cpu_published, published = _cpu(pids), time.monotonic() - started
     seen = {path: (load.read(), clients) for path, (load, clients) in audiences.items()}
+    cpu_after, wall = _cpu(pids), time.monotonic() - started
+    cpu_pct = {name: [round(100 * (cpu_published[name] - cpu_before[name]) / published, 1),
+                      round(100 * (cpu_after[name] - cpu_before[name]) / wall, 1)]
+               for name in cpu_before if name in cpu_after}
+    cpu_pct["load: devices"] = [round(100 * sent["cpu_s"] / published, 1), round(100 * sent["cpu_s"] / wall, 1)]
+    achieved = sent.get("achieved_per_s")
+    if achieved is not None and achieved < ACHIEVED_ENOUGH * RATE:
+        say(f"  the devices achieved {achieved} msg/s, not the {RATE:.0f} offered: the figures are not those of "
+            f"{RATE:.0f} msg/s")
     # The XMPP occupants' processes are one audience: their samples pooled.
     merged: dict[str, tuple[dict[str, Any], int]] = {}
     for path, (got, clients) in seen.items():
@@ -114,7 +178,8 @@ def _one_run(stack: Stack, audiences: dict[str, tuple[Any, int]], *, count: int,
         if key in merged:
             old, old_clients = merged[key]
             got = {"deliveries": old["deliveries"] + got["deliveries"],
-                   "sample_ms": old["sample_ms"] + got["sample_ms"]}
+                   "sample_ms": old["sample_ms"] + got["sample_ms"],
+                   "spans": [*old.get("spans", [old.get("span_s") or 0]), got.get("span_s") or 0]}
             clients += old_clients
         merged[key] = (got, clients)
     result = {}
@@ -126,6 +191,18 @@ def _one_run(stack: Stack, audiences: dict[str, tuple[Any, int]], *, count: int,
         result[path] = {
             "delivered_pct": round(100 * got["deliveries"] / (clients * count), 2),
             "p50_ms": got.get("p50_ms", pooled["p50_ms"]), "p99_ms": got.get("p99_ms", pooled["p99_ms"]),
-            "sample_ms": got["sample_ms"],
+            "achieved_rate": achieved, "per_client_per_s": _per_client(got, clients),
+            "cpu_pct": cpu_pct, "load_avg": round(load_before, 2), "sample_ms": got["sample_ms"],
+            **({"stages": got["stages"]} if "stages" in got else {}),
         }
     return result
+
+
+def _per_client(got: dict[str, Any], clients: int) -> float | None:
+    """Deliveries per second per client, from the first delivery to the last (pooled: their sum)."""
+    if "per_s" in got and got["per_s"]:
+        return round(got["per_s"] / clients, 1)
+    spans = got.get("spans")
+    if spans:
+        return round(got["deliveries"] / clients / max(spans), 1)
+    return None

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from protocols.xmpp.link import REJOIN_HISTORY, WINDOW
+
 REQUIRED = (
     "XMPP_DOMAIN",
     "XMPP_COMPONENT_JID",
@@ -73,14 +75,23 @@ class EdgeConfig:
     puppet_retry_max: float = 300.0
     # Seconds the room may take to echo a message before it counts as refused and is resent.
     echo_timeout: float = 30.0
+    # Messages per room sent and not yet echoed (see `link.WINDOW`): at most the history the
+    # relay asks for on rejoin, and it should stay within what the server replays.
+    window: int = WINDOW
 
     def __post_init__(self) -> None:
         if not self.nick.strip() or "/" in self.nick:
             raise ImproperlyConfigured(f"XMPP_BRIDGE_NICK must be a nickname, got {self.nick!r}")
+        if not 1 <= self.window < REJOIN_HISTORY:
+            raise ImproperlyConfigured(
+                f"XMPP_WINDOW must be from 1 to {REJOIN_HISTORY - 1} (the history asked for on rejoin), "
+                f"got {self.window}"
+            )
 
 
 def edge_config() -> EdgeConfig:
     return EdgeConfig(
         nick=str(getattr(settings, "XMPP_BRIDGE_NICK", "bridge")),
         room_sync_interval=float(getattr(settings, "XMPP_ROOM_SYNC_INTERVAL", 30)),
+        window=int(getattr(settings, "XMPP_WINDOW", WINDOW)),
     )

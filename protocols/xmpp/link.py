@@ -20,11 +20,12 @@ from bridge.envelope import Sender
 from protocols.xmpp.addresses import Jid, puppet_jid, puppet_nick
 
 SenderKey = tuple[str, str]
-# Outbound messages not yet echoed by the room, at most this many per room at a time. Small:
-# after a drop, the history the room replays on rejoin must still hold every one of them, and
-# servers cap that history (Prosody's and ejabberd's defaults: 20 messages).
+# Outbound messages not yet echoed by the room, at most this many per room at a time
+# (XMPP_WINDOW; `EdgeConfig.window`). Small: after a drop, the history the room replays on
+# rejoin must still hold every one of them, and servers cap that history (Prosody's and
+# ejabberd's defaults: 20 messages).
 WINDOW = 10
-# History the relay asks for on (re)join (the server may give less): > WINDOW.
+# History the relay asks for on (re)join (the server may give less): > the window.
 REJOIN_HISTORY = 50
 
 
@@ -111,6 +112,7 @@ class RoomLink:
     # Our message ids seen in the join history: sent before a drop, in the room already.
     in_room: set[str] = field(default_factory=set)
     failures: dict[int, int] = field(default_factory=dict)
+    window: int = WINDOW
 
     @property
     def ready(self) -> bool:
@@ -156,7 +158,7 @@ class RoomLink:
         return self.occupants.get(nick, "")
 
     def window_left(self) -> int:
-        return WINDOW - len(self.inflight)
+        return self.window - len(self.inflight)
 
     def ack(self, message_id: str) -> int | None:
         """The room echoed one of ours. Returns the seq the cursor may move to, if it moves."""

@@ -121,6 +121,7 @@ class Rooms:
                 relay_jid=f"{self.edge.component}/{self.edge.config.nick}",
                 relay_nick=self.edge.config.nick,
                 component=self.edge.component,
+                window=self.edge.config.window,
             )
         link.reset()
         link.title, link.private = room.title, room.private

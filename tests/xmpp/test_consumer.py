@@ -672,3 +672,30 @@ async def test_echoes_in_a_batch_count_before_a_bounce_behind_them(comm: XmppCom
     left = await comm.sent()
     assert (left["type"], left["sender"], left.get("presence_type")) == ("xmpp.presence", ALICE, "unavailable")
     assert await comm.nothing_sent()
+
+
+async def test_no_more_than_the_window_is_sent_before_the_room_echoes(
+    comm: XmppCommunicator, settings: Any
+) -> None:
+    settings.XMPP_WINDOW = 2
+    await _ready(comm)
+    for text in ("one", "two", "three"):
+        await database_sync_to_async(system_post)(text)
+    said = [await comm.sent(), await comm.sent()]
+    assert [(s["sender"], s["body"]) for s in said] == [(RELAY, "one"), (RELAY, "two")]
+    await comm.nothing_sent()  # "three" waits for room in the window
+
+    await comm.message(sender=f"{ROOM}/bridge", to=RELAY, id=said[0]["id"], origin_id=said[0]["id"],
+                       body="one", stanza_id="room-1")
+    assert (await comm.sent())["body"] == "three"
+
+
+@pytest.mark.parametrize("window", [0, 50])
+def test_a_window_the_rejoin_history_cannot_hold_is_refused(settings: Any, window: int) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from protocols.xmpp.config import edge_config
+
+    settings.XMPP_WINDOW = window
+    with pytest.raises(ImproperlyConfigured, match="XMPP_WINDOW"):
+        edge_config()
