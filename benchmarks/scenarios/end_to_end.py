@@ -12,10 +12,11 @@ So that a figure says what held it, each run also reports the rate the devices
 achieved (below the offered rate when their process could not keep the pace:
 then the figures are not those of 500 a second), each audience's delivery rate
 per client, the WebSocket latency split at the stored row's `created` (publish
-to stored, stored to frame, from one client), and the CPU each process used
-while the devices published and until the last delivery: servers,
-infrastructure and load generators alike (2 CPUs
-shared by all of them is the usual limit here). `--profile` samples runmqtt,
+to stored, stored to frame, from one client), and, for every process (servers,
+infrastructure and load generators alike), the CPU it used and the time it was
+runnable but waiting for a CPU (the scheduler's count), while the devices
+published and until the last delivery: on 2 CPUs shared by all of them (and by
+whatever else runs on the machine) that wait is often what the latency is. `--profile` samples runmqtt,
 uvicorn and runxmpp with py-spy.
 """
 
@@ -111,8 +112,9 @@ def _target(stack: Stack, target: str, *, count: int) -> dict[str, dict[str, Any
                 say(f"  run {n + 1}/{opts.runs} {path}: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
                     f"{row['delivered_pct']} % delivered, {row['per_client_per_s']} msg/s per client; "
                     f"devices {row['achieved_rate']} msg/s")
-            say(f"  run {n + 1}/{opts.runs} CPU % of one core [while publishing, until the last delivery]: "
-                f"{row['cpu_pct']}")
+            for phase, shares in row["cpu_pct"].items():
+                say(f"  run {n + 1}/{opts.runs} {phase}, per process [% of a CPU used, % of the time "
+                    f"waiting for one]: {shares}")
             if "stages" in got.get(f"WebSocket ({WEB_CLIENTS} clients)", {}):
                 say(f"  run {n + 1}/{opts.runs} WebSocket stages: {got[f'WebSocket ({WEB_CLIENTS} clients)']['stages']}")
     finally:
@@ -136,14 +138,31 @@ def _processes(stack: Stack, audiences: dict[str, tuple[Any, int]]) -> dict[str,
     return named
 
 
-def _cpu(pids: dict[str, int]) -> dict[str, float]:
+def _cpu(pids: dict[str, int]) -> dict[str, tuple[float, float]]:
+    """Per process (and its children): (CPU seconds used, seconds runnable but waiting for a
+    CPU), the second from the scheduler's own count (/proc/<pid>/task/<tid>/schedstat)."""
     found = {}
     for name, pid in pids.items():
         try:
-            found[name] = cpu_seconds(pid)
-        except psutil.NoSuchProcess:
+            procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+            waited = 0
+            for proc in procs:
+                for task in Path(f"/proc/{proc.pid}/task").iterdir():
+                    try:
+                        waited += int((task / "schedstat").read_text().split()[1])
+                    except (OSError, IndexError, ValueError):
+                        continue  # a thread that ended meanwhile; a kernel without schedstat
+            found[name] = (cpu_seconds(pid), waited / 1e9)
+        except (psutil.NoSuchProcess, FileNotFoundError):
             continue
     return found
+
+
+def _shares(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]],
+            seconds: float) -> dict[str, list[float]]:
+    """Per process: [% of one CPU used, % of the time runnable but waiting for a CPU]."""
+    return {name: [round(100 * (after[name][i] - before[name][i]) / seconds, 1) for i in (0, 1)]
+            for name in before if name in after}
 
 
 def _one_run(stack: Stack, audiences: dict[str, tuple[Any, int]], *, count: int, tag: str) -> dict[str, dict[str, Any]]:
@@ -163,10 +182,9 @@ def _one_run(stack: Stack, audiences: dict[str, tuple[Any, int]], *, count: int,
     cpu_published, published = _cpu(pids), time.monotonic() - started
     seen = {path: (load.read(), clients) for path, (load, clients) in audiences.items()}
     cpu_after, wall = _cpu(pids), time.monotonic() - started
-    cpu_pct = {name: [round(100 * (cpu_published[name] - cpu_before[name]) / published, 1),
-                      round(100 * (cpu_after[name] - cpu_before[name]) / wall, 1)]
-               for name in cpu_before if name in cpu_after}
-    cpu_pct["load: devices"] = [round(100 * sent["cpu_s"] / published, 1), round(100 * sent["cpu_s"] / wall, 1)]
+    cpu_pct = {"while publishing": _shares(cpu_before, cpu_published, published),
+               "until the last delivery": _shares(cpu_before, cpu_after, wall)}
+    cpu_pct["while publishing"]["load: devices"] = [round(100 * sent["cpu_s"] / published, 1), None]
     achieved = sent.get("achieved_per_s")
     if achieved is not None and achieved < ACHIEVED_ENOUGH * RATE:
         say(f"  the devices achieved {achieved} msg/s, not the {RATE:.0f} offered: the figures are not those of "
