@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.harness import Options, pin, say
+from protocols.websocket.server import WS_PROTOCOL
 from tests.support.http import request
 from tests.support.mosquitto import BRIDGE_PASSWORD, BRIDGE_USER, Mosquitto, mosquitto_server
 from tests.support.postgres import postgres_server
@@ -140,7 +141,7 @@ class Stack:
         port = free_port()
         self.server(name, [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host",
                            "127.0.0.1", "--port", str(port), "--lifespan", "off", "--log-level",
-                           "warning"], env, port)
+                           "warning", "--ws", WS_PROTOCOL], env, port)
         return f"127.0.0.1:{port}"
 
     def bridge_runmqtt(self, env: dict[str, str], client_id: str = "bridge-bench") -> Proc:

@@ -8,6 +8,7 @@ import uvicorn
 
 from bridge.embedded import EmbeddedContext
 from protocols.websocket.lifecycle import GracefulServer
+from protocols.websocket.server import WS_PROTOCOL
 
 # Frames above BRIDGE_MAX_FRAME get an error frame from the consumer; this is the
 # hard ceiling where the server closes the connection (1009) to protect memory.
@@ -22,6 +23,7 @@ async def serve(ctx: EmbeddedContext) -> None:
         host=ctx.host,
         port=ctx.port,
         lifespan="off",
+        ws=WS_PROTOCOL,
         ws_max_size=WS_HARD_LIMIT,
         log_level="warning",
         access_log=False,

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from protocols.websocket.server import WS_PROTOCOL
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -156,7 +158,7 @@ def start_asgi(name: str, port: int, *, env: Mapping[str, str], log_dir: Path) -
     proc = start(
         name,
         [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1",
-         "--port", str(port), "--lifespan", "off", "--log-level", "warning"],
+         "--port", str(port), "--lifespan", "off", "--log-level", "warning", "--ws", WS_PROTOCOL],
         log_dir=log_dir, env=env,
     )
     wait_for_port(port, proc=proc)

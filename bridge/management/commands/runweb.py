@@ -17,6 +17,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from protocols.websocket.embedded import WS_HARD_LIMIT
 from protocols.websocket.lifecycle import GracefulServer
+from protocols.websocket.server import WS_PROTOCOL
 
 
 class Command(BaseCommand):
@@ -38,6 +39,7 @@ class Command(BaseCommand):
             host=host.strip("[]"),
             port=int(port),
             lifespan="off",
+            ws=WS_PROTOCOL,
             ws_max_size=WS_HARD_LIMIT,
             proxy_headers=True,
             forwarded_allow_ips=options["forwarded_allow_ips"],
