@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter
+from channels.routing import ChannelNameRouter, ProtocolTypeRouter
 from django.conf import settings
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
 from bridge.tasks.consumer import TaskConsumer
 from bridge.tasks.telemetry import TelemetryConsumer
 from protocols.mqtt.routing import mqtt_application
-from protocols.websocket.auth import SessionAuthMiddleware, TokenAuthMiddleware
+from protocols.websocket.entry import WebSocketEntry
 from protocols.websocket.routing import websocket_urlpatterns
-from protocols.websocket.security import origin_check
+from protocols.websocket.security import OriginPolicy
 from protocols.xmpp.routing import xmpp_application
 
 
@@ -21,9 +21,8 @@ def build_application(django_asgi_app: Any) -> ProtocolTypeRouter:
     return ProtocolTypeRouter(
         {
             "http": ASGIStaticFilesHandler(django_asgi_app),
-            "websocket": origin_check(
-                SessionAuthMiddleware(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
-            ),
+            # The Origin check, sign-in (session, token) and routing, in one frame per socket.
+            "websocket": WebSocketEntry(websocket_urlpatterns, OriginPolicy.from_settings()),
             # The MQTT protocol server (runmqtt) opens one instance per broker connection.
             "mqtt": mqtt_application,
             # The XMPP protocol server (runxmpp) opens one instance per component connection.

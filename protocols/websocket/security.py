@@ -10,17 +10,13 @@ whose host must be in ALLOWED_HOSTS. Refusals are a 403 and a log line saying wh
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.http.request import split_domain_port, validate_host
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -101,24 +97,3 @@ def _header(scope: Any, name: bytes) -> str | None:
         if key.lower() == name:
             return str(value.decode("latin-1"))
     return None
-
-
-class OriginCheck:
-    """ASGI middleware for the `websocket` scope: a 403 before anything else runs."""
-
-    def __init__(self, app: Any, policy: OriginPolicy) -> None:
-        self.app = app
-        self.policy = policy
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
-        if scope["type"] == "websocket":
-            why = self.policy.refusal(scope)
-            if why is not None:
-                logger.warning("refused a WebSocket handshake to %s: %s", scope.get("path"), why)
-                denier = WebsocketDenier()
-                return await denier(scope, receive, send)
-        return await self.app(scope, receive, send)
-
-
-def origin_check(application: Any) -> OriginCheck:
-    return OriginCheck(application, OriginPolicy.from_settings())
