@@ -41,6 +41,10 @@ class Subscriber:
     advances it), `recheck(event)` answers whether the socket lost its access (and closed
     it), `fail(reason)` ends the socket."""
 
+    # One per idle socket: slots, not a dict per instance.
+    __slots__ = ("room", "user_id", "outlet", "_catch_up", "_recheck", "_fail", "state", "last_seq", "held",
+                 "held_overflow", "_want_catch_up", "_access_events", "_task", "_started", "_paused")
+
     def __init__(
         self,
         *,
