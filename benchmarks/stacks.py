@@ -141,7 +141,7 @@ class Stack:
         port = free_port()
         self.server(name, [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host",
                            "127.0.0.1", "--port", str(port), "--lifespan", "off", "--log-level",
-                           "warning", "--ws", WS_PROTOCOL], env, port)
+                           "warning", "--ws", WS_PROTOCOL, "--ws-per-message-deflate", "false"], env, port)
         return f"127.0.0.1:{port}"
 
     def bridge_runmqtt(self, env: dict[str, str], client_id: str = "bridge-bench") -> Proc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 import uvicorn
+from django.conf import settings
 
 from bridge.embedded import EmbeddedContext
 from protocols.websocket.lifecycle import GracefulServer
@@ -24,6 +25,7 @@ async def serve(ctx: EmbeddedContext) -> None:
         port=ctx.port,
         lifespan="off",
         ws=WS_PROTOCOL,
+        ws_per_message_deflate=settings.WEBSOCKET_COMPRESSION,
         ws_max_size=WS_HARD_LIMIT,
         log_level="warning",
         access_log=False,

@@ -158,7 +158,8 @@ def start_asgi(name: str, port: int, *, env: Mapping[str, str], log_dir: Path) -
     proc = start(
         name,
         [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1",
-         "--port", str(port), "--lifespan", "off", "--log-level", "warning", "--ws", WS_PROTOCOL],
+         "--port", str(port), "--lifespan", "off", "--log-level", "warning", "--ws", WS_PROTOCOL,
+         "--ws-per-message-deflate", "false"],  # as runweb serves by default (WEBSOCKET_COMPRESSION)
         log_dir=log_dir, env=env,
     )
     wait_for_port(port, proc=proc)

@@ -40,6 +40,7 @@ class Command(BaseCommand):
             port=int(port),
             lifespan="off",
             ws=WS_PROTOCOL,
+            ws_per_message_deflate=settings.WEBSOCKET_COMPRESSION,
             ws_max_size=WS_HARD_LIMIT,
             proxy_headers=True,
             forwarded_allow_ips=options["forwarded_allow_ips"],
