@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the real servers the integration tests start: redis-server, mosquitto,
-# prosody, ejabberd (with its SQLite driver, for durable room archives), PostgreSQL and
+# prosody and ejabberd (each with its SQLite driver, for room archives), PostgreSQL and
 # Debian's chromium; docker-compose (v1, Debian's) to validate docker-compose.yml without a
 # Docker engine (make compose-check); nginx-light for the compose file's proxy locally. Runs apt-get only for what is missing.
 set -euo pipefail
@@ -10,6 +10,8 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
 command -v prosody >/dev/null || need+=(prosody)
+# Prosody's SQLite driver: the shipped config keeps message archives in SQLite.
+dpkg -s lua-dbi-sqlite3 >/dev/null 2>&1 || need+=(lua-dbi-sqlite3)
 [ -x /usr/sbin/ejabberdctl ] || need+=(ejabberd)
 ls -d /usr/lib/erlang/lib/p1_sqlite3-* >/dev/null 2>&1 || need+=(erlang-p1-sqlite3)
 command -v chromium >/dev/null || need+=(chromium)

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -173,14 +174,19 @@ def test_an_xmpp_flood_is_refused_per_account_while_another_occupant_speaks_norm
 ) -> None:
     stack, base, server = xmpp_flood_stack
     result = asyncio.run(_flood(stack, base, server))
-    flood_stored = query(stack.database_url, "SELECT COUNT(*) FROM bridge_message WHERE text LIKE 'flood %'")[0][0]
+    flood_created = [datetime.fromisoformat(str(row[0])) for row in query(
+        stack.database_url, "SELECT created FROM bridge_message WHERE text LIKE 'flood %'")]
+    flood_stored = len(flood_created)
+    # The bridge's own span of the flood: under load it reads the stream behind Prosody and can
+    # still be refilling the budget after the flooder has gone.
+    flood_span_s = (max(flood_created) - min(flood_created)).total_seconds() if flood_created else 0.0
     calm_stored = query(stack.database_url, "SELECT COUNT(*) FROM bridge_message WHERE text LIKE 'calm %'")[0][0]
     latencies = result["latencies"]
     refused = result["errors"].get("resource-constraint", 0)
     report(
         "abuse-xmpp-flood", "resource-constraint errors to the flooder's JID, at most burst + rate x time "
         "stored; the other occupant loses nothing (p99 goal < 200 ms)",
-        sent=result["sent"], flooding_s=result["flooding_s"], stored=flood_stored, resource_constraint_errors=refused,
+        sent=result["sent"], flooding_s=result["flooding_s"], flood_span_s=flood_span_s, stored=flood_stored, resource_constraint_errors=refused,
         other_errors={k: v for k, v in result["errors"].items() if k != "resource-constraint"},
         other_posts=result["calm_sent"], other_delivered=len(latencies),
         other_p50_ms=statistics.median(latencies) * 1000 if latencies else None,
@@ -194,7 +200,7 @@ def test_an_xmpp_flood_is_refused_per_account_while_another_occupant_speaks_norm
     assert refused > 0
     assert set(result["errors"]) == {"resource-constraint"}  # refused for its rate, nothing else
     # One budget per account, whatever Prosody let through: burst + rate x the flood's length.
-    assert flood_stored <= 10 + 2 * result["flooding_s"]
+    assert flood_stored <= 10 + 2 * max(result["flooding_s"], flood_span_s) + 1  # +1: stored just after its check
     assert flood_stored + refused <= FLOOD
     assert refused <= result["flooding_s"] + 2  # one error a second at most, not one per stanza
     assert calm_stored == result["calm_sent"] == len(latencies)  # the other occupant lost nothing
