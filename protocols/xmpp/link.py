@@ -14,9 +14,10 @@ The life of a room link (`LinkState`):
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass, field
 
-from bridge.envelope import Sender
+from bridge.envelope import Envelope, Sender
 from protocols.xmpp.addresses import Jid, puppet_jid, puppet_nick
 
 SenderKey = tuple[str, str]
@@ -113,6 +114,10 @@ class RoomLink:
     in_room: set[str] = field(default_factory=set)
     failures: dict[int, int] = field(default_factory=dict)
     window: int = WINDOW
+    # Stored messages after `ahead_upto`, read ahead by the pump (at most its PAGE), so that
+    # what an echo lets out costs no query; valid while `ahead_upto == sent_upto`.
+    ahead: deque[Envelope] = field(default_factory=deque)
+    ahead_upto: int = -1
 
     @property
     def ready(self) -> bool:
@@ -128,6 +133,7 @@ class RoomLink:
             puppet.state = PuppetState.OUT
         self.inflight.clear()
         self.in_room.clear()
+        self.ahead.clear()
         self.sent_upto = self.cursor_seq
 
     def puppet(self, sender: Sender) -> Puppet:

@@ -687,7 +687,15 @@ async def test_no_more_than_the_window_is_sent_before_the_room_echoes(
 
     await comm.message(sender=f"{ROOM}/bridge", to=RELAY, id=said[0]["id"], origin_id=said[0]["id"],
                        body="one", stanza_id="room-1")
-    assert (await comm.sent())["body"] == "three"
+    assert (await comm.sent())["body"] == "three"  # read ahead with the others
+
+    # Stored after that read: the next echo's pump reads again.
+    await database_sync_to_async(system_post)("four")
+    await comm.nothing_sent()
+    await comm.message(sender=f"{ROOM}/bridge", to=RELAY, id=said[1]["id"], origin_id=said[1]["id"],
+                       body="two", stanza_id="room-2")
+    assert (await comm.sent())["body"] == "four"
+    assert await _cursor_reaches(2) == 2
 
 
 @pytest.mark.parametrize("window", [0, 50])
