@@ -63,3 +63,11 @@ class RateLimited(BridgeError):
     def __init__(self, detail: str, *, retry_after: float) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
+
+
+class Unavailable(BridgeError):
+    """A dependency the request needs (the database) is away: the same request may
+    succeed shortly (a message sent again with its `client_id` is stored once)."""
+
+    code = "unavailable"
+    status = 503

@@ -6,11 +6,10 @@ import logging
 from collections.abc import Callable
 from http import HTTPStatus
 
-from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from bridge.health import HEALTH
-from bridge.probes import DATABASE
+from bridge.probes import DATABASE, DATABASE_AWAY, DATABASE_AWAY_DETAIL
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ class ApiJsonErrors:
         Retry-After, not a 500 with a traceback. The request's transaction rolled back; if
         the connection died during its commit, a retry with the same `client_id` stores
         nothing twice."""
-        if not isinstance(exception, OperationalError | InterfaceError):
+        if not isinstance(exception, DATABASE_AWAY):
             return None
         # HEALTH logs the outage once; each refused request is an INFO line, not Django's ERROR.
         HEALTH.failing(DATABASE, exception)
@@ -66,8 +65,8 @@ class ApiJsonErrors:
         headers = {"Retry-After": RETRY_AFTER}
         response: HttpResponse
         if request.path.startswith(API_PREFIX):
-            detail = "The database is unavailable; try again shortly."
-            response = JsonResponse({"error": {"code": "unavailable", "detail": detail}}, status=503, headers=headers)
+            response = JsonResponse({"error": {"code": "unavailable", "detail": DATABASE_AWAY_DETAIL}},
+                                    status=503, headers=headers)
         else:
             response = HttpResponse("The service is unavailable; try again shortly.\n", status=503,
                                     content_type="text/plain; charset=utf-8", headers=headers)

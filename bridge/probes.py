@@ -9,11 +9,14 @@ bounded by PROBE_TIMEOUT so a frozen dependency makes a probe fail, not hang.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
 
+from bridge.exceptions import Unavailable
 from bridge.health import HEALTH, Health
 
 logger = logging.getLogger(__name__)
@@ -22,6 +25,28 @@ PROBE_TIMEOUT = 2.0  # seconds: a health check answers well within a load balanc
 
 DATABASE = "database"
 CHANNEL_LAYER = "channel_layer"
+
+# What the database driver raises when the server is away (an outage, a restart), as
+# opposed to a bug of the request (IntegrityError, DataError: those are not retried).
+DATABASE_AWAY = (OperationalError, InterfaceError)
+DATABASE_AWAY_DETAIL = "The database is unavailable; try again shortly."
+
+
+def database_unavailable(exc: BaseException) -> Unavailable:
+    """The edges' refusal while the database is away; HEALTH logs the outage once."""
+    HEALTH.failing(DATABASE, exc)
+    logger.info("refused: the database is unavailable: %s", exc)
+    return Unavailable(DATABASE_AWAY_DETAIL)
+
+
+@contextlib.contextmanager
+def refused_while_database_away() -> Iterator[None]:
+    """Around an edge's work for one request or frame: the database away becomes the
+    edge's `unavailable` refusal (a BridgeError), not a crash of the connection."""
+    try:
+        yield
+    except DATABASE_AWAY as exc:
+        raise database_unavailable(exc) from exc
 
 
 def probe_database(health: Health = HEALTH) -> bool:

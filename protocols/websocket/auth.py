@@ -30,6 +30,7 @@ from django.http.cookie import parse_cookie
 
 from bridge.auth import token_authenticate
 from bridge.exceptions import AuthRequired
+from bridge.probes import DATABASE_AWAY, database_unavailable
 
 
 @functools.cache
@@ -46,7 +47,10 @@ async def session_sign_in(scope: dict[str, Any]) -> None:
             break
     scope["cookies"] = cookies
     scope["session"] = _session_store()(cookies.get(settings.SESSION_COOKIE_NAME))
-    scope["user"] = await get_user(scope)
+    try:
+        scope["user"] = await get_user(scope)
+    except DATABASE_AWAY as exc:  # the consumer refuses the socket: try again shortly
+        scope.update(user=AnonymousUser(), auth_error=database_unavailable(exc))
 
 
 async def token_sign_in(scope: dict[str, Any]) -> None:
@@ -63,3 +67,5 @@ async def token_sign_in(scope: dict[str, Any]) -> None:
         scope.update(user=token.user, api_token=token.pk)
     except AuthRequired as exc:
         scope.update(user=AnonymousUser(), auth_error=exc)
+    except DATABASE_AWAY as exc:
+        scope.update(user=AnonymousUser(), auth_error=database_unavailable(exc))

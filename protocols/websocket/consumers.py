@@ -29,11 +29,13 @@ from bridge.exceptions import (
     RateLimited,
     RoomNotFound,
     TooLarge,
+    Unavailable,
 )
 from bridge.instruments import WEBSOCKETS, delivered, refused
 from bridge.logcontext import bind
 from bridge.models import Identity, Room
 from bridge.names import room_group
+from bridge.probes import DATABASE_AWAY, refused_while_database_away
 from bridge.ratelimit import athrottle, limiter
 from bridge.selectors import message_history, room_get, room_visible
 from bridge.services.access import session_tag
@@ -56,7 +58,8 @@ CLOSE_UNAUTHORIZED = 4401
 # Not (or no longer) allowed to read the room: not a member, removed, room made private.
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
-CLOSE_CODES = {401: CLOSE_UNAUTHORIZED, 403: CLOSE_FORBIDDEN, 404: CLOSE_NOT_FOUND}
+CLOSE_TRY_AGAIN = 1013  # the database is away: reconnecting shortly works (not final)
+CLOSE_CODES = {401: CLOSE_UNAUTHORIZED, 403: CLOSE_FORBIDDEN, 404: CLOSE_NOT_FOUND, 503: CLOSE_TRY_AGAIN}
 
 
 # Messages per history frame: the next page is read from the database only once this
@@ -179,21 +182,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
         # This consumer's task logs about this room and user from here on.
         bind(room=slug, sender=f"user:{user.username}" if user and user.is_authenticated else "anonymous")
         try:
-            if "auth_error" in self.scope:
-                raise self.scope["auth_error"]
-            after = self._after_param()
-            room = await database_sync_to_async(room_get)(slug=slug)
-            # In the hub before reading access or history, so that a change or a message
-            # committed in between still reaches this socket. If the layer is down, serve
-            # anyway: the groups are joined and the gap filled on recovery.
-            self.sub = Subscriber(
-                room=room.slug, user_id=user.pk if user is not None and user.is_authenticated else None,
-                outlet=self.outlet, catch_up=self._catch_up, recheck=self._recheck_access,
-                fail=self._let_go,
-            )
-            await RoomHub.current().subscribe(self.sub)
-            if not await database_sync_to_async(room_visible)(room, user):
-                raise Forbidden("This room is private: only its members may join it.")
+            with refused_while_database_away():
+                room, after = await self._join(slug, user)
         except BridgeError as exc:
             await self._leave_hub()
             await self.accept()
@@ -204,9 +194,40 @@ class RoomConsumer(AsyncWebsocketConsumer):
         WEBSOCKETS.inc()
         track(self)
         await self.accept()
-        await self._send_since(after)
+        try:
+            with refused_while_database_away():
+                await self._send_since(after)
+        except Unavailable as exc:  # the database went away between the checks and the history
+            await self.send_error(exc)
+            await self.close(code=CLOSE_TRY_AGAIN)
+            return
+        assert self.sub is not None
         self.sub.go_live()
-        await self._announce_join(user)
+        try:
+            await self._announce_join(user)
+        except DATABASE_AWAY as exc:  # the socket serves on, shown online again once it reconnects
+            logger.warning("websocket %s: presence not recorded, the database is unavailable: %s",
+                           self.connection, exc)
+
+    async def _join(self, slug: str, user: Any) -> tuple[Room, int | None]:
+        """Into the room's hub once the credentials and `after` are checked, then access.
+        Returns the room and `after`; raises the refusal (a BridgeError)."""
+        if "auth_error" in self.scope:
+            raise self.scope["auth_error"]
+        after = self._after_param()
+        room = await database_sync_to_async(room_get)(slug=slug)
+        # In the hub before reading access or history, so that a change or a message
+        # committed in between still reaches this socket. If the layer is down, serve
+        # anyway: the groups are joined and the gap filled on recovery.
+        self.sub = Subscriber(
+            room=room.slug, user_id=user.pk if user is not None and user.is_authenticated else None,
+            outlet=self.outlet, catch_up=self._catch_up, recheck=self._recheck_access,
+            fail=self._let_go,
+        )
+        await RoomHub.current().subscribe(self.sub)
+        if not await database_sync_to_async(room_visible)(room, user):
+            raise Forbidden("This room is private: only its members may join it.")
+        return room, after
 
     async def disconnect(self, code: int) -> None:
         await self._leave()
@@ -257,8 +278,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
         assert self.sub is not None
         self.sub.pause()
         try:
-            frame = self._decode(text_data, bytes_data)
-            await self._handle(frame)
+            with refused_while_database_away():
+                frame = self._decode(text_data, bytes_data)
+                await self._handle(frame)
         except BridgeError as exc:
             logger.info("websocket %s refused a frame: %s %s", self.connection, exc.code, exc.detail)
             await self.send_error(exc)

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bridge.instruments import delivered
+from bridge.probes import DATABASE_AWAY
 from protocols.websocket.outlet import ClientGone, Outlet
 
 logger = logging.getLogger(__name__)
@@ -217,6 +218,10 @@ class Subscriber:
             return
         if isinstance(exc, ClientGone):
             reason = str(exc)
+        elif isinstance(exc, DATABASE_AWAY):  # an outage, not a bug: the page reconnects with `after`
+            logger.warning("websocket of room %s: catch-up or access check failed, the database is "
+                           "unavailable (%s); closing it", self.room, exc)
+            reason = "the database is unavailable"
         else:
             logger.error("websocket of room %s: catch-up or access check failed; closing it",
                          self.room, exc_info=exc)
