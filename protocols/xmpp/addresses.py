@@ -78,6 +78,10 @@ def puppet_sender(jid: str, *, component: str) -> Sender | None:
     return {"kind": kind, "name": decode_local(encoded)}
 
 
+# Nicks tried for a puppet whose plain name is taken: "name", "name (web)", "name (web 2)", ...
+MAX_NICK_ATTEMPTS = 5
+
+
 def puppet_nick(sender: Sender, attempt: int) -> str:
     """The nickname to try: the plain name first; on a clash, the name with its edge."""
     name = sender["name"]

@@ -176,6 +176,8 @@ class BridgeXmppConsumer(XmppConsumer):
                 if link.ready:
                     await self.occupants.tick(link)
                     await self.pump.tick(link)
+                else:
+                    await self.lifecycle.tick(link)
 
     # --- from the channel layer ------------------------------------------------------
 

@@ -44,7 +44,9 @@ class XmppMessageEvent(TypedDict):
     # XEP-0359: the stanza-id the room assigned (with the room as 'by'), and the sender's origin-id.
     stanza_id: str
     origin_id: str
-    # XEP-0203: present on history a room replays on join.
+    # XEP-0203: present on history a room replays on join; true as well for a message of the
+    # room's archive (XEP-0313) that answers our query, which arrives as this event: the
+    # archived message itself, with its sender (room@service/nick) and origin-id.
     delayed: bool
     # Empty unless message_type is "error".
     error_condition: str
@@ -142,11 +144,14 @@ class XmppSendErrorEvent(TypedDict):
 
 
 class XmppSendIqEvent(TypedDict):
-    """A XEP-0045 owner or admin request to a room; its answer comes back as `xmpp.iq`.
+    """A XEP-0045 owner or admin request to a room, or a XEP-0313 query of its archive; its
+    answer comes back as `xmpp.iq`.
 
     query "owner", iq_type "get": ask for the configuration form; "set" with `form`: submit
     it (an empty `form` accepts the server's defaults, an instant room). query "admin",
     iq_type "get" with one item: list the JIDs of that affiliation; "set": change `items`.
+    query "archive", iq_type "set": the room's last `max` archived messages, which come as
+    `xmpp.message` events (`delayed`) before the answer.
     """
 
     type: Literal["xmpp.iq"]
@@ -154,7 +159,8 @@ class XmppSendIqEvent(TypedDict):
     to: str
     id: str
     iq_type: Literal["get", "set"]
-    query: Literal["owner", "admin"]
+    query: Literal["owner", "admin", "archive"]
+    max: NotRequired[int]
     form: NotRequired[dict[str, list[str]]]
     items: NotRequired[list[AffiliationItem]]
 

@@ -116,8 +116,8 @@ class Inbound:
             return  # a subject change (or the subject sent on join)
         ours = event["origin_id"] if event["origin_id"].startswith(ID_PREFIX) else event["id"]
         if event["delayed"]:
-            if ours.startswith(ID_PREFIX) and link.is_ours(nick):
-                link.in_room.add(ours)
+            if ours.startswith(ID_PREFIX):
+                link.in_room[ours] = nick  # whose it is: decided when the pump gets to it
             return  # the history a room replays on join is never stored again
         if link.is_ours(nick):
             if ours.startswith(ID_PREFIX):

@@ -7,6 +7,7 @@ The life of a room link (`LinkState`):
     OFFLINE --join--> JOINING --self-presence--> CONFIGURING (we own the room: owner form)
                                               \\-> CATCHING_UP (the room replays its history)
     CONFIGURING --form submitted--> CATCHING_UP --echo of our presence update--> READY
+    CATCHING_UP --echo, and ours were unconfirmed at a drop--> CHECKING --archive answered--> READY
     any --stream lost--> OFFLINE;  any --no longer bridged--> LEAVING --self-unavailable--> gone
     JOINING --the room refuses us--> REFUSED (tried again at the next resync)
 """
@@ -18,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from bridge.envelope import Envelope, Sender
-from protocols.xmpp.addresses import Jid, puppet_jid, puppet_nick
+from protocols.xmpp.addresses import MAX_NICK_ATTEMPTS, Jid, puppet_jid, puppet_nick
 
 SenderKey = tuple[str, str]
 # Outbound messages not yet echoed by the room, at most this many per room at a time
@@ -35,6 +36,10 @@ class LinkState(enum.Enum):
     JOINING = "joining"  # the relay's join is sent, no answer yet
     CONFIGURING = "configuring"  # we own the room: reading and submitting its owner form
     CATCHING_UP = "catching up"  # in the room; the history it replays is still arriving
+    # Ours were unconfirmed when the stream dropped: asking the room's archive (XEP-0313)
+    # which of them it has, since a server that restarted replays no history (ejabberd
+    # keeps it in memory only).
+    CHECKING = "checking the archive"
     READY = "ready"  # bridging both ways
     REFUSED = "refused"  # the room refused the relay; the next resync tries again
     LEAVING = "leaving"  # no longer bridged; our occupants are leaving
@@ -110,14 +115,21 @@ class RoomLink:
     cursor_seq: int = 0  # delivered and confirmed, as stored
     sent_upto: int = 0  # sent (or skipped) in this session
     inflight: list[InFlight] = field(default_factory=list)
-    # Our message ids seen in the join history: sent before a drop, in the room already.
-    in_room: set[str] = field(default_factory=set)
+    # Our message ids seen in the join history (sent before a drop, in the room already), with
+    # the nick that said them: after a server restart our puppets are no occupants when the
+    # history comes, so whose it was is decided per message (`in_room_already`).
+    in_room: dict[str, str] = field(default_factory=dict)
     failures: dict[int, int] = field(default_factory=dict)
     window: int = WINDOW
     # Stored messages after `ahead_upto`, read ahead by the pump (at most its PAGE), so that
     # what an echo lets out costs no query; valid while `ahead_upto == sent_upto`.
     ahead: deque[Envelope] = field(default_factory=deque)
     ahead_upto: int = -1
+    # Messages of ours were in flight, unconfirmed, at the last drop: the rejoin asks the
+    # room's archive about them (`archive_iq`, asked at `checking_since`, monotonic).
+    unsure: bool = False
+    archive_iq: str = ""
+    checking_since: float = 0.0
 
     @property
     def ready(self) -> bool:
@@ -126,7 +138,8 @@ class RoomLink:
     def reset(self) -> None:
         """The stream dropped: nothing is joined, anything unconfirmed is sent again."""
         self.state = LinkState.OFFLINE
-        self.pending_iq = self.members_iq = ""
+        self.pending_iq = self.members_iq = self.archive_iq = ""
+        self.unsure = self.unsure or bool(self.inflight)
         self.affiliated.clear()
         self.occupants.clear()
         for puppet in self.puppets.values():
@@ -159,6 +172,17 @@ class RoomLink:
             # The room shows real JIDs: that, not the nick, says whose it is.
             return Jid.parse(real).domain == self.component.lower()
         return any(p.nick == nick and p.seated for p in self.puppets.values())
+
+    def in_room_already(self, message_id: str, sender: Sender) -> bool:
+        """The join history shows `message_id` said by the relay or by a nick `sender`'s puppet
+        takes: sent before the drop, so not sent again. Any other nick with our id is someone
+        copying it, and does not stop the message."""
+        nick = self.in_room.get(message_id)
+        if nick is None:
+            return False
+        if nick == self.relay_nick:
+            return True  # a system message, or said through the relay
+        return nick in {puppet_nick(sender, attempt) for attempt in range(MAX_NICK_ATTEMPTS + 1)}
 
     def real_jid(self, nick: str) -> str:
         return self.occupants.get(nick, "")

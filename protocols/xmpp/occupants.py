@@ -19,7 +19,7 @@ from channels.db import database_sync_to_async
 from bridge.envelope import Sender
 from bridge.names import room_group
 from protocols.xmpp import store
-from protocols.xmpp.addresses import occupant_jid
+from protocols.xmpp.addresses import MAX_NICK_ATTEMPTS, occupant_jid
 from protocols.xmpp.events import XmppPresenceEvent
 from protocols.xmpp.link import Puppet, PuppetState, RoomLink, sender_key
 
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PUPPET_KINDS = ("user", "device")
-# Nicks tried for a puppet whose plain name is taken: "name", "name (web)", "name (web 2)", ...
-MAX_NICK_ATTEMPTS = 5
 
 
 class Occupants:

@@ -105,7 +105,8 @@ class Pump:
     @staticmethod
     def _nothing_to_send(link: RoomLink, envelope: Envelope) -> bool:
         """From XMPP (the room has it), or in the room already (seen in its join history)."""
-        return envelope["origin"] == "xmpp" or f"{ID_PREFIX}{envelope['id']}" in link.in_room
+        return envelope["origin"] == "xmpp" or link.in_room_already(f"{ID_PREFIX}{envelope['id']}",
+                                                                       envelope["sender"])
 
     async def _send_one(self, link: RoomLink, envelope: Envelope) -> bool:
         message_id = f"{ID_PREFIX}{envelope['id']}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from channels.db import database_sync_to_async
@@ -188,7 +189,10 @@ class Rooms:
                 link.lacks = self._lacks_without_ownership(link)
                 await self._catch_up(link)
         elif link.state is LinkState.CATCHING_UP:
-            await self._ready(link)
+            if link.unsure:
+                await self._check_archive(link)
+            else:
+                await self._ready(link)
 
     def _lacks_without_ownership(self, link: RoomLink) -> list[str]:
         lacks = [f"ownership (affiliation {link.affiliation or 'none'}): the room keeps its "
@@ -207,6 +211,9 @@ class Rooms:
             await self._ask_form(link)
 
     async def iq_answer(self, link: RoomLink, event: XmppIqEvent) -> None:
+        if link.archive_iq and event["id"] == link.archive_iq:
+            await self._archive_answer(link, event)
+            return
         if event["id"] != link.pending_iq:
             await self.edge.members.iq_answer(link, event)
             return
@@ -238,6 +245,38 @@ class Rooms:
         await self.edge.send({"type": "xmpp.presence", "sender": link.relay_jid,
                               "to": self._relay_occupant(link),
                               "status": "bridging to the web and MQTT"})
+
+    async def _check_archive(self, link: RoomLink) -> None:
+        """Ours were in flight when the stream dropped, and a restarted server may replay no
+        history: the room's archive says which of them it has (`link.in_room`), so none is
+        said twice. Its last REJOIN_HISTORY messages: more than the window."""
+        link.state = LinkState.CHECKING
+        link.archive_iq = f"bridge-archive-{next(_iq_ids)}"
+        link.checking_since = time.monotonic()
+        await self.edge.send({"type": "xmpp.iq", "sender": link.relay_jid, "to": link.room_jid,
+                              "id": link.archive_iq, "iq_type": "set", "query": "archive",
+                              "max": REJOIN_HISTORY})
+
+    async def _archive_answer(self, link: RoomLink, event: XmppIqEvent) -> None:
+        if event["iq_type"] == "error":
+            logger.warning("xmpp: %s refused the archive query (%s): what it replayed on join "
+                           "decides what is sent again", link.room_jid, event["error_condition"])
+        else:
+            logger.info("xmpp: %s: its archive shows %d recent messages of ours; those are not sent again",
+                        link.room_jid, len(link.in_room))
+        await self._checked(link)
+
+    async def tick(self, link: RoomLink) -> None:
+        """An archive query the room never answers holds the room no longer than an echo."""
+        if (link.state is LinkState.CHECKING
+                and time.monotonic() - link.checking_since > self.edge.config.echo_timeout):
+            logger.warning("xmpp: %s did not answer the archive query in %.0f s; going on",
+                           link.room_jid, self.edge.config.echo_timeout)
+            await self._checked(link)
+
+    async def _checked(self, link: RoomLink) -> None:
+        link.archive_iq, link.unsure = "", False
+        await self._ready(link)
 
     async def _ready(self, link: RoomLink) -> None:
         link.state = LinkState.READY

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
+
 from slixmpp import Iq, Message, Presence
 from slixmpp.componentxmpp import ComponentXMPP
 from slixmpp.plugins.xep_0045 import stanza as muc_stanza
@@ -28,6 +30,9 @@ NS_MUC_OWNER = "http://jabber.org/protocol/muc#owner"
 NS_MUC_ADMIN = "http://jabber.org/protocol/muc#admin"
 NS_DATA = "jabber:x:data"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+NS_MAM = "urn:xmpp:mam:2"
+NS_RSM = "http://jabber.org/protocol/rsm"
+NS_FORWARD = "urn:xmpp:forward:0"
 
 
 def _error_condition(stanza: StanzaBase) -> str:
@@ -60,7 +65,27 @@ def _room_stanza_id(msg: Message) -> str:
     return ""
 
 
+def _archived(msg: Message) -> Message | None:
+    """The message inside a room's answer to an archive query (XEP-0313), if `msg` is one.
+    Only the room itself (a bare JID) answers for its own archive, and only about itself:
+    anything else wrapped the same way is read as the plain message it is."""
+    sender = msg["from"]
+    result = msg.xml.find(f"{{{NS_MAM}}}result")
+    if result is None or sender.resource:
+        return None
+    for inner in result.findall(f"{{{NS_FORWARD}}}forwarded/*"):
+        if inner.tag.rpartition("}")[2] == "message":
+            archived = Message(xml=inner)
+            if archived["from"].bare == sender.bare and archived["from"].resource:
+                archived["to"] = msg["to"]
+                return archived
+    return None
+
+
 def message_event(msg: Message) -> XmppMessageEvent:
+    archived = _archived(msg)
+    if archived is not None:
+        return {**message_event(archived), "delayed": True}
     message_type = msg.xml.get("type") or "normal"
     subject_element = msg.xml.find(f"{{{msg.namespace}}}subject")
     origin = msg.xml.find(f"{{{NS_SID}}}origin-id")
@@ -171,6 +196,13 @@ def iq_event(iq: Iq) -> XmppIqEvent:
 def build_iq(xmpp: ComponentXMPP, event: XmppSendIqEvent) -> Iq:
     iq = xmpp.make_iq(id=event["id"], ifrom=event["sender"], ito=event["to"],
                       itype=event["iq_type"])
+    if event["query"] == "archive":
+        # The last `max` messages: an empty <before/> pages from the end (XEP-0059).
+        query = ET.SubElement(iq.xml, f"{{{NS_MAM}}}query", {"queryid": event["id"]})
+        page = ET.SubElement(query, f"{{{NS_RSM}}}set")
+        ET.SubElement(page, f"{{{NS_RSM}}}max").text = str(event.get("max", 50))
+        ET.SubElement(page, f"{{{NS_RSM}}}before")
+        return iq
     if event["query"] == "owner":
         query = iq["mucowner_query"]
         if "form" in event:

@@ -219,6 +219,7 @@ async def test_after_a_drop_unconfirmed_messages_are_sent_again_unless_the_room_
     await comm.message(sender=f"{ROOM}/alice", to=RELAY, id=one_id, origin_id=one_id, body="one",
                        delayed=True)
     await comm.presence(sender=f"{ROOM}/bridge", to=RELAY, status_codes=[110], real_jid=RELAY)
+    await _archive_answers(comm)
 
     rejoin = await comm.sent()
     assert rejoin["sender"] == ALICE and rejoin["join"] is True
@@ -229,6 +230,118 @@ async def test_after_a_drop_unconfirmed_messages_are_sent_again_unless_the_room_
                        body="two")
     assert await _cursor_reaches(2) == 2
     await comm.nothing_sent()
+
+
+async def _archive_answers(comm: XmppCommunicator, *archived: dict[str, Any]) -> None:
+    """Ours were unconfirmed at the drop: the relay asks the room's archive, which answers
+    with its last messages (as delayed messages) and the IQ result."""
+    query = await comm.sent()
+    assert (query["type"], query["query"], query["to"], query["iq_type"]) == (
+        "xmpp.iq", "archive", ROOM, "set")
+    for fields in archived:
+        await comm.message(to=RELAY, delayed=True, **fields)
+    await comm.iq(sender=ROOM, to=RELAY, id=query["id"])
+
+
+async def _drop_and_rejoin_with_unconfirmed(comm: XmppCommunicator) -> tuple[Any, Any]:
+    """Two messages of alice's puppet sent, neither echoed; the stream drops and the relay
+    rejoins. As after a restart of the XMPP server: the puppet is no occupant any more."""
+    await _ready(comm)
+    first = await _post_as_web("one")
+    await comm.sent()  # puppet join
+    await comm.presence(sender=f"{ROOM}/alice", to=ALICE, status_codes=[110])
+    await comm.sent()  # "one", never echoed
+    second = await _post_as_web("two")
+    await comm.sent()  # "two", never echoed
+    await comm.drop()
+    await comm.connect()
+    assert (await comm.sent())["join"] is True
+    await comm.presence(sender=f"{ROOM}/bridge", to=RELAY, status_codes=[110], real_jid=RELAY)
+    await comm.sent()  # presence update
+    return first, second
+
+
+async def test_after_a_server_restart_history_from_a_puppet_no_longer_present_counts(
+    comm: XmppCommunicator,
+) -> None:
+    first, second = await _drop_and_rejoin_with_unconfirmed(comm)
+    # The replayed history holds "one" from alice's nick, with no presence of hers before it.
+    one_id = f"bridge-{first.envelope['id']}"
+    await comm.message(sender=f"{ROOM}/alice", to=RELAY, id=one_id, origin_id=one_id, body="one",
+                       delayed=True)
+    await comm.presence(sender=f"{ROOM}/bridge", to=RELAY, status_codes=[110], real_jid=RELAY)
+    await _archive_answers(comm)
+    assert (await comm.sent())["join"] is True  # alice's puppet, for "two"
+    await comm.presence(sender=f"{ROOM}/alice", to=ALICE, status_codes=[110])
+    resent = await comm.sent()
+    assert resent["body"] == "two" and resent["id"] == f"bridge-{second.envelope['id']}"
+    await comm.message(sender=f"{ROOM}/alice", to=RELAY, id=resent["id"], origin_id=resent["id"],
+                       body="two")
+    assert await _cursor_reaches(2) == 2
+    await comm.nothing_sent()
+
+
+async def test_history_claiming_our_id_under_another_nick_does_not_stop_a_resend(
+    comm: XmppCommunicator,
+) -> None:
+    first, _ = await _drop_and_rejoin_with_unconfirmed(comm)
+    forged = f"bridge-{first.envelope['id']}"
+    await comm.message(sender=f"{ROOM}/mallory", to=RELAY, id=forged, origin_id=forged, body="one",
+                       delayed=True)
+    await comm.presence(sender=f"{ROOM}/bridge", to=RELAY, status_codes=[110], real_jid=RELAY)
+    await _archive_answers(comm, {"sender": f"{ROOM}/mallory", "id": "a1", "origin_id": forged,
+                                  "body": "one"})
+    assert (await comm.sent())["join"] is True
+    await comm.presence(sender=f"{ROOM}/alice", to=ALICE, status_codes=[110])
+    resent = await comm.sent()
+    assert resent["body"] == "one" and resent["id"] == forged
+
+
+async def test_after_a_server_restart_that_replays_no_history_the_archive_says_what_it_has(
+    comm: XmppCommunicator,
+) -> None:
+    first, second = await _drop_and_rejoin_with_unconfirmed(comm)
+    # No history (ejabberd keeps it in memory): the echo of the relay's presence comes first.
+    await comm.presence(sender=f"{ROOM}/bridge", to=RELAY, status_codes=[110], real_jid=RELAY)
+    one_id = f"bridge-{first.envelope['id']}"
+    await _archive_answers(
+        comm,
+        {"sender": f"{ROOM}/carol", "id": "a0", "origin_id": "c0", "body": "before"},
+        {"sender": f"{ROOM}/alice", "id": "a1", "origin_id": one_id, "body": "one"},
+    )
+    assert (await comm.sent())["join"] is True  # alice's puppet, for "two" only
+    await comm.presence(sender=f"{ROOM}/alice", to=ALICE, status_codes=[110])
+    resent = await comm.sent()
+    assert resent["body"] == "two" and resent["id"] == f"bridge-{second.envelope['id']}"
+    await comm.message(sender=f"{ROOM}/alice", to=RELAY, id=resent["id"], origin_id=resent["id"],
+                       body="two")
+    assert await _cursor_reaches(2) == 2
+    assert [text for *_, text in await database_sync_to_async(_messages)()] == ["one", "two"]
+
+
+async def test_an_archive_query_the_room_refuses_falls_back_to_the_history(
+    comm: XmppCommunicator, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, _ = await _drop_and_rejoin_with_unconfirmed(comm)
+    await comm.presence(sender=f"{ROOM}/bridge", to=RELAY, status_codes=[110], real_jid=RELAY)
+    query = await comm.sent()
+    await comm.iq(sender=ROOM, to=RELAY, id=query["id"], iq_type="error",
+                  error_condition="feature-not-implemented")
+    assert (await comm.sent())["join"] is True
+    await comm.presence(sender=f"{ROOM}/alice", to=ALICE, status_codes=[110])
+    assert (await comm.sent())["body"] == "one"  # nothing said it arrived: sent again
+    assert "refused the archive query (feature-not-implemented)" in caplog.text
+
+
+async def test_a_drop_with_nothing_in_flight_asks_no_archive(comm: XmppCommunicator) -> None:
+    await _ready(comm)
+    await comm.drop()
+    await comm.connect()
+    assert (await comm.sent())["join"] is True
+    await comm.presence(sender=f"{ROOM}/bridge", to=RELAY, status_codes=[110], real_jid=RELAY)
+    await comm.sent()  # presence update
+    await comm.presence(sender=f"{ROOM}/bridge", to=RELAY, status_codes=[110], real_jid=RELAY)
+    assert await comm.nothing_sent()
 
 
 async def test_messages_from_xmpp_are_not_echoed_back(comm: XmppCommunicator) -> None:

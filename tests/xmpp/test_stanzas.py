@@ -45,3 +45,38 @@ def test_an_owner_form_result_is_read_field_by_field() -> None:
         {"var": "muc#roomconfig_whois", "type": "list-single", "values": ["moderators"],
          "options": ["moderators", "anyone"]},
     ]
+
+
+MAM_RESULT = (
+    '<message xmlns="{ns}" from="{outer}" to="bridge.localhost/bridge" id="r1">'
+    '<result xmlns="urn:xmpp:mam:2" queryid="q1" id="arch-7">'
+    '<forwarded xmlns="urn:xmpp:forward:0">'
+    '<delay xmlns="urn:xmpp:delay" stamp="2026-11-22T12:00:00Z"/>'
+    '<message xmlns="jabber:client" type="groupchat" from="{inner}" id="bridge-abc">'
+    '<body>one</body><origin-id xmlns="urn:xmpp:sid:0" id="bridge-abc"/></message>'
+    '</forwarded></result></message>'
+)
+
+
+def test_the_rooms_archive_answer_is_read_as_the_archived_message() -> None:
+    xml = ET.fromstring(MAM_RESULT.format(ns=NS, outer="lobby@conference.localhost",
+                                          inner="lobby@conference.localhost/alice"))
+    event = message_event(Message(xml=xml))
+    assert (event["sender"], event["to"], event["message_type"], event["body"]) == (
+        "lobby@conference.localhost/alice", "bridge.localhost/bridge", "groupchat", "one")
+    assert event["origin_id"] == "bridge-abc" and event["delayed"] is True
+
+
+@pytest.mark.parametrize(
+    ("outer", "inner"),
+    [
+        # An occupant's private message wrapped as an archive answer.
+        ("lobby@conference.localhost/mallory", "lobby@conference.localhost/alice"),
+        # Another room's (or anyone's) message, said to be this room's archive.
+        ("lobby@conference.localhost", "other@conference.localhost/alice"),
+    ],
+)
+def test_an_archive_answer_not_from_the_room_about_itself_is_not_unwrapped(outer: str, inner: str) -> None:
+    xml = ET.fromstring(MAM_RESULT.format(ns=NS, outer=outer, inner=inner))
+    event = message_event(Message(xml=xml))
+    assert event["sender"] == outer and event["origin_id"] == ""
