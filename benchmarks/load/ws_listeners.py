@@ -92,20 +92,23 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", action="append", required=True, help="several: clients spread over them")
     parser.add_argument("--clients", type=int, required=True)
-    parser.add_argument("--origin", default="")
+    parser.add_argument("--origin", default="",
+                        help="the Origin header; 'own': each URL's own origin, as a page it served would send")
     parser.add_argument("--bridge", action="store_true", help="count only the bridge's `message` frames")
     parser.add_argument("--stages", action="store_true", help="split client 0's latencies at `created`")
     parser.add_argument("--idle", type=float, default=10.0)
     args = parser.parse_args()
 
     phase = Phase(args.clients, b'{"type": "message"' if args.bridge else b"", stages=args.stages)
-    headers = {"Origin": args.origin} if args.origin else {}
+    fixed = {"Origin": args.origin} if args.origin and args.origin != "own" else {}
     sockets = []
     gate = asyncio.Semaphore(50)  # handshakes at once: a server's backlog is finite
 
     async def open_one(index: int) -> None:
         async with gate:
             url = args.url[index % len(args.url)]
+            # Each server process checks the Origin by scheme, host and port (its own).
+            headers = {"Origin": "http://" + url.split("/")[2]} if args.origin == "own" else fixed
             for attempt in range(5):
                 try:
                     sockets.append(await rawws.connect(url, phase.handler(index), headers=headers))

@@ -65,7 +65,7 @@ def _target(stack: Stack, target: str, server: str, layer: str, processes: int, 
     origin = f"http://{addresses[0]}"
     urls = [x for a in addresses for x in ("--url", f"ws://{a}{path}")]
     flags = ["--bridge"] if bridge else []
-    listeners = Load("ws_listeners", [*urls, "--clients", str(clients), "--origin", origin,
+    listeners = Load("ws_listeners", [*urls, "--clients", str(clients), "--origin", "own",
                                       "--idle", "10", *flags], cpus=opts.load_cpus)
     steps = []
     profile: Profile | None = None
