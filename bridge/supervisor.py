@@ -23,10 +23,18 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from django.db import InterfaceError, OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from bridge.health import HEALTH, Health
 
 logger = logging.getLogger(__name__)
 
+# A dependency away (Redis, the database, a socket): an outage, said in one line with its
+# error. Anything else is a bug of the loop and is logged with its traceback.
+DEPENDENCY_AWAY = (OSError, TimeoutError, RedisConnectionError, RedisTimeoutError,
+                   OperationalError, InterfaceError)
 HEALTHY_AFTER = 1.0  # seconds a restarted loop must keep running to count as recovered
 STOP_GRACE = 10.0  # seconds `stop` waits for its loops to end
 RECANCEL_AFTER = 1.0  # seconds after which a loop that has not ended is cancelled again
@@ -121,7 +129,7 @@ class Supervisor:
                     loop,
                     stats.last_error,
                     delay,
-                    exc_info=stats.failures == 1,
+                    exc_info=stats.failures == 1 and not isinstance(exc, DEPENDENCY_AWAY),
                 )
             if time.monotonic() - started > 60:
                 delay = self.backoff_initial  # it ran for a while: a fresh failure, not a streak
@@ -176,7 +184,8 @@ class Supervisor:
                 stats.last_error = f"{type(exc).__name__}: {exc}"
                 self.health.failing(self._check(loop), stats.last_error, critical=critical)
                 if streak == 1:
-                    logger.warning("%s.%s failed: %s", self.name, loop, stats.last_error, exc_info=True)
+                    logger.warning("%s.%s failed: %s", self.name, loop, stats.last_error,
+                                   exc_info=not isinstance(exc, DEPENDENCY_AWAY))
                 wait = min(self.backoff_initial * 2 ** (streak - 1), self.backoff_max, interval)
             else:
                 streak = 0

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 
 import pytest
+from django.db import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bridge.health import Health
 from bridge.supervisor import HEALTHY_AFTER, Supervisor
@@ -57,6 +59,30 @@ async def test_a_periodic_loop_keeps_its_schedule_after_failures() -> None:
     assert health.ready()
     assert supervisor.stats["tick"].failures == 1
     await supervisor.stop()
+
+
+@pytest.mark.parametrize(
+    ("error", "traceback"),
+    [(RedisConnectionError("Error 111 connecting"), False), (OperationalError("server closed"), False),
+     (KeyError("a bug"), True)],
+)
+async def test_an_outage_is_one_line_and_a_bug_has_its_traceback(
+    error: Exception, traceback: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    supervisor = Supervisor("t", health=Health(), backoff_initial=0.01)
+    failed = asyncio.Event()
+
+    async def tick() -> None:
+        failed.set()
+        raise error
+
+    supervisor.every("tick", 0.01, tick)
+    await asyncio.wait_for(failed.wait(), 2)
+    await asyncio.sleep(0.05)
+    await supervisor.stop()
+    lines = [r for r in caplog.records if "t.tick failed" in r.getMessage()]
+    assert len(lines) == 1  # once per streak
+    assert bool(lines[0].exc_info) is traceback
 
 
 async def test_stop_cancels_again_a_loop_that_swallowed_its_cancellation() -> None:
