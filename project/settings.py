@@ -247,6 +247,8 @@ MQTT_RATE = env.float("MQTT_RATE", 20, minimum=0)  # messages per device
 MQTT_BURST = env.int("MQTT_BURST", 200, minimum=1)
 XMPP_RATE = env.float("XMPP_RATE", 2, minimum=0)  # messages per occupant's real JID
 XMPP_BURST = env.int("XMPP_BURST", 10, minimum=1)
+# Seconds without voice for an occupant the limit refuses 5 times in a row (0: never muted).
+XMPP_FLOOD_MUTE = env.float("XMPP_FLOOD_MUTE", 30, minimum=0)
 
 # --- MQTT -------------------------------------------------------------------
 

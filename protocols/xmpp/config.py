@@ -78,6 +78,8 @@ class EdgeConfig:
     # Messages per room sent and not yet echoed (see `link.WINDOW`): at most the history the
     # relay asks for on rejoin, and it should stay within what the server replays.
     window: int = WINDOW
+    # Seconds an occupant that keeps flooding goes without voice (`moderation`); 0: never.
+    flood_mute: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.nick.strip() or "/" in self.nick:
@@ -94,4 +96,5 @@ def edge_config() -> EdgeConfig:
         nick=str(getattr(settings, "XMPP_BRIDGE_NICK", "bridge")),
         room_sync_interval=float(getattr(settings, "XMPP_ROOM_SYNC_INTERVAL", 30)),
         window=int(getattr(settings, "XMPP_WINDOW", WINDOW)),
+        flood_mute=float(getattr(settings, "XMPP_FLOOD_MUTE", 30)),
     )

@@ -31,6 +31,7 @@ from protocols.xmpp.events import XmppIqEvent, XmppMessageEvent, XmppPresenceEve
 from protocols.xmpp.inbound import Inbound
 from protocols.xmpp.link import RoomLink
 from protocols.xmpp.members import Members
+from protocols.xmpp.moderation import Moderation
 from protocols.xmpp.occupants import Occupants
 from protocols.xmpp.outbound import Pump
 from protocols.xmpp.rooms import Rooms
@@ -59,6 +60,7 @@ class BridgeXmppConsumer(XmppConsumer):
         self.inbound = Inbound(self)
         self.pump = Pump(self)
         self.members = Members(self)
+        self.moderation = Moderation(self)
         self._turn = asyncio.Lock()
         self._loops = Supervisor("xmpp")
         self._started = False
@@ -176,6 +178,7 @@ class BridgeXmppConsumer(XmppConsumer):
                 if link.ready:
                     await self.occupants.tick(link)
                     await self.pump.tick(link)
+                    await self.moderation.tick(link)
                 else:
                     await self.lifecycle.tick(link)
 

@@ -89,6 +89,14 @@ class AffiliationItem(TypedDict):
     affiliation: str  # owner, admin, member, outcast, none
 
 
+class RoleItem(TypedDict):
+    """A role change by nick (XEP-0045 §8.4, §8.5): a moderator gives or takes voice."""
+
+    nick: str
+    role: str  # visitor, participant
+    reason: str
+
+
 class XmppIqEvent(TypedDict):
     """The answer to an IQ the application sent (requests to the component are answered by
     the protocol server itself)."""
@@ -149,7 +157,8 @@ class XmppSendIqEvent(TypedDict):
 
     query "owner", iq_type "get": ask for the configuration form; "set" with `form`: submit
     it (an empty `form` accepts the server's defaults, an instant room). query "admin",
-    iq_type "get" with one item: list the JIDs of that affiliation; "set": change `items`.
+    iq_type "get" with one item: list the JIDs of that affiliation; "set": change `items`,
+    or occupants' roles (`roles`).
     query "archive", iq_type "set": the room's last `max` archived messages, which come as
     `xmpp.message` events (`delayed`) before the answer.
     """
@@ -163,6 +172,7 @@ class XmppSendIqEvent(TypedDict):
     max: NotRequired[int]
     form: NotRequired[dict[str, list[str]]]
     items: NotRequired[list[AffiliationItem]]
+    roles: NotRequired[list[RoleItem]]
 
 
 XmppIncoming = (

@@ -138,7 +138,10 @@ class Inbound:
             await athrottle("xmpp", key)
         except BridgeError as exc:
             await self._refused(link, nick, event, exc)
+            if exc.code == "rate_limited":
+                await self.edge.moderation.refused(link, nick, key)
             return
+        self.edge.moderation.admitted(link, key)
         # Who the sender is, as of now: a later stanza of the batch may change the nick's JID.
         batch.said.append(_Said(link=link, nick=nick, real_jid=real, event=event))
 

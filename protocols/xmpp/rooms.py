@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 ROOMCONFIG = "muc#roomconfig_"
 HISTORY_LENGTH = 50
+MEMBERS_BY_DEFAULT = "members_by_default"  # ejabberd's: newcomers get voice in a moderated room
 _iq_ids = itertools.count(1)
 
 
@@ -46,7 +47,8 @@ def room_config_wanted(*, title: str, private: bool) -> dict[str, list[str]]:
         f"{ROOMCONFIG}persistentroom": flag[True],
         f"{ROOMCONFIG}publicroom": flag[not private],
         f"{ROOMCONFIG}membersonly": flag[private],
-        # Everyone in may speak: bridged senders are ordinary participants.
+        # Everyone in may speak: bridged senders are ordinary participants (but see
+        # `form_submission` for ejabberd).
         f"{ROOMCONFIG}moderatedroom": flag[False],
         # History for clients joining, and the room's archive (Prosody, then ejabberd's names).
         f"{ROOMCONFIG}historylength": [str(HISTORY_LENGTH)],
@@ -68,6 +70,13 @@ def form_submission(form: list[FormField], wanted: dict[str, list[str]]) -> tupl
             values = field["values"]  # not a value this server allows: keep its own
         submitted[field["var"]] = values
     offered = set(submitted)
+    if MEMBERS_BY_DEFAULT in offered and f"{ROOMCONFIG}moderatedroom" in offered:
+        # ejabberd lets a visitor speak in an unmoderated room, so taking a flooder's voice
+        # (`moderation`) needs a moderated room there; with members_by_default, everyone who
+        # joins still gets voice. (Prosody offers no such field: in a moderated room there,
+        # newcomers would be visitors, so its rooms stay unmoderated, where it refuses visitors.)
+        submitted[MEMBERS_BY_DEFAULT] = ["1"]
+        submitted[f"{ROOMCONFIG}moderatedroom"] = ["1"]
     lacks = []
     if f"{ROOMCONFIG}persistentroom" not in offered:
         lacks.append("persistence (the room may vanish when empty)")
@@ -139,6 +148,7 @@ class Rooms:
         link = self.links[slug]
         await self.edge.channel_layer.group_discard(room_group(slug), self.edge.channel_name)
         HEALTH.forget(self._check(link))
+        self.edge.moderation.forget(link)
         logger.info("xmpp: %s is no longer bridged; leaving it", link.room_jid)
         if not self.edge.connected or link.state in (LinkState.OFFLINE, LinkState.REFUSED):
             del self.links[slug]
@@ -215,7 +225,8 @@ class Rooms:
             await self._archive_answer(link, event)
             return
         if event["id"] != link.pending_iq:
-            await self.edge.members.iq_answer(link, event)
+            if not await self.edge.moderation.iq_answer(link, event):
+                await self.edge.members.iq_answer(link, event)
             return
         link.pending_iq = ""
         if event["iq_type"] == "error":

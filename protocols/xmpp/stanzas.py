@@ -219,4 +219,11 @@ def build_iq(xmpp: ComponentXMPP, event: XmppSendIqEvent) -> Iq:
                 item["jid"] = wanted["jid"]
             item["affiliation"] = wanted["affiliation"]
             query.append(item)
+        for change in event.get("roles", []):
+            item = muc_stanza.MUCAdminItem()
+            item["nick"] = change["nick"]
+            item["role"] = change["role"]
+            if change["reason"]:
+                ET.SubElement(item.xml, f"{{{NS_MUC_ADMIN}}}reason").text = change["reason"]
+            query.append(item)
     return iq

@@ -15,7 +15,7 @@ from slixmpp import ClientXMPP, Message, Presence
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from protocols.xmpp.stanzas import register_stanza_plugins
+from protocols.xmpp.stanzas import NS_MUC_USER, register_stanza_plugins
 
 
 @dataclass
@@ -27,6 +27,7 @@ class Seen:
     stanza_id: str
     error: str
     presence_type: str = ""
+    role: str = ""  # an occupant's role in a room's presence (XEP-0045)
 
 
 class XmppTestClient:
@@ -81,6 +82,7 @@ class XmppTestClient:
             kind="presence", sender=str(pres["from"]), body="", delayed=False, stanza_id="",
             error=pres["error"]["condition"] if pres.xml.get("type") == "error" else "",
             presence_type=pres.xml.get("type") or "available",
+            role=(pres["muc"]["role"] or "") if pres.xml.find(f"{{{NS_MUC_USER}}}x") is not None else "",
         ))
 
     async def start(self, timeout: float = 15) -> None:

@@ -501,6 +501,20 @@ def test_the_owner_form_keeps_the_servers_values_and_sets_ours_where_offered() -
     assert submitted["muc#roomconfig_whois"] == ["moderators"]  # not ours to change
     assert "muc#roomconfig_historylength" not in submitted  # not offered: not submitted
     assert lacks == ["archiving (no MAM switch in the room's form)"]
+    assert submitted.get("muc#roomconfig_moderatedroom", ["0"]) == ["0"]
+
+
+def test_where_newcomers_keep_their_voice_the_room_is_moderated_so_a_mute_holds() -> None:
+    """ejabberd lets visitors speak in unmoderated rooms; its members_by_default keeps every
+    newcomer a participant in a moderated one."""
+    from protocols.xmpp.rooms import form_submission, room_config_wanted
+
+    form = [*OWNER_FORM,
+            {"var": "muc#roomconfig_moderatedroom", "type": "boolean", "values": ["0"], "options": []},
+            {"var": "members_by_default", "type": "boolean", "values": ["0"], "options": []}]
+    submitted, _ = form_submission(form, room_config_wanted(title="Lobby", private=False))
+    assert submitted["muc#roomconfig_moderatedroom"] == ["1"]
+    assert submitted["members_by_default"] == ["1"]
 
 
 async def test_a_puppet_join_nobody_answers_does_not_hold_the_room(
@@ -598,6 +612,56 @@ async def test_a_nick_squatter_has_no_fresh_quota(
     await comm.message(sender=f"{ROOM}/m1", to=RELAY, id="f12", origin_id="f12", body="flood 12")
     error = await comm.sent()
     assert error["condition"] == "resource-constraint" and "1 more not bridged" in error["text"]
+
+
+async def test_an_occupant_that_keeps_flooding_loses_its_voice_then_gets_it_back(
+    comm: XmppCommunicator, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.XMPP_RATE, settings.XMPP_BURST, settings.XMPP_FLOOD_MUTE = 0.001, 2, 0.5
+    await _ready(comm)
+    await comm.presence(sender=f"{ROOM}/carol", to=RELAY, real_jid="carol@localhost/phone")
+    for i in range(6):  # 2 admitted, then refused 4 times: not yet a flooder
+        await comm.message(sender=f"{ROOM}/carol", to=RELAY, id=f"c{i}", body=f"flood {i}")
+    assert (await comm.sent())["condition"] == "resource-constraint"
+    assert await comm.nothing_sent()
+    # She changes nick; the fifth refusal in a row still counts (her real JID is the key).
+    await comm.presence(sender=f"{ROOM}/carol", to=RELAY, presence_type="unavailable",
+                        status_codes=[303], nick="carla", real_jid="carol@localhost/phone")
+    await comm.presence(sender=f"{ROOM}/carla", to=RELAY, real_jid="carol@localhost/phone")
+    await comm.message(sender=f"{ROOM}/carla", to=RELAY, id="c6", body="flood 6")
+    mute = await comm.sent()
+    assert (mute["type"], mute["to"], mute["iq_type"], mute["query"]) == ("xmpp.iq", ROOM, "set", "admin")
+    assert [(r["nick"], r["role"]) for r in mute["roles"]] == [("carla", "visitor")]
+    assert "Flooding" in mute["roles"][0]["reason"]
+    await comm.iq(sender=ROOM, to=RELAY, id=mute["id"])
+    voice = await comm.sent(timeout=5)  # after XMPP_FLOOD_MUTE, at the next tick
+    assert [(r["nick"], r["role"]) for r in voice["roles"]] == [("carla", "participant")]
+    assert "keeps flooding" in caplog.text and "gets its voice back" in caplog.text
+
+
+async def test_a_mute_the_room_refuses_is_logged(comm: XmppCommunicator, settings: Any,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    settings.XMPP_RATE, settings.XMPP_BURST = 0.001, 1
+    await _ready(comm)
+    await comm.presence(sender=f"{ROOM}/admin", to=RELAY, real_jid="admin@localhost/pc")
+    for i in range(6):
+        await comm.message(sender=f"{ROOM}/admin", to=RELAY, id=f"a{i}", body=f"flood {i}")
+    await comm.sent()  # the throttle's error
+    mute = await comm.sent()
+    await comm.iq(sender=ROOM, to=RELAY, id=mute["id"], iq_type="error", error_condition="not-allowed")
+    await comm.nothing_sent()
+    assert "refused a voice change (not-allowed)" in caplog.text
+    assert "refused an affiliation change" not in caplog.text
+
+
+async def test_no_mute_where_the_setting_is_zero(comm: XmppCommunicator, settings: Any) -> None:
+    settings.XMPP_RATE, settings.XMPP_BURST, settings.XMPP_FLOOD_MUTE = 0.001, 1, 0
+    await _ready(comm)
+    await comm.presence(sender=f"{ROOM}/carol", to=RELAY, real_jid="carol@localhost/phone")
+    for i in range(10):
+        await comm.message(sender=f"{ROOM}/carol", to=RELAY, id=f"c{i}", body=f"flood {i}")
+    assert (await comm.sent())["type"] == "xmpp.error"
+    assert await comm.nothing_sent()
 
 
 async def test_a_linked_account_speaks_as_its_user_with_one_presence(comm: XmppCommunicator) -> None:

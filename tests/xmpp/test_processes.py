@@ -298,6 +298,43 @@ async def test_an_occupants_message_redelivered_is_stored_once(
     ]
 
 
+async def test_an_occupant_that_keeps_flooding_loses_its_voice_for_a_while(
+    tmp_path: Path, server: XmppServer, redis_url: str
+) -> None:
+    """The relay, the room's moderator, makes a flooder a visitor (the server then refuses its
+    messages itself: nothing broadcast or archived) and gives its voice back after
+    XMPP_FLOOD_MUTE seconds."""
+    stack = provision(tmp_path, REDIS_URL=redis_url, XMPP_FLOOD_MUTE="4", **server.bridge_settings())
+    try:
+        base = stack.asgi("web")
+        bridge = runxmpp(stack, server)
+        room = f"lobby@{server.muc}"
+        async with carol_client(server) as carol:
+            carol.join(room, "carol")
+            await carol.expect(occupant(room, "carol"))
+            for i in range(40):
+                carol.say(room, f"flood {i}")
+            muted = await carol.expect(lambda s: s.kind == "presence" and s.sender == f"{room}/carol"
+                                       and s.role == "visitor")
+            assert muted.presence_type == "available"
+            # Muted: the server itself refuses what it sends.
+            carol.say(room, "while muted", origin_id="while-muted")
+            refusal = await carol.expect(lambda s: s.kind == "error" and s.sender.startswith(room))
+            assert refusal.error == "forbidden", refusal
+            await carol.expect(lambda s: s.kind == "presence" and s.sender == f"{room}/carol"
+                               and s.role == "participant", timeout=20)
+            carol.say(room, "heard again")
+            await asyncio.to_thread(
+                wait_until, lambda: any(m["text"] == "heard again" for m in history(base)),
+                what="carol's message after the mute")
+        texts = [m["text"] for m in history(base)]
+        assert "while muted" not in texts
+        assert sum(t.startswith("flood ") for t in texts) <= 12  # the burst, and the rate meanwhile
+        assert "keeps flooding" in bridge.output() and "gets its voice back" in bridge.output()
+    finally:
+        stack.stop()
+
+
 async def test_bad_stanzas_get_errors_and_the_bridge_keeps_running(
     xmpp_stack: tuple[Stack, str, Proc], server: XmppServer
 ) -> None:
