@@ -6,7 +6,9 @@ XMPP_RATE=2, XMPP_BURST=10) and a WebSocket listener times each of the calm
 lines from the moment it was sent. Prosody's own c2s limit (50 kB/s in the
 shipped config) slows the flooder first; what still reaches the bridge is
 refused per real JID, told with at most one `resource-constraint` error a
-second (each saying how many more were not bridged). The second sender's
+second (each saying how many more were not bridged). Refused 5 times in a row,
+the flooder loses its voice (XMPP_FLOOD_MUTE): Prosody itself then refuses the
+rest (`forbidden`), with no broadcast and no archive. The second sender's
 latency is a printed figure (the goal is a p99 under 200 ms), not a verdict,
 split into the room's echo to its sender (Prosody's share: the MUC serves the
 flood too) and what the bridge adds from there to the WebSocket frame.
@@ -183,11 +185,13 @@ def test_an_xmpp_flood_is_refused_per_account_while_another_occupant_speaks_norm
     calm_stored = query(stack.database_url, "SELECT COUNT(*) FROM bridge_message WHERE text LIKE 'calm %'")[0][0]
     latencies = result["latencies"]
     refused = result["errors"].get("resource-constraint", 0)
+    muted = result["errors"].get("forbidden", 0)
     report(
-        "abuse-xmpp-flood", "resource-constraint errors to the flooder's JID, at most burst + rate x time "
-        "stored; the other occupant loses nothing (p99 goal < 200 ms)",
-        sent=result["sent"], flooding_s=result["flooding_s"], flood_span_s=flood_span_s, stored=flood_stored, resource_constraint_errors=refused,
-        other_errors={k: v for k, v in result["errors"].items() if k != "resource-constraint"},
+        "abuse-xmpp-flood", "resource-constraint errors to the flooder's JID, then its voice taken (forbidden "
+        "from the room), at most burst + rate x time stored; the other occupant loses nothing (p99 goal < 200 ms)",
+        sent=result["sent"], flooding_s=result["flooding_s"], flood_span_s=flood_span_s, stored=flood_stored,
+        resource_constraint_errors=refused, forbidden_while_muted=muted,
+        other_errors={k: v for k, v in result["errors"].items() if k not in ("resource-constraint", "forbidden")},
         other_posts=result["calm_sent"], other_delivered=len(latencies),
         other_p50_ms=statistics.median(latencies) * 1000 if latencies else None,
         other_p99_ms=percentile(latencies, 0.99) * 1000 if latencies else None,
@@ -198,7 +202,8 @@ def test_an_xmpp_flood_is_refused_per_account_while_another_occupant_speaks_norm
         bridge_added_p99_ms=percentile(result["added"], 0.99) * 1000 if result["added"] else None,
     )
     assert refused > 0
-    assert set(result["errors"]) == {"resource-constraint"}  # refused for its rate, nothing else
+    assert muted > 0  # the room itself refused it once muted
+    assert set(result["errors"]) == {"resource-constraint", "forbidden"}  # its rate and its mute, nothing else
     # One budget per account, whatever Prosody let through: burst + rate x the flood's length.
     assert flood_stored <= 10 + 2 * max(result["flooding_s"], flood_span_s) + 1  # +1: stored just after its check
     assert flood_stored + refused <= FLOOD
