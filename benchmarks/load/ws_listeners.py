@@ -23,6 +23,7 @@ from benchmarks.load import rawws
 from benchmarks.load.stats import STAMP, percentiles, summary
 
 CREATED = re.compile(rb'"created": "([^"]+)"')
+NUMBER = re.compile(rb";n=([0-9]+)")
 # Wall clock (the bridge's `created`) to the system-wide monotonic clock (the stamps).
 WALL_TO_MONOTONIC = time.time() - time.monotonic()
 
@@ -43,6 +44,9 @@ class Phase:
         self.counts = [0] * self.clients
         self.first: float | None = None
         self.last: float | None = None
+        # Per message (its `n`): the first and the last client's latency, in seconds.
+        self.spread: dict[int, list[float]] = {}
+        self.cpu_started = time.process_time()
         self.full = 0
         self.done = asyncio.Event()
 
@@ -54,7 +58,15 @@ class Phase:
             if match is None:
                 return
             now = time.monotonic()
-            self.latencies.append(now - float(match[1]))
+            latency = now - float(match[1])
+            self.latencies.append(latency)
+            number = NUMBER.search(payload)
+            if number is not None:
+                spread = self.spread.get(int(number[1]))
+                if spread is None:
+                    self.spread[int(number[1])] = [latency, latency]
+                else:
+                    spread[1] = latency
             if self.stages and index == 0:
                 self._split(payload, float(match[1]), now)
             self.first = self.first or now
@@ -73,6 +85,18 @@ class Phase:
         stored = datetime.fromisoformat(found[1].decode()).timestamp() - WALL_TO_MONOTONIC
         self.to_stored.append(stored - published)
         self.to_frame.append(now - stored)
+
+    def message_figures(self) -> dict[str, object]:
+        """Per message: how long from its first to its last client (the fan-out pass as the
+        clients saw it), the slowest messages, and this process's CPU time in the run."""
+        widths = sorted(last - first for first, last in self.spread.values())
+        slowest = sorted(self.spread.items(), key=lambda item: item[1][1], reverse=True)[:5]
+        return {
+            "pass_ms": {"p50": round(widths[len(widths) // 2] * 1e3, 3) if widths else None,
+                        "max": round(widths[-1] * 1e3, 3) if widths else None},
+            "slowest": [[n, round(first * 1e3, 2), round(last * 1e3, 2)] for n, (first, last) in slowest],
+            "load_cpu_s": round(time.process_time() - self.cpu_started, 3),
+        }
 
     def stage_figures(self) -> dict[str, object]:
         return {"publish_to_stored": percentiles(self.to_stored), "stored_to_frame": percentiles(self.to_frame)}
@@ -134,6 +158,7 @@ async def main() -> None:
         await phase.wait(args.idle)
         result = summary(phase.latencies, first=phase.first, last=phase.last)
         result["complete"] = sum(1 for c in phase.counts if c >= phase.expect)
+        result.update(phase.message_figures())
         result["open"] = sum(1 for s in sockets if not s.closed.done())
         if args.stages:
             result["stages"] = phase.stage_figures()

@@ -86,6 +86,9 @@ def _target(stack: Stack, target: str, server: str, layer: str, processes: int, 
             steps.append(step)
             say(f"  offered {offered}/s: {step['per_s']} deliveries/s, p50 {step['p50_ms']} ms, "
                 f"p99 {step['p99_ms']} ms{'' if kept_up else ' (fell behind)'}")
+            last = step["runs"][-1]
+            say(f"    fan-out pass (first to last client) p50 {last.get('pass_ms')}, slowest messages "
+                f"[n, first ms, last ms] {last.get('slowest')}, listeners' CPU {last.get('load_cpu_s')} s")
             if not kept_up:
                 break
     finally:
