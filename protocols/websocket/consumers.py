@@ -46,6 +46,7 @@ from protocols.websocket.hub import RoomHub
 from protocols.websocket.lifecycle import track, untrack
 from protocols.websocket.outlet import ClientGone, Outlet
 from protocols.websocket.presence import PresenceRenewer
+from protocols.websocket.server import FRAME_WRITER
 from protocols.websocket.subscriber import Subscriber
 
 logger = logging.getLogger(__name__)
@@ -119,7 +120,10 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.channel_layer = None
         # Names this socket in presence rows, rate limits and logs (it used to be the channel).
         self.connection = f"ws.{uuid.uuid4().hex}"
-        self.outlet = Outlet(send, timeout=timeout, limit=OUTLET_LIMIT, on_gone=self._let_go)
+        # uvicorn with our protocol class: the hub's frames, serialized once, written as they are.
+        write_frame = scope.get("extensions", {}).get(FRAME_WRITER)
+        self.outlet = Outlet(send, timeout=timeout, limit=OUTLET_LIMIT, on_gone=self._let_go,
+                             write_frame=write_frame)
         self._send_other = bounded_send
         self.base_send = self._send
         self._task = asyncio.current_task()

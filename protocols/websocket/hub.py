@@ -6,7 +6,9 @@ socket. Now each web process (each event loop) has one channel of its own,
 added to a room's groups while at least one local socket is in that room and
 removed when the last one leaves, and one receive loop (supervised: `loop:web.hub`
 in /readyz) that builds each frame once and offers it to every local socket of
-the room (`Subscriber`, each with its own bounded `Outlet`).
+the room (`Subscriber`, each with its own bounded `Outlet`). Each frame is also
+serialized once (`text_frame`), so that a socket that takes writes gets those
+bytes in one transport write.
 
 Events are routed by what they carry: `room.message` by its message's `room`;
 `room.messages`, `room.presence`, `devices.telemetry` by `room`; `access.changed`
@@ -21,6 +23,7 @@ import functools
 import json
 import logging
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +33,7 @@ from bridge.instruments import delivered
 from bridge.layer import LayerMember, layer_call
 from bridge.names import devices_group, room_access_group, room_group, user_access_group
 from bridge.supervisor import Supervisor
+from protocols.websocket.server import text_frame
 from protocols.websocket.subscriber import Subscriber
 
 logger = logging.getLogger(__name__)
@@ -184,25 +188,16 @@ class RoomHub(LayerMember):
             if kind == "room.message":
                 message = event["message"]
                 text = MESSAGE_FRAME % (event.get("json") or json.dumps(message))
-                seq = message["seq"]
-                written = sum(sub.offer_message(seq, text) for sub in self._room(message["room"]))
-                delivered("web", written)
+                self._offer_messages(message["room"], ((message["seq"], text),))
             elif kind == "room.messages":
-                subs = self._room(event["room"])
-                written = 0
-                for item in event["messages"]:
-                    text, seq = MESSAGE_FRAME % item["json"], item["seq"]
-                    written += sum(sub.offer_message(seq, text) for sub in subs)
-                delivered("web", written)
+                self._offer_messages(event["room"], ((item["seq"], MESSAGE_FRAME % item["json"])
+                                                     for item in event["messages"]))
             elif kind == "room.presence":
                 text = json.dumps({"type": "presence", "who": event["who"], "state": event["state"]})
-                for sub in self._room(event["room"]):
-                    sub.offer_frame(text)
+                self._offer_frames(event["room"], text)
             elif kind == "devices.telemetry":
                 frame = {"type": "telemetry", "device": event["device"], "metrics": event["metrics"]}
-                text = json.dumps(frame)
-                for sub in self._room(event["room"]):
-                    sub.offer_frame(text)
+                self._offer_frames(event["room"], json.dumps(frame))
             elif kind == "access.changed":
                 if "room" in event:
                     targets = self._room(event["room"])
@@ -214,6 +209,24 @@ class RoomHub(LayerMember):
                 logger.debug("hub: ignored a %r event", kind)
         except (KeyError, TypeError) as exc:  # a sender's bug must not end the receive loop
             logger.warning("hub: dropped a malformed %r event (%s: %s)", kind, type(exc).__name__, exc)
+
+    def _offer_messages(self, room: str, messages: Iterable[tuple[int, str]]) -> None:
+        """Each (seq, text) to the room's sockets, in order; one pass per message."""
+        subs = self._room(room)
+        written = 0
+        for seq, text in messages:
+            if subs:
+                frame = text_frame(text)
+                for sub in subs:
+                    written += sub.offer_message(seq, text, frame)
+        delivered("web", written)
+
+    def _offer_frames(self, room: str, text: str) -> None:
+        subs = self._room(room)
+        if subs:
+            frame = text_frame(text)
+            for sub in subs:
+                sub.offer_frame(text, frame)
 
     def _room(self, slug: str) -> tuple[Subscriber, ...]:
         feed = self.rooms.get(slug)

@@ -12,6 +12,12 @@ client does not read must never hold up the others:
   the gap from the database) go through one task of this socket's own. A send
   that waits longer than `timeout` seconds ends the socket (`on_gone`), as a
   client that does not read always was.
+  With the server's frame writer (`protocols.websocket.server.FRAME_WRITER`)
+  and a frame serialized once by the caller, `offer(text, frame)` writes those
+  bytes instead when nothing is queued and the writer takes them, so a room's
+  pass over its sockets is one transport write each; when the writer declines
+  (the transport is paused, the socket closing, compression on) it is the
+  ordinary send above, with its waiting, backlog and timeout.
 - `Outlet.write(text)` is the consumer's own frames (history, acks, errors):
   queued behind the others and awaited until written, so history is read from
   the database a page at a time as the client takes it.
@@ -28,6 +34,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 Send = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
+FrameWriter = Callable[[bytes], bool]
 
 
 class ClientGone(Exception):
@@ -72,10 +79,12 @@ _EMPTY: deque[Any] = deque(maxlen=0)
 class Outlet:
     """See the module's docstring. `on_gone(reason)` is called once, when the socket is given up."""
 
-    __slots__ = ("_send", "timeout", "limit", "on_gone", "_backlog", "_task", "gone")
+    __slots__ = ("_send", "_write_frame", "timeout", "limit", "on_gone", "_backlog", "_task", "gone")
 
-    def __init__(self, send: Send, *, timeout: float, limit: int, on_gone: Callable[[str], None]) -> None:
+    def __init__(self, send: Send, *, timeout: float, limit: int, on_gone: Callable[[str], None],
+                 write_frame: FrameWriter | None = None) -> None:
         self._send = send
+        self._write_frame = write_frame
         self.timeout = timeout
         self.limit = limit
         self.on_gone = on_gone
@@ -90,14 +99,17 @@ class Outlet:
         """A send is waiting for the client to read."""
         return self._task is not None
 
-    def offer(self, text: str) -> bool:
-        """Write now, or queue behind a blocked send; False when refused (queue full, socket gone)."""
+    def offer(self, text: str, frame: bytes | None = None) -> bool:
+        """Write now, or queue behind a blocked send; False when refused (queue full, socket gone).
+        `frame`: `text` already serialized (`server.text_frame`), written as it is when it can be."""
         if self.gone is not None:
             return False
         if self._task is not None:
             if len(self._backlog) >= self.limit:
                 return False
             self._backlog.append((text, None))
+            return True
+        if frame is not None and self._write_frame is not None and self._write_frame(frame):
             return True
         self._start(text)
         return self.gone is None

@@ -16,18 +16,46 @@ This class keeps uvicorn's behaviour (the same events, backpressure through
 these. It depends on the sans-I/O implementation's attribute names, so
 `pyproject.toml` bounds uvicorn's version and tests/websocket/test_server.py
 checks them.
+
+It adds one thing: the room hub writes each frame of a busy room to every
+local socket, and uvicorn's send encodes the text, builds and serializes a
+frame object and joins its output again for each socket (a profile of a
+1,000-socket room: most of the fan-out pass). `text_frame` serializes a frame
+once; the scope's `FRAME_WRITER` extension (`write_frame`) writes those bytes
+to one socket when a send would have written at once, and declines otherwise
+(then the caller sends the ordinary way, which waits or raises as before).
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
 
 # What runweb, runbridge and the documented `uvicorn --ws ...` use.
 WS_PROTOCOL = "protocols.websocket.server:WebSocketProtocol"
+# The scope's extension naming the socket's `write_frame` (absent on other servers).
+FRAME_WRITER = "bridge.websocket.frame_writer"
+
+FrameWriter = Callable[[bytes], bool]
+
+
+def text_frame(text: str) -> bytes:
+    """`text` as one unmasked, unfragmented text frame, as a server writes it (RFC 6455 5.2)."""
+    payload = text.encode()
+    size = len(payload)
+    if size < 126:
+        head = struct.pack("!BB", 0x81, size)
+    elif size < 65536:
+        head = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        head = struct.pack("!BBQ", 0x81, 127, size)
+    return head + payload
 
 
 class Inbox:
@@ -121,6 +149,34 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self.queue = Inbox()  # type: ignore[assignment]
         self.writable = Flag()  # type: ignore[assignment]
         self.writable.set()
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        if self.handshake_initiated and not self.close_sent:  # a handshake the server accepts
+            extensions: dict[str, Any] = self.scope["extensions"]
+            extensions[FRAME_WRITER] = self.write_frame
+
+    def write_frame(self, frame: bytes) -> bool:
+        """Write a `text_frame` now if a `websocket.send` would have written it without
+        waiting: the handshake answered, the connection open with no extension that
+        rewrites frames (compression) and no fragmented message under way, no close
+        sent, and the transport not paused (below its high-water mark). False, writing
+        nothing, otherwise."""
+        conn = self.conn
+        if (
+            self.writable.is_set()
+            and self.handshake_complete
+            and not self.close_sent
+            and not self.disconnected
+            and self.initial_response is None
+            and conn.state is State.OPEN
+            and not conn.extensions
+            and not conn.expect_continuation_frame
+            and not self.transport.is_closing()
+        ):
+            self.transport.write(frame)
+            return True
+        return False
 
     async def send(self, message: Any) -> None:
         await super().send(message)

@@ -77,10 +77,11 @@ class Subscriber:
 
     # --- from the hub (synchronous: one slow socket must not hold up the room) ---
 
-    def offer_message(self, seq: int, text: str) -> bool:
-        """True when written now (the hub counts deliveries, once per event)."""
+    def offer_message(self, seq: int, text: str, frame: bytes | None = None) -> bool:
+        """True when written now (the hub counts deliveries, once per event). `frame`: `text`
+        serialized once for every socket (`server.text_frame`); held frames keep only `text`."""
         if self.state is State.LIVE:
-            if seq == self.last_seq + 1 and self.outlet.offer(text):
+            if seq == self.last_seq + 1 and self.outlet.offer(text, frame):
                 self.last_seq = seq
                 return True
             if seq <= self.last_seq:
@@ -92,10 +93,10 @@ class Subscriber:
             self._hold(seq, text)
         return False
 
-    def offer_frame(self, text: str) -> None:
+    def offer_frame(self, text: str, frame: bytes | None = None) -> None:
         """A frame without a place in the stream (presence, telemetry): at most once."""
         if self.state is State.LIVE:
-            self.outlet.offer(text)
+            self.outlet.offer(text, frame)
         elif self.state is State.SYNCING:
             self._hold(None, text)
 

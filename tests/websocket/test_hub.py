@@ -13,6 +13,7 @@ from channels.layers import get_channel_layer
 from bridge.names import devices_group, room_access_group, room_group, user_access_group
 from protocols.websocket.hub import MESSAGE_FRAME, RoomHub
 from protocols.websocket.outlet import ClientGone, Outlet
+from protocols.websocket.server import text_frame
 from protocols.websocket.subscriber import State, Subscriber
 
 pytestmark = pytest.mark.asyncio
@@ -21,16 +22,27 @@ pytestmark = pytest.mark.asyncio
 class FakeSocket:
     """A socket's server side: records frames; `stuck` makes every send wait (a client that does not read)."""
 
-    def __init__(self, *, stuck: bool = False, timeout: float = 5.0, limit: int = 8) -> None:
+    def __init__(self, *, stuck: bool = False, timeout: float = 5.0, limit: int = 8, writer: bool = False) -> None:
         self.frames: list[str] = []
         self.stuck = stuck
         self.unstick = asyncio.Event()
         self.gone: list[str] = []
-        self.outlet = Outlet(self.send, timeout=timeout, limit=limit, on_gone=self.gone.append)
+        # With `writer`, the server's frame writer: takes serialized frames unless `stuck`
+        # (a paused transport), as `WebSocketProtocol.write_frame` does.
+        self.written: list[bytes] = []
+        self.outlet = Outlet(self.send, timeout=timeout, limit=limit, on_gone=self.gone.append,
+                             write_frame=self.write_frame if writer else None)
         self.database: dict[int, str] = {}  # what a catch-up reads: seq -> text
         self.catch_ups = 0
         self.checks: list[dict[str, Any]] = []
         self.refuse_access = False
+
+    def write_frame(self, frame: bytes) -> bool:
+        if self.stuck:
+            return False
+        self.written.append(frame)
+        self.frames.append(frame[2:].decode() if frame[1] < 126 else frame[4:].decode())
+        return True
 
     async def send(self, message: dict[str, Any]) -> None:
         if self.stuck:
@@ -246,3 +258,38 @@ async def test_a_failing_catch_up_ends_the_socket_instead_of_leaving_it_silent(h
     hub.route(message_event(5))  # a gap: catch-up
     await until(lambda: sock.gone, "let go")
     assert "database away" in sock.gone[0] and sock.sub.state is State.CLOSED
+
+
+async def test_a_frame_is_serialized_once_and_written_as_bytes_to_every_socket_that_takes_them(hub: RoomHub) -> None:
+    sockets = [FakeSocket(writer=True) for _ in range(3)]
+    plain = FakeSocket()  # another server: no frame writer, the ordinary send
+    for sock in [*sockets, plain]:
+        await hub.subscribe(sock.subscriber())
+        sock.sub.go_live()
+    hub.route(message_event(1))
+    hub.route({"type": "room.messages", "room": "lobby",
+               "messages": [{"seq": 2, "json": json.dumps({"seq": 2, "room": "lobby", "text": "m2"})}]})
+    hub.route({"type": "room.presence", "who": {"kind": "user", "name": "a"}, "state": "online", "room": "lobby"})
+    assert [s.seqs() for s in [*sockets, plain]] == [[1, 2]] * 4
+    assert [len(s.written) for s in sockets] == [3, 3, 3]
+    assert sockets[0].written[0] == text_frame(frame(1))
+    assert sockets[0].written[0] is sockets[2].written[0]  # the same bytes: serialized once
+    assert plain.written == [] and plain.frames == sockets[0].frames
+
+
+async def test_a_socket_whose_writer_declines_queues_in_order_and_is_still_let_go_when_stuck(hub: RoomHub) -> None:
+    reads_again = FakeSocket(writer=True, stuck=True, limit=100)
+    never_reads = FakeSocket(writer=True, stuck=True, timeout=0.3, limit=100)
+    for sock in (reads_again, never_reads):
+        await hub.subscribe(sock.subscriber())
+        sock.sub.go_live()
+    for seq in range(1, 4):
+        hub.route(message_event(seq))
+    assert reads_again.outlet.blocked and reads_again.written == []
+    reads_again.stuck = False
+    reads_again.unstick.set()
+    await until(lambda: not reads_again.outlet.blocked, "the queue written")
+    hub.route(message_event(4))  # nothing queued any more: written as bytes again
+    assert reads_again.seqs() == [1, 2, 3, 4] and len(reads_again.written) == 1
+    await until(lambda: never_reads.gone, "the stuck socket let go")
+    assert "stayed full for 0.3 s" in never_reads.gone[0]
