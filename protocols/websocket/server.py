@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -41,8 +40,6 @@ from websockets.protocol import State
 WS_PROTOCOL = "protocols.websocket.server:WebSocketProtocol"
 # The scope's extension naming the socket's `write_frame` (absent on other servers).
 FRAME_WRITER = "bridge.websocket.frame_writer"
-
-FrameWriter = Callable[[bytes], bool]
 
 
 def text_frame(text: str) -> bytes:

@@ -13,7 +13,14 @@ import websockets
 from websockets.frames import OP_TEXT, Frame
 from websockets.streams import StreamReader
 
-from protocols.websocket.server import FRAME_WRITER, WS_PROTOCOL, Flag, Inbox, WebSocketProtocol, text_frame
+from protocols.websocket.server import (
+    FRAME_WRITER,
+    WS_PROTOCOL,
+    Flag,
+    Inbox,
+    WebSocketProtocol,
+    text_frame,
+)
 
 pytestmark = pytest.mark.asyncio
 
