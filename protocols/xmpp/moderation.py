@@ -9,10 +9,13 @@ its voice (XEP-0045 §8.4: role `visitor`, with a reason): the server then
 refuses its messages itself (`forbidden`), unbroadcast and unarchived. Its
 voice is given back after `XMPP_FLOOD_MUTE` seconds (0 turns this off).
 
-Never muted: our relay and puppets (the room shows them as ours), and anyone
-the server will not let a moderator silence (owners, admins: it answers
-`not-allowed`, logged once). An occupant that leaves comes back with its voice
-(roles do not outlive a visit); if it floods again, it is muted again.
+Never muted: our relay and puppets (the room shows them as ours), owners,
+admins and moderators (as their presence shows them: an owner relay could
+silence an admin on Prosody, which is not ours to do), and anyone the server
+will not let us silence (it answers `not-allowed`: logged, and that sender is
+left alone, never "given back" a role it did not lose). An occupant that leaves
+and comes back while muted has its voice again on Prosody (roles last one
+visit there; ejabberd keeps the role it was given): it is muted again at once.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from protocols.xmpp.addresses import Jid
-from protocols.xmpp.events import RoleItem, XmppIqEvent
+from protocols.xmpp.addresses import Jid, occupant_jid
+from protocols.xmpp.events import RoleItem, XmppIqEvent, XmppPresenceEvent
 from protocols.xmpp.link import RoomLink
 
 if TYPE_CHECKING:
@@ -38,6 +41,7 @@ IQ_PREFIX = "bridge-voice-"
 MUTE_AFTER = 5
 # Senders tracked per room (refused recently or muted); past it, the oldest are forgotten.
 MAX_TRACKED = 1000
+PRIVILEGED_AFFILIATIONS = frozenset({"owner", "admin"})
 _iq_ids = itertools.count(1)
 
 
@@ -46,6 +50,7 @@ class _Sender:
     nick: str
     refusals: int = 0
     muted_until: float = 0.0  # monotonic; 0: not muted
+    mute_iq: str = ""  # the mute IQ sent, until the room answers it
 
 
 class Moderation:
@@ -55,7 +60,34 @@ class Moderation:
         self.edge = edge
         # Per room: the sender's key (its real bare JID, or its occupant JID) -> state.
         self._senders: dict[str, dict[str, _Sender]] = {}
+        # Per room: the nicks the room shows as owner, admin or moderator (never muted).
+        self._privileged: dict[str, set[str]] = {}
         self._told_cannot: set[str] = set()
+
+    def key(self, link: RoomLink, nick: str) -> str:
+        """Who a nick is, as the bridge's limit counts it: its real bare JID where the room
+        shows it, else its occupant JID."""
+        real = link.real_jid(nick)
+        return Jid.parse(real).bare.lower() if real else occupant_jid(link.slug, nick, muc_service=self.edge.muc)
+
+    async def seen(self, link: RoomLink, nick: str, event: XmppPresenceEvent, *, new: bool) -> None:
+        """An occupant's presence (after `occupants` recorded it): who is privileged, and a
+        muted occupant back with its voice (it left and rejoined) is muted again."""
+        privileged = self._privileged.setdefault(link.slug, set())
+        if event["presence_type"] == "unavailable":
+            privileged.discard(nick)
+            return
+        if event["affiliation"] in PRIVILEGED_AFFILIATIONS or event["role"] == "moderator":
+            if len(privileged) < MAX_TRACKED:
+                privileged.add(nick)
+        else:
+            privileged.discard(nick)
+        sender = self._senders.get(link.slug, {}).get(self.key(link, nick))
+        if (new and sender is not None and sender.muted_until and event["role"] != "visitor"
+                and time.monotonic() < sender.muted_until and nick not in privileged):
+            logger.warning("xmpp: %s rejoined %s while muted: its voice is taken again", nick, link.room_jid)
+            sender.nick = nick
+            await self._mute(link, sender, "Flooding: rejoined while muted.")
 
     def admitted(self, link: RoomLink, key: str) -> None:
         """A message of `key` got through the bridge's limit: its streak of refusals ends."""
@@ -66,7 +98,7 @@ class Moderation:
     async def refused(self, link: RoomLink, nick: str, key: str) -> None:
         """The bridge's limit refused a message of `key` (as `nick`): mute it if it keeps on."""
         mute_s = self.edge.config.flood_mute
-        if mute_s <= 0 or link.is_ours(nick):
+        if mute_s <= 0 or link.is_ours(nick) or nick in self._privileged.get(link.slug, ()):
             return
         senders = self._senders.setdefault(link.slug, {})
         sender = senders.get(key)
@@ -87,9 +119,8 @@ class Moderation:
         sender.muted_until = time.monotonic() + mute_s
         logger.warning("xmpp: %s (%s) keeps flooding %s: its voice is taken for %.0f s",
                        nick, key, link.room_jid, mute_s)
-        await self._set_role(link, nick, "visitor",
-                             f"Flooding: more than the bridge's limit, {sender.refusals} times in a row. "
-                             f"Voice back in {mute_s:.0f} s.")
+        await self._mute(link, sender, f"Flooding: more than the bridge's limit, {sender.refusals} times "
+                                       f"in a row. Voice back in {mute_s:.0f} s.")
 
     async def tick(self, link: RoomLink) -> None:
         """Give back the voice of those whose time is up (every TICK, from the consumer)."""
@@ -108,13 +139,21 @@ class Moderation:
     def forget(self, link: RoomLink) -> None:
         """The stream dropped or the room is gone: roles do not outlive the relay's visit."""
         self._senders.pop(link.slug, None)
+        self._privileged.pop(link.slug, None)
 
     async def iq_answer(self, link: RoomLink, event: XmppIqEvent) -> bool:
         """Ours: True (a refusal is logged). Owners and admins cannot be muted (not-allowed)."""
         if not event["id"].startswith(IQ_PREFIX):
             return False
+        senders = self._senders.get(link.slug, {})
+        key = next((k for k, s in senders.items() if s.mute_iq == event["id"]), None)
+        if key is not None:
+            senders[key].mute_iq = ""
         if event["iq_type"] == "error":
             logger.warning("xmpp: %s refused a voice change (%s)", link.room_jid, event["error_condition"])
+            if key is not None:
+                # Not ours to silence (an owner or admin): no mute to undo later either.
+                del senders[key]
         return True
 
     @staticmethod
@@ -125,8 +164,12 @@ class Moderation:
                 return current
         return nick if nick in link.occupants else None
 
-    async def _set_role(self, link: RoomLink, nick: str, role: str, reason: str) -> None:
+    async def _mute(self, link: RoomLink, sender: _Sender, reason: str) -> None:
+        sender.mute_iq = await self._set_role(link, sender.nick, "visitor", reason)
+
+    async def _set_role(self, link: RoomLink, nick: str, role: str, reason: str) -> str:
         item: RoleItem = {"nick": nick, "role": role, "reason": reason}
+        iq_id = f"{IQ_PREFIX}{next(_iq_ids)}"
         await self.edge.send({"type": "xmpp.iq", "sender": link.relay_jid, "to": link.room_jid,
-                              "id": f"{IQ_PREFIX}{next(_iq_ids)}", "iq_type": "set",
-                              "query": "admin", "roles": [item]})
+                              "id": iq_id, "iq_type": "set", "query": "admin", "roles": [item]})
+        return iq_id

@@ -55,9 +55,11 @@ class Occupants:
             if 303 in event["status_codes"] and event["nick"]:  # a nick change
                 link.occupants[event["nick"]] = event["real_jid"]
                 await self._joined(link, event["nick"])
+            await self.edge.moderation.seen(link, nick, event, new=False)
             return
         new = nick not in link.occupants
         link.occupants[nick] = event["real_jid"]
+        await self.edge.moderation.seen(link, nick, event, new=new)
         if new:
             await self._joined(link, nick)
 

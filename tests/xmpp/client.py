@@ -103,6 +103,9 @@ class XmppTestClient:
         pres["muc_join"]["history"]["maxstanzas"] = str(history)
         pres.send()
 
+    def leave(self, room: str, nick: str) -> None:
+        self.xmpp.make_presence(pto=f"{room}/{nick}", ptype="unavailable").send()
+
     def change_nick(self, room: str, nick: str) -> None:
         """XEP-0045 7.6: an available presence to the new occupant address."""
         self.xmpp.make_presence(pto=f"{room}/{nick}").send()

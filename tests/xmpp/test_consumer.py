@@ -609,9 +609,44 @@ async def test_an_occupant_that_keeps_flooding_loses_its_voice_then_gets_it_back
     assert "keeps flooding" in caplog.text and "gets its voice back" in caplog.text
 
 
+async def test_a_muted_occupant_that_rejoins_is_muted_again(comm: XmppCommunicator, settings: Any) -> None:
+    """Roles do not outlive a visit: back in the room, the flooder has its voice again."""
+    settings.XMPP_RATE, settings.XMPP_BURST, settings.XMPP_FLOOD_MUTE = 0.001, 1, 30
+    await _ready(comm)
+    await comm.presence(sender=f"{ROOM}/carol", to=RELAY, real_jid="carol@localhost/phone")
+    for i in range(6):
+        await comm.message(sender=f"{ROOM}/carol", to=RELAY, id=f"c{i}", body=f"flood {i}")
+    assert (await comm.sent())["condition"] == "resource-constraint"
+    mute = await comm.sent()
+    await comm.iq(sender=ROOM, to=RELAY, id=mute["id"])
+    await comm.presence(sender=f"{ROOM}/carol", to=RELAY, real_jid="carol@localhost/phone", role="visitor")
+    assert await comm.nothing_sent()  # the room shows the mute: nothing more to do
+    await comm.presence(sender=f"{ROOM}/carol", to=RELAY, presence_type="unavailable",
+                        real_jid="carol@localhost/phone", role="none")
+    await comm.presence(sender=f"{ROOM}/carol2", to=RELAY, real_jid="carol@localhost/laptop")
+    again = await comm.sent()
+    assert [(r["nick"], r["role"]) for r in again["roles"]] == [("carol2", "visitor")]
+    assert "rejoined" in again["roles"][0]["reason"]
+
+
+@pytest.mark.parametrize("shown", [{"affiliation": "admin"}, {"affiliation": "owner"},
+                                   {"role": "moderator"}])
+async def test_owners_admins_and_moderators_are_never_muted(comm: XmppCommunicator, settings: Any,
+                                                            shown: dict[str, str]) -> None:
+    settings.XMPP_RATE, settings.XMPP_BURST, settings.XMPP_FLOOD_MUTE = 0.001, 1, 30
+    await _ready(comm)
+    await comm.presence(sender=f"{ROOM}/boss", to=RELAY, real_jid="boss@localhost/pc", **shown)
+    for i in range(10):
+        await comm.message(sender=f"{ROOM}/boss", to=RELAY, id=f"b{i}", body=f"flood {i}")
+    assert (await comm.sent())["type"] == "xmpp.error"  # the throttle's error, no mute
+    assert await comm.nothing_sent()
+
+
 async def test_a_mute_the_room_refuses_is_logged(comm: XmppCommunicator, settings: Any,
                                                  caplog: pytest.LogCaptureFixture) -> None:
-    settings.XMPP_RATE, settings.XMPP_BURST = 0.001, 1
+    """An occupant the room will not let us silence: logged, and no voice "given back" later
+    (that could set an admin's role)."""
+    settings.XMPP_RATE, settings.XMPP_BURST, settings.XMPP_FLOOD_MUTE = 0.001, 1, 0.3
     await _ready(comm)
     await comm.presence(sender=f"{ROOM}/admin", to=RELAY, real_jid="admin@localhost/pc")
     for i in range(6):
@@ -619,7 +654,7 @@ async def test_a_mute_the_room_refuses_is_logged(comm: XmppCommunicator, setting
     await comm.sent()  # the throttle's error
     mute = await comm.sent()
     await comm.iq(sender=ROOM, to=RELAY, id=mute["id"], iq_type="error", error_condition="not-allowed")
-    await comm.nothing_sent()
+    assert await comm.nothing_sent(timeout=2.5)  # past XMPP_FLOOD_MUTE and the next tick
     assert "refused a voice change (not-allowed)" in caplog.text
     assert "refused an affiliation change" not in caplog.text
 
