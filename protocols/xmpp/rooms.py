@@ -121,6 +121,7 @@ class Rooms:
 
     async def join(self, room: store.BridgedRoom) -> None:
         link = self.links.get(room.slug)
+        first = link is None
         if link is None or link.state is LinkState.LEAVING:
             if link is None:
                 await self.edge.channel_layer.group_add(room_group(room.slug), self.edge.channel_name)
@@ -138,6 +139,11 @@ class Rooms:
         link.cursor_seq = link.sent_upto = await database_sync_to_async(store.cursor_seq)(
             room_pk=room.pk
         )
+        if first:
+            # A process restarted (perhaps with the server): what it had in flight is unknown.
+            link.unsure = await database_sync_to_async(store.unconfirmed_after)(
+                room_pk=room.pk, after=link.cursor_seq
+            )
         link.state = LinkState.JOINING
         await self.edge.send_join(
             sender=link.relay_jid, to=self._relay_occupant(link), history=REJOIN_HISTORY

@@ -11,7 +11,7 @@ from datetime import timedelta
 from bridge.access import room_member_jids
 from bridge.envelope import Envelope, Sender, message_envelope
 from bridge.exceptions import BridgeError
-from bridge.models import Identity, Presence, Room
+from bridge.models import Identity, Message, Presence, Room
 from bridge.selectors import message_history, room_get
 from bridge.services.cursors import edge_cursor_advance, edge_cursor_get
 from bridge.services.identities import identity_for_jid, identity_get_or_create
@@ -61,6 +61,12 @@ def cursor_advance(*, room_pk: int, to_seq: int) -> int:
         return max(cursor.seq, to_seq)
     # Someone else moved it in between (a second runxmpp): theirs is as good as ours.
     return edge_cursor_get(edge=EDGE, room=Room(pk=room_pk)).seq
+
+
+def unconfirmed_after(*, room_pk: int, after: int) -> bool:
+    """Messages to say in the room after the cursor: an earlier process may have sent some
+    of them before it stopped (the cursor moves only on the room's echo)."""
+    return Message.objects.filter(room_id=room_pk, seq__gt=after).exclude(origin="xmpp").exists()
 
 
 def messages_after(*, room_pk: int, slug: str, after: int, limit: int) -> list[Envelope]:

@@ -257,6 +257,25 @@ async def test_after_a_drop_unconfirmed_messages_are_sent_again_unless_the_room_
     await comm.nothing_sent()
 
 
+async def test_a_restarted_bridge_with_messages_past_its_cursor_asks_the_archive_first(
+    comm: XmppCommunicator,
+) -> None:
+    """A new runxmpp does not know what its predecessor had in flight (perhaps when the
+    server restarted too): stored messages past the cursor make it ask the room's archive."""
+    from bridge.models import Room
+    from protocols.xmpp import store
+
+    lobby = await database_sync_to_async(Room.objects.get)(slug="lobby")
+    await database_sync_to_async(store.cursor_seq)(room_pk=lobby.pk)  # a runxmpp ran before
+    first = await _post_as_web("one")  # stored while none ran, or sent by the last one
+    await _ready(comm)
+    one_id = f"bridge-{first.envelope['id']}"
+    await _archive_answers(comm, {"sender": f"{ROOM}/alice", "id": "a1", "origin_id": one_id,
+                                  "body": "one"})
+    assert await _cursor_reaches(1) == 1  # in the room already: not said again
+    assert await comm.nothing_sent()
+
+
 async def test_history_claiming_our_id_under_another_nick_does_not_stop_a_resend(
     comm: XmppCommunicator,
 ) -> None:
