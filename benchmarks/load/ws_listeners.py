@@ -3,7 +3,9 @@
 Speaks JSON lines: one once every socket is open; then, for each line `<tag> <expect>`
 on stdin, one when every client has seen `expect` frames of that run (or none
 came for `--idle` seconds); `status` answers how many sockets are still open.
-With `--stages` (the bridge's frames), the first client also splits each latency at the
+With `--arrival`, latencies end at each frame's arrival in this machine's kernel
+(its receive stamp), not at the moment this process read it; the read latencies
+are reported beside them (`read`). With `--stages` (the bridge's frames), the first client also splits each latency at the
 message's `created` (when the bridge built its row): publish to stored, stored to frame.
 Run: python -m benchmarks.load.ws_listeners --url ws://... --clients 200 [--bridge] [--stages]
 """
@@ -31,13 +33,14 @@ WALL_TO_MONOTONIC = time.time() - time.monotonic()
 class Phase:
     """What the clients have seen of one run."""
 
-    def __init__(self, clients: int, prefix: bytes, *, stages: bool = False) -> None:
-        self.clients, self.prefix, self.stages = clients, prefix, stages
+    def __init__(self, clients: int, prefix: bytes, *, stages: bool = False, stamped: bool = False) -> None:
+        self.clients, self.prefix, self.stages, self.stamped = clients, prefix, stages, stamped
         self.reset("", 0)
 
     def reset(self, tag: str, expect: int) -> None:
         self.tag, self.expect = f"r={tag};".encode(), expect
         self.latencies: array = array("d")
+        self.read_latencies: array = array("d")  # to the read, when latencies end at arrival
         # With stages, client 0's frames: publish -> stored, stored -> frame (seconds).
         self.to_stored: array = array("d")
         self.to_frame: array = array("d")
@@ -57,9 +60,11 @@ class Phase:
             match = STAMP.search(payload)
             if match is None:
                 return
-            now = time.monotonic()
+            now = rawws.arrival()
             latency = now - float(match[1])
             self.latencies.append(latency)
+            if self.stamped:
+                self.read_latencies.append(time.monotonic() - float(match[1]))
             number = NUMBER.search(payload)
             if number is not None:
                 spread = self.spread.get(int(number[1]))
@@ -120,10 +125,13 @@ async def main() -> None:
                         help="the Origin header; 'own': each URL's own origin, as a page it served would send")
     parser.add_argument("--bridge", action="store_true", help="count only the bridge's `message` frames")
     parser.add_argument("--stages", action="store_true", help="split client 0's latencies at `created`")
+    parser.add_argument("--arrival", action="store_true",
+                        help="latency to each frame's kernel receive stamp, not to when it was read")
     parser.add_argument("--idle", type=float, default=10.0)
     args = parser.parse_args()
 
-    phase = Phase(args.clients, b'{"type": "message"' if args.bridge else b"", stages=args.stages)
+    phase = Phase(args.clients, b'{"type": "message"' if args.bridge else b"", stages=args.stages,
+                  stamped=args.arrival)
     fixed = {"Origin": args.origin} if args.origin and args.origin != "own" else {}
     sockets = []
     gate = asyncio.Semaphore(50)  # handshakes at once: a server's backlog is finite
@@ -135,7 +143,10 @@ async def main() -> None:
             headers = {"Origin": "http://" + url.split("/")[2]} if args.origin == "own" else fixed
             for attempt in range(5):
                 try:
-                    sockets.append(await rawws.connect(url, phase.handler(index), headers=headers))
+                    sock = await rawws.connect(url, phase.handler(index), headers=headers)
+                    if args.arrival:
+                        sock.stamp_arrivals()
+                    sockets.append(sock)
                     return
                 except (ConnectionError, OSError, TimeoutError):
                     if attempt == 4:
@@ -159,6 +170,8 @@ async def main() -> None:
         result = summary(phase.latencies, first=phase.first, last=phase.last)
         result["complete"] = sum(1 for c in phase.counts if c >= phase.expect)
         result.update(phase.message_figures())
+        if args.arrival:
+            result["read"] = percentiles(phase.read_latencies)
         result["open"] = sum(1 for s in sockets if not s.closed.done())
         if args.stages:
             result["stages"] = phase.stage_figures()

@@ -65,8 +65,10 @@ def _target(stack: Stack, target: str, server: str, layer: str, processes: int, 
     origin = f"http://{addresses[0]}"
     urls = [x for a in addresses for x in ("--url", f"ws://{a}{path}")]
     flags = ["--bridge"] if bridge else []
+    # Latency to each frame's arrival (the kernel's receive stamp): one process reading
+    # 1,000 sockets on one CPU would otherwise add its own queueing (see benchmarks/load/rawws.py).
     listeners = Load("ws_listeners", [*urls, "--clients", str(clients), "--origin", "own",
-                                      "--idle", "10", *flags], cpus=opts.load_cpus)
+                                      "--idle", "10", "--arrival", *flags], cpus=opts.load_cpus)
     steps = []
     profile: Profile | None = None
     try:
@@ -79,13 +81,14 @@ def _target(stack: Stack, target: str, server: str, layer: str, processes: int, 
             rate = offered / clients
             runs = [_step(stack, listeners, addresses[0] + path, cookie, origin, flags, clients, rate=rate,
                           seconds=opts.pick(4, 8)) for _ in range(opts.runs)]
-            step = median_row(runs, ["per_s", "p50_ms", "p99_ms", "complete"])
+            step = median_row(runs, ["per_s", "p50_ms", "p99_ms", "read_p99_ms", "complete"])
             step["offered_per_s"] = offered
             kept_up = bool(step["per_s"]) and step["per_s"] >= 0.8 * offered and step["complete"] == clients
             step["kept_up"] = kept_up
             steps.append(step)
             say(f"  offered {offered}/s: {step['per_s']} deliveries/s, p50 {step['p50_ms']} ms, "
-                f"p99 {step['p99_ms']} ms{'' if kept_up else ' (fell behind)'}")
+                f"p99 {step['p99_ms']} ms (read by the listeners: {step['read_p99_ms']} ms)"
+                f"{'' if kept_up else ' (fell behind)'}")
             last = step["runs"][-1]
             say(f"    fan-out pass (first to last client) p50 {last.get('pass_ms')}, slowest messages "
                 f"[n, first ms, last ms] {last.get('slowest')}, listeners' CPU {last.get('load_cpu_s')} s")
@@ -123,4 +126,5 @@ def _step(stack: Stack, listeners: Load, url: str, cookie: str, origin: str, fla
     # first message is already there when timing starts): never less than the sending took.
     span = max(seen.get("span_s") or 0.0, count / rate)
     seen["per_s"] = round(seen["deliveries"] / span, 1) if seen["deliveries"] else None
+    seen["read_p99_ms"] = seen.get("read", {}).get("p99_ms")
     return seen
