@@ -116,7 +116,9 @@ class Inbound:
             return  # a subject change (or the subject sent on join)
         ours = event["origin_id"] if event["origin_id"].startswith(ID_PREFIX) else event["id"]
         if event["delayed"]:
-            if ours.startswith(ID_PREFIX):
+            # Only while joining (the replayed history, the archive's answers): once ready, an
+            # occupant's own <delay/> would otherwise grow this map without bound.
+            if ours.startswith(ID_PREFIX) and not link.ready:
                 link.in_room[ours] = nick  # whose it is: decided when the pump gets to it
             return  # the history a room replays on join is never stored again
         if link.is_ours(nick):
@@ -131,8 +133,7 @@ class Inbound:
         """An XMPP occupant spoke: admitted, it is stored with its batch (`_store`), once, as
         its sender; refusals go back to it."""
         real = link.real_jid(nick)
-        # The real bare JID where the room shows it: a nick change or a squatter keeps no quota.
-        key = Jid.parse(real).bare.lower() if real else occupant_jid(link.slug, nick, muc_service=self.edge.muc)
+        key = link.sender_id(nick)
         try:
             # One budget per account across every runxmpp (Redis), XMPP_RATE and XMPP_BURST.
             await athrottle("xmpp", key)

@@ -7,7 +7,7 @@ The life of a room link (`LinkState`):
     OFFLINE --join--> JOINING --self-presence--> CONFIGURING (we own the room: owner form)
                                               \\-> CATCHING_UP (the room replays its history)
     CONFIGURING --form submitted--> CATCHING_UP --echo of our presence update--> READY
-    CATCHING_UP --echo, and ours were unconfirmed at a drop--> CHECKING --archive answered--> READY
+    CATCHING_UP --echo, and `unsure`--> CHECKING --archive answered (or timed out)--> READY
     any --stream lost--> OFFLINE;  any --no longer bridged--> LEAVING --self-unavailable--> gone
     JOINING --the room refuses us--> REFUSED (tried again at the next resync)
 """
@@ -36,8 +36,8 @@ class LinkState(enum.Enum):
     JOINING = "joining"  # the relay's join is sent, no answer yet
     CONFIGURING = "configuring"  # we own the room: reading and submitting its owner form
     CATCHING_UP = "catching up"  # in the room; the history it replays is still arriving
-    # Ours were unconfirmed when the stream dropped: asking the room's archive (XEP-0313)
-    # which of them it has, since a server that restarted replays no history (ejabberd
+    # What was sent may be unconfirmed (`unsure`): asking the room's archive (XEP-0313)
+    # which of it the room has, since a server that restarted replays no history (ejabberd
     # keeps it in memory only).
     CHECKING = "checking the archive"
     READY = "ready"  # bridging both ways
@@ -125,8 +125,9 @@ class RoomLink:
     # what an echo lets out costs no query; valid while `ahead_upto == sent_upto`.
     ahead: deque[Envelope] = field(default_factory=deque)
     ahead_upto: int = -1
-    # Messages of ours were in flight, unconfirmed, at the last drop: the rejoin asks the
-    # room's archive about them (`archive_iq`, asked at `checking_since`, monotonic).
+    # What was sent may be in the room unconfirmed (ours were in flight at the last drop, or
+    # a fresh process finds stored messages past the cursor): the join asks the room's
+    # archive about them (`archive_iq`, asked at `checking_since`, monotonic).
     unsure: bool = False
     archive_iq: str = ""
     checking_since: float = 0.0
@@ -183,6 +184,12 @@ class RoomLink:
         if nick == self.relay_nick:
             return True  # a system message, or said through the relay
         return nick in {puppet_nick(sender, attempt) for attempt in range(MAX_NICK_ATTEMPTS + 1)}
+
+    def sender_id(self, nick: str) -> str:
+        """Who a nick is, as the limit and the flood mute count it: its real bare JID where the
+        room shows it (a nick change or a squatter keeps no quota), else its occupant JID."""
+        real = self.real_jid(nick)
+        return Jid.parse(real).bare.lower() if real else f"{self.room_jid}/{nick}"
 
     def real_jid(self, nick: str) -> str:
         return self.occupants.get(nick, "")

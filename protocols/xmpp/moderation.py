@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from protocols.xmpp.addresses import Jid, occupant_jid
 from protocols.xmpp.events import RoleItem, XmppIqEvent, XmppPresenceEvent
 from protocols.xmpp.link import RoomLink
 
@@ -64,12 +63,6 @@ class Moderation:
         self._privileged: dict[str, set[str]] = {}
         self._told_cannot: set[str] = set()
 
-    def key(self, link: RoomLink, nick: str) -> str:
-        """Who a nick is, as the bridge's limit counts it: its real bare JID where the room
-        shows it, else its occupant JID."""
-        real = link.real_jid(nick)
-        return Jid.parse(real).bare.lower() if real else occupant_jid(link.slug, nick, muc_service=self.edge.muc)
-
     async def seen(self, link: RoomLink, nick: str, event: XmppPresenceEvent, *, new: bool) -> None:
         """An occupant's presence (after `occupants` recorded it): who is privileged, and a
         muted occupant back with its voice (it left and rejoined) is muted again."""
@@ -82,7 +75,7 @@ class Moderation:
                 privileged.add(nick)
         else:
             privileged.discard(nick)
-        sender = self._senders.get(link.slug, {}).get(self.key(link, nick))
+        sender = self._senders.get(link.slug, {}).get(link.sender_id(nick))
         if (new and sender is not None and sender.muted_until and event["role"] != "visitor"
                 and time.monotonic() < sender.muted_until and nick not in privileged):
             logger.warning("xmpp: %s rejoined %s while muted: its voice is taken again", nick, link.room_jid)
@@ -159,10 +152,10 @@ class Moderation:
     @staticmethod
     def _current_nick(link: RoomLink, key: str, nick: str) -> str | None:
         """Where the occupant is now: its nick may have changed; None when it has left."""
-        for current, real in link.occupants.items():
-            if real and Jid.parse(real).bare.lower() == key:
+        for current in link.occupants:
+            if link.sender_id(current) == key:
                 return current
-        return nick if nick in link.occupants else None
+        return None
 
     async def _mute(self, link: RoomLink, sender: _Sender, reason: str) -> None:
         sender.mute_iq = await self._set_role(link, sender.nick, "visitor", reason)

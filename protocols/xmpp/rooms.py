@@ -264,9 +264,9 @@ class Rooms:
                               "status": "bridging to the web and MQTT"})
 
     async def _check_archive(self, link: RoomLink) -> None:
-        """Ours were in flight when the stream dropped, and a restarted server may replay no
-        history: the room's archive says which of them it has (`link.in_room`), so none is
-        said twice. Its last REJOIN_HISTORY messages: more than the window."""
+        """What was sent may be unconfirmed (`link.unsure`), and a restarted server may replay
+        no history: the room's archive says which of it the room has (`link.in_room`), so
+        none is said twice. Its last REJOIN_HISTORY messages: more than the window."""
         link.state = LinkState.CHECKING
         link.archive_iq = f"bridge-archive-{next(_iq_ids)}"
         link.checking_since = time.monotonic()
@@ -279,8 +279,8 @@ class Rooms:
             logger.warning("xmpp: %s refused the archive query (%s): what it replayed on join "
                            "decides what is sent again", link.room_jid, event["error_condition"])
         else:
-            logger.info("xmpp: %s: its archive shows %d recent messages of ours; those are not sent again",
-                        link.room_jid, len(link.in_room))
+            logger.info("xmpp: %s: %d ids of ours seen in its history and archive; those said by "
+                        "our nicks are not sent again", link.room_jid, len(link.in_room))
         await self._checked(link)
 
     async def tick(self, link: RoomLink) -> None:

@@ -603,14 +603,19 @@ async def test_a_nick_squatter_has_no_fresh_quota(
     assert error["condition"] == "resource-constraint" and "1 more not bridged" in error["text"]
 
 
+async def _flood(comm: XmppCommunicator, nick: str, count: int, *, prefix: str) -> None:
+    """`count` messages from `nick` in the room, back to back ("flood 0", "flood 1", ...)."""
+    for i in range(count):
+        await comm.message(sender=f"{ROOM}/{nick}", to=RELAY, id=f"{prefix}{i}", body=f"flood {i}")
+
+
 async def test_an_occupant_that_keeps_flooding_loses_its_voice_then_gets_it_back(
     comm: XmppCommunicator, settings: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings.XMPP_RATE, settings.XMPP_BURST, settings.XMPP_FLOOD_MUTE = 0.001, 2, 0.5
     await _ready(comm)
     await comm.presence(sender=f"{ROOM}/carol", to=RELAY, real_jid="carol@localhost/phone")
-    for i in range(6):  # 2 admitted, then refused 4 times: not yet a flooder
-        await comm.message(sender=f"{ROOM}/carol", to=RELAY, id=f"c{i}", body=f"flood {i}")
+    await _flood(comm, "carol", 6, prefix="c")  # 2 admitted, then refused 4 times: not yet a flooder
     assert (await comm.sent())["condition"] == "resource-constraint"
     assert await comm.nothing_sent()
     # She changes nick; the fifth refusal in a row still counts (her real JID is the key).
@@ -633,8 +638,7 @@ async def test_a_muted_occupant_that_rejoins_is_muted_again(comm: XmppCommunicat
     settings.XMPP_RATE, settings.XMPP_BURST, settings.XMPP_FLOOD_MUTE = 0.001, 1, 30
     await _ready(comm)
     await comm.presence(sender=f"{ROOM}/carol", to=RELAY, real_jid="carol@localhost/phone")
-    for i in range(6):
-        await comm.message(sender=f"{ROOM}/carol", to=RELAY, id=f"c{i}", body=f"flood {i}")
+    await _flood(comm, "carol", 6, prefix="c")
     assert (await comm.sent())["condition"] == "resource-constraint"
     mute = await comm.sent()
     await comm.iq(sender=ROOM, to=RELAY, id=mute["id"])
@@ -655,8 +659,7 @@ async def test_owners_admins_and_moderators_are_never_muted(comm: XmppCommunicat
     settings.XMPP_RATE, settings.XMPP_BURST, settings.XMPP_FLOOD_MUTE = 0.001, 1, 30
     await _ready(comm)
     await comm.presence(sender=f"{ROOM}/boss", to=RELAY, real_jid="boss@localhost/pc", **shown)
-    for i in range(10):
-        await comm.message(sender=f"{ROOM}/boss", to=RELAY, id=f"b{i}", body=f"flood {i}")
+    await _flood(comm, "boss", 10, prefix="b")
     assert (await comm.sent())["type"] == "xmpp.error"  # the throttle's error, no mute
     assert await comm.nothing_sent()
 
@@ -668,8 +671,7 @@ async def test_a_mute_the_room_refuses_is_logged(comm: XmppCommunicator, setting
     settings.XMPP_RATE, settings.XMPP_BURST, settings.XMPP_FLOOD_MUTE = 0.001, 1, 0.3
     await _ready(comm)
     await comm.presence(sender=f"{ROOM}/admin", to=RELAY, real_jid="admin@localhost/pc")
-    for i in range(6):
-        await comm.message(sender=f"{ROOM}/admin", to=RELAY, id=f"a{i}", body=f"flood {i}")
+    await _flood(comm, "admin", 6, prefix="a")
     await comm.sent()  # the throttle's error
     mute = await comm.sent()
     await comm.iq(sender=ROOM, to=RELAY, id=mute["id"], iq_type="error", error_condition="not-allowed")
@@ -682,8 +684,7 @@ async def test_no_mute_where_the_setting_is_zero(comm: XmppCommunicator, setting
     settings.XMPP_RATE, settings.XMPP_BURST, settings.XMPP_FLOOD_MUTE = 0.001, 1, 0
     await _ready(comm)
     await comm.presence(sender=f"{ROOM}/carol", to=RELAY, real_jid="carol@localhost/phone")
-    for i in range(10):
-        await comm.message(sender=f"{ROOM}/carol", to=RELAY, id=f"c{i}", body=f"flood {i}")
+    await _flood(comm, "carol", 10, prefix="c")
     assert (await comm.sent())["type"] == "xmpp.error"
     assert await comm.nothing_sent()
 
