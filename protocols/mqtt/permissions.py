@@ -24,18 +24,29 @@ disconnects the device, so nothing is re-sent needlessly).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from bridge.models import Device
-from protocols.mqtt.dynsec import Command, DynsecClient
+from protocols.mqtt.dynsec import Command, DynsecClient, DynsecError
 from protocols.mqtt.topics import Topics
+
+logger = logging.getLogger(__name__)
 
 BRIDGE_ROLE = "bridge"
 DEVICE_ROLE_PREFIX = "device-"
 # Marks the broker clients this module manages (others are left alone).
 TEXTNAME = "bridge device"
+# Reads and plans when another writer changed the same clients or roles under us.
+APPLY_ATTEMPTS = 3
+# Refusals that mean someone else already did it (or undid it): not an error, once re-read.
+RACED = ("already exists", "not found")
+
+
+def _raced(error: str) -> bool:
+    return any(r in error.lower() for r in RACED)
 
 
 @dataclass(frozen=True, order=True)
@@ -207,16 +218,29 @@ def apply(
     `everything`: `grants` are all devices, and managed clients without one are
     deleted. Otherwise `named` ids without a grant were deleted from the database.
     """
-    state = BrokerState.read(client)
     have = {g.device_id for g in grants}
-    gone = (managed_devices(state) - have) if everything else set(named) - have
-    commands = plan(state, grants, topics=topics, gone=sorted(gone), passwords=passwords)
-    client.check(commands)
+    sent: list[Command] = []
+    for attempt in range(1, APPLY_ATTEMPTS + 1):
+        state = BrokerState.read(client)
+        gone = (managed_devices(state) - have) if everything else set(named) - have
+        commands = plan(state, grants, topics=topics, gone=sorted(gone), passwords=passwords)
+        responses = client.call(commands)
+        sent += commands
+        refused = [(c, r["error"]) for c, r in zip(commands, responses, strict=True) if r.get("error")]
+        if not refused:
+            break
+        if attempt == APPLY_ATTEMPTS or not all(_raced(error) for _, error in refused):
+            command, error = refused[0]
+            raise DynsecError(f"{command['command']} refused: {error}")
+        # Another writer (a runmqtt applying the same change event, the CLI) got there
+        # between our read and our commands: read again and send what still differs.
+        logger.info("broker permissions changed meanwhile (%s: %s); reading them again",
+                    refused[0][0]["command"], refused[0][1])
     if bridge_user and bridge_user in state.clients and BRIDGE_ROLE not in state.roles_of(bridge_user):
         # Last, once per broker: mosquitto disconnects every session of a client whose
         # roles change, this very connection included, so no answer comes back (the
         # next pass checks it took). runmqtt does this before its data session connects.
         own: Command = {"command": "addClientRole", "username": bridge_user, "rolename": BRIDGE_ROLE}
         client.send_and_forget(own)
-        commands.append(own)
-    return commands
+        sent.append(own)
+    return sent

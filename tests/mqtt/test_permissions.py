@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
+from protocols.mqtt.dynsec import DynsecError
 from protocols.mqtt.permissions import (
     Acl,
     BrokerState,
     DeviceGrant,
+    apply,
     bridge_acls,
     device_acls,
     plan,
@@ -79,3 +85,47 @@ def test_the_bridge_may_read_every_device_and_its_shared_group() -> None:
     acls = bridge_acls(Topics(prefix="acme", shared_group="g"))
     assert Acl("subscribeLiteral", "$share/g/acme/devices/#") in acls
     assert Acl("publishClientSend", "acme/rooms/#") in acls
+
+
+class RacingBroker:
+    """A dynsec client whose first batch loses to another writer (the role and client appear)."""
+
+    def __init__(self, final: BrokerState, errors: dict[str, str]) -> None:
+        self.states = [state_with(), final]
+        self.errors = errors
+        self.batches: list[list[str]] = []
+
+    def check(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+        clients = {"data": {"clients": list(state.clients.values())}}
+        roles = {"data": {"roles": [
+            {"rolename": name, "acls": [a.as_json() for a in acls]} for name, acls in state.roles.items()
+        ]}}
+        return [clients, roles]
+
+    def call(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        self.batches.append([c["command"] for c in commands])
+        if len(self.batches) == 1:
+            return [{"error": self.errors.get(c["command"])} if c["command"] in self.errors else {}
+                    for c in commands]
+        return [{} for _ in commands]
+
+
+def test_a_role_created_meanwhile_by_another_writer_is_read_again_not_an_error() -> None:
+    grant = DeviceGrant("thermo", True, ("lobby",))
+    broker = RacingBroker(state_with(grant), {"createRole": "Role already exists",
+                                              "createClient": "Client already exists"})
+    sent = apply(broker, [grant], topics=TOPICS, bridge_user=None,  # type: ignore[arg-type]
+                 everything=False, named=["thermo"], passwords={"thermo": "pw"})
+    # The second pass only sets the password on the client the other writer created.
+    assert broker.batches[1] == ["setClientPassword"]
+    assert sent[-1] == {"command": "setClientPassword", "username": "thermo", "password": "pw"}
+
+
+def test_a_refusal_that_rereading_cannot_fix_is_an_error() -> None:
+    grant = DeviceGrant("thermo", True, ("lobby",))
+    broker = RacingBroker(state_with(), {"createClient": "Invalid password"})
+    with pytest.raises(DynsecError, match="createClient refused: Invalid password"):
+        apply(broker, [grant], topics=TOPICS, bridge_user=None,  # type: ignore[arg-type]
+              everything=False, named=["thermo"], passwords={"thermo": "x"})
+    assert len(broker.batches) == 1
