@@ -12,6 +12,16 @@ from tests.support.postgres import postgres_server
 from tests.support.processes import Proc, redis_server
 
 
+@pytest.fixture(autouse=True)
+def _layer_failures_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A channel-layer failure makes this process skip the layer for a few seconds
+    (bridge.layer.SKIP_AFTER_FAILURE): one test's simulated outage must not silence the
+    fan-out of the tests after it."""
+    from bridge import layer
+
+    monkeypatch.setattr(layer, "_last_failure", -layer.SKIP_AFTER_FAILURE)
+
+
 @pytest.fixture(scope="session")
 def service_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("services")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -185,14 +187,15 @@ def _store_valid(
         seq = locked.last_seq
         now = timezone.now()
         new_rows: list[Message] = []
-        for index, v in valid:
+        ids = _new_ids(len(valid))
+        for (index, v), new_id in zip(valid, ids, strict=True):
             if v.key is not None and v.key in existing:
                 found = existing[v.key]
                 results[index] = PostResult(found, message_envelope(found, room_slug=room.slug), False)
                 continue
             seq += 1
             row = Message(
-                room=room, seq=seq, origin=v.item.origin, sender=v.item.sender, text=v.text,
+                id=new_id, room=room, seq=seq, origin=v.item.origin, sender=v.item.sender, text=v.text,
                 data=v.data, created=now, idempotency_key=v.key,
             )
             new_rows.append(row)
@@ -211,6 +214,13 @@ def _store_valid(
             )
             if scheduled:
                 transaction.on_commit(tasks_wake)
+
+
+def _new_ids(count: int) -> list[uuid.UUID]:
+    """`count` random (version 4) UUIDs from one read of the system's random source:
+    `uuid4()` per message, a system call each, was a twelfth of a batch's time."""
+    raw = os.urandom(16 * count)
+    return [uuid.UUID(bytes=raw[i:i + 16], version=4) for i in range(0, 16 * count, 16)]
 
 
 def _count(valid: list[tuple[int, _Valid]], results: list[PostResult | BridgeError]) -> None:

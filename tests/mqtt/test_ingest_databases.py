@@ -48,3 +48,12 @@ def test_batches_store_each_message_once_in_order_on_both_databases(
     assert seen["retried"]["kitchen"] == [[1, "k1"], [2, "k2"], [3, "two"]]
     first, second = seen["retried"]["outcomes"]
     assert first == second == [["lobby", 4], ["kitchen", 3], ["lobby", 5]]
+
+    # A batch large enough for COPY on PostgreSQL (escaped text, JSON, a duplicate id)
+    # stores exactly what the INSERT path would; a row it must refuse writes nothing.
+    large = seen["large"]
+    assert large["stored"] == 2 + large["sent"] - 1
+    assert large["texts_match"] and large["data_match"] and large["envelopes_match"]
+    assert large["duplicate_answers"]
+    assert large["clash"] == "IntegrityError"
+    assert large["after_clash"] == large["stored"]

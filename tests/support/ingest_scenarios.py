@@ -91,6 +91,49 @@ def _scenarios() -> dict[str, Any]:
                                    "lobby_last_seq": Room.objects.get(slug="lobby").last_seq}
     again = [seqs(ingest_batch(topics=topics, messages=batch)) for _ in range(2)]
     seen["retried"] = {"lobby": rows("lobby"), "kitchen": rows("kitchen"), "outcomes": again}
+    seen["large"] = _large_batch(topics, post)
+    return seen
+
+
+def _large_batch(topics: Any, post: Any) -> dict[str, Any]:
+    """A batch large enough for PostgreSQL's COPY path (messages_insert.COPY_FROM), with the
+    values COPY's text format must escape, a duplicate id, and a row COPY must refuse."""
+    from django.db import IntegrityError, transaction
+
+    from bridge.envelope import message_envelope
+    from bridge.models import Message, Room
+    from bridge.services.message_insert import COPY_FROM, messages_insert
+    from protocols.mqtt.ingest import ingest_batch
+
+    awkward = ["tab\there", "new\nline", "back\\slash \\N", "quote ' \" \u00e9\u00e8 \u2603", "\\.", ""]
+    texts = [f"{i} {awkward[i % len(awkward)]}" for i in range(COPY_FROM + 10)]
+    data = {"nested": {"list": [1, 2.5, None, True, "x\ty"]}, "big": 2**53, "text": "\\N \t"}
+    batch = [post("hall", text, f"large-{i}", data if i % 3 == 0 else None) for i, text in enumerate(texts)]
+    batch.insert(7, post("hall", "a duplicate", "large-3"))
+    outcomes = ingest_batch(topics=topics, messages=batch)
+    stored = {str(m.id): message_envelope(m) for m in Message.objects.select_related("room", "sender")}
+    fresh = [o for o in outcomes if o.envelope is not None]
+    hall = Message.objects.filter(room__slug="hall").order_by("seq")
+    seen: dict[str, Any] = {
+        "sent": len(batch),
+        "stored": hall.count(),
+        "texts_match": [m.text for m in hall][2:] == texts,
+        "duplicate_answers": outcomes[7].envelope["seq"] == outcomes[3].envelope["seq"],
+        "envelopes_match": all(o.envelope == stored[o.envelope["id"]] for o in fresh),
+        "data_match": hall.get(idempotency_key__endswith=":large-0").data == data,
+    }
+    # Two rows with one (room, seq): the statement fails whole, as bulk_create would.
+    room = Room.objects.get(slug="hall")
+    last = room.last_seq
+    rows = [Message(room=room, seq=last + 1 + i // 2, origin="api", sender=hall.first().sender,
+                    text=f"clash {i}", created=hall.first().created) for i in range(COPY_FROM)]
+    try:
+        with transaction.atomic():
+            messages_insert(rows)
+        seen["clash"] = "written"
+    except IntegrityError:
+        seen["clash"] = "IntegrityError"
+    seen["after_clash"] = Message.objects.filter(room=room).count()
     return seen
 
 
