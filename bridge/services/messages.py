@@ -15,7 +15,8 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from bridge import jsontext, layer
@@ -83,6 +84,8 @@ class NewMessage:
     client_key: str | None = None
 
 
+# PostgreSQL: this many idempotency keys or more are looked up as one array (see _by_keys).
+ARRAY_FROM = 20
 _PENDING = BridgeError("not stored yet", code="pending")
 
 
@@ -233,7 +236,12 @@ def _count(valid: list[tuple[int, _Valid]], results: list[PostResult | BridgeErr
 
 
 def _by_keys(room: Room, keys: list[str]) -> dict[str, Message]:
-    found = Message.objects.select_related("sender").filter(room=room, idempotency_key__in=keys)
+    wanted: Any = keys
+    if connection.vendor == "postgresql" and len(keys) >= ARRAY_FROM:
+        # One array parameter, not a placeholder per key: psycopg scans a long statement
+        # in Python on every call to number its placeholders (see message_insert._copy).
+        wanted = RawSQL("SELECT unnest(%s::text[])", [keys])
+    found = Message.objects.select_related("sender").filter(room=room, idempotency_key__in=wanted)
     return {m.idempotency_key: m for m in found.order_by() if m.idempotency_key is not None}
 
 

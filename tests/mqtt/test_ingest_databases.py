@@ -55,5 +55,6 @@ def test_batches_store_each_message_once_in_order_on_both_databases(
     assert large["stored"] == 2 + large["sent"] - 1
     assert large["texts_match"] and large["data_match"] and large["envelopes_match"]
     assert large["duplicate_answers"]
+    assert large["again_same"] and large["again_stored"] == large["stored"]
     assert large["clash"] == "IntegrityError"
     assert large["after_clash"] == large["stored"]

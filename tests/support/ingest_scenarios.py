@@ -122,6 +122,11 @@ def _large_batch(topics: Any, post: Any) -> dict[str, Any]:
         "envelopes_match": all(o.envelope == stored[o.envelope["id"]] for o in fresh),
         "data_match": hall.get(idempotency_key__endswith=":large-0").data == data,
     }
+    # The same batch again (the broker redelivering it): every id found, nothing new stored.
+    again = ingest_batch(topics=topics, messages=batch)
+    seen["again_same"] = [o.envelope and o.envelope["seq"] for o in again] == [
+        o.envelope and o.envelope["seq"] for o in outcomes]
+    seen["again_stored"] = hall.count()
     # Two rows with one (room, seq): the statement fails whole, as bulk_create would.
     room = Room.objects.get(slug="hall")
     last = room.last_seq
