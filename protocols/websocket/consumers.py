@@ -34,7 +34,7 @@ from bridge.exceptions import (
 from bridge.instruments import WEBSOCKETS, delivered, refused
 from bridge.logcontext import bind
 from bridge.models import Identity, Room
-from bridge.names import room_group
+from bridge.names import parse_chat_command, room_group
 from bridge.probes import DATABASE_AWAY, refused_while_database_away
 from bridge.ratelimit import athrottle, limiter
 from bridge.selectors import message_history, room_get, room_visible
@@ -331,7 +331,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
         assert self.room is not None
         if self.identity is None:
             self.identity = await database_sync_to_async(identity_for_user)(self.scope["user"])
-        if isinstance(frame.get("text"), str):
+        # Only a `/cmd` needs the database before the store: ordinary messages skip a
+        # trip to the database thread (a queue behind other sockets' stores).
+        if isinstance(frame.get("text"), str) and parse_chat_command(frame["text"]) is not None:
             await database_sync_to_async(check_chat_command)(
                 self.scope["user"], self.room, frame["text"]
             )
