@@ -115,6 +115,7 @@ class SimulatedDevice:
             await client.publish(self._topic(f"rooms/{self.room}"), json.dumps(hello), qos=1)
             await client.publish(self._topic("status"), "online", qos=1, retain=True)
             answers = asyncio.create_task(self._answer(client))
+            answers.add_done_callback(self._answers_ended)
             try:
                 while not stop.is_set():
                     reading = {"id": f"{run_id}-{self.name}-{self.sent}", **self.readings.next()}
@@ -128,6 +129,11 @@ class SimulatedDevice:
                 answers.cancel()
                 await asyncio.gather(answers, return_exceptions=True)
             await client.publish(self._topic("status"), "offline", qos=1, retain=True)
+
+    def _answers_ended(self, task: asyncio.Task[None]) -> None:
+        """Said once if answering commands failed while the device goes on sending readings."""
+        if not task.cancelled() and task.exception() is not None:
+            self.say(f"{self.name} no longer answers commands: {task.exception()!r}")
 
     async def _answer(self, client: aiomqtt.Client) -> None:
         """Answer each command in the room, so people see the device did something."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -11,7 +12,7 @@ from django.test import override_settings
 
 from bridge.metrics import flatten
 from bridge.runfile import run_file_entry, run_file_read
-from protocols.mqtt.simulator import Readings
+from protocols.mqtt.simulator import Broker, Readings, SimulatedDevice
 
 
 def test_readings_drift_and_an_excursion_crosses_the_demo_rule_and_comes_back() -> None:
@@ -38,3 +39,25 @@ def test_the_run_file_says_where_runbridge_serves_while_it_runs(tmp_path: Path) 
         assert not path.exists()
         path.write_text(json.dumps({"pid": 2**22 + os.getpid(), "mqtt": {"host": "x", "port": 1}}))
         assert run_file_read() == {}  # its process is gone: stale
+
+
+async def test_a_device_that_stops_answering_commands_says_so() -> None:
+    said: list[str] = []
+    device = SimulatedDevice(name="thermo-1", broker=Broker(host="127.0.0.1", port=1), room="lobby",
+                             seed=1, say=said.append)
+
+    async def broken() -> None:
+        raise ConnectionError("the broker went away")
+
+    async def calm() -> None:
+        await asyncio.sleep(3600)
+
+    failed = asyncio.create_task(broken())
+    failed.add_done_callback(device._answers_ended)
+    stopped = asyncio.create_task(calm())
+    stopped.add_done_callback(device._answers_ended)
+    await asyncio.gather(failed, return_exceptions=True)
+    stopped.cancel()
+    await asyncio.gather(stopped, return_exceptions=True)
+    await asyncio.sleep(0)  # done callbacks run on the next turn of the loop
+    assert said == ["thermo-1 no longer answers commands: ConnectionError('the broker went away')"]
