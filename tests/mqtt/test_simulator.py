@@ -61,3 +61,21 @@ async def test_a_device_that_stops_answering_commands_says_so() -> None:
     await asyncio.gather(stopped, return_exceptions=True)
     await asyncio.sleep(0)  # done callbacks run on the next turn of the loop
     assert said == ["thermo-1 no longer answers commands: ConnectionError('the broker went away')"]
+
+
+async def test_simulate_devices_says_when_an_extra_task_fails() -> None:
+    from io import StringIO
+
+    from protocols.mqtt.management.commands.simulate_devices import Command
+
+    out = StringIO()
+    command = Command(stdout=out)
+
+    async def broken() -> None:
+        raise ValueError("no devices to heat")
+
+    task = asyncio.create_task(broken(), name="excursions")
+    task.add_done_callback(command._extra_ended)
+    await asyncio.gather(task, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert "excursions failed: ValueError('no devices to heat')" in out.getvalue()

@@ -107,9 +107,11 @@ class Command(BaseCommand):
         self._say(f"{len(devices)} devices, {rate:g} reading(s)/s each, into room {options['room']!r}"
                   f" via {broker.host}:{broker.port}; Ctrl-C stops")
         runs = [asyncio.create_task(d.run(rate=rate, run_id=run_id, stop=stop)) for d in devices]
-        extras = [asyncio.create_task(self._excursions(devices, options, stop))]
+        extras = [asyncio.create_task(self._excursions(devices, options, stop), name="excursions")]
         if options["duration"]:
-            extras.append(asyncio.create_task(_stop_after(options["duration"], stop)))
+            extras.append(asyncio.create_task(_stop_after(options["duration"], stop), name="--duration"))
+        for task in extras:
+            task.add_done_callback(self._extra_ended)
         try:
             done, _ = await asyncio.wait(runs, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -120,6 +122,12 @@ class Command(BaseCommand):
                 task.cancel()
             await asyncio.gather(*runs, *extras, return_exceptions=True)
         self._say(f"stopped; {sum(d.sent for d in devices)} readings sent")
+
+    def _extra_ended(self, task: asyncio.Task[None]) -> None:
+        """An excursion or the --duration timer that failed is said when it fails, not lost
+        in the final gather (the devices go on)."""
+        if not task.cancelled() and task.exception() is not None:
+            self._say(f"{task.get_name()} failed: {task.exception()!r}")
 
     async def _excursions(self, devices: list[SimulatedDevice], options: dict[str, Any],
                           stop: asyncio.Event) -> None:
