@@ -1,20 +1,22 @@
 """The MQTT protocol server: one broker connection, mapped onto one ASGI application instance.
 
-paho-mqtt's network thread owns the socket (keep-alive, reconnect with
-back-off). Its callbacks only hand work over to the asyncio loop (see
-`_Handoff`); everything else, the application included, runs on the loop.
-Every reply from the application goes through `_send`, the one place that
-talks back to paho.
+Everything runs on the asyncio loop, paho-mqtt included: paho parses and builds
+the packets (`loop_read`, `loop_write`, `loop_misc`), while this server owns the
+socket (`_BrokerSocket`: connected without blocking the loop, read in large
+chunks, written once per loop turn with TCP_NODELAY), the reconnects with
+back-off and the flow control. No thread and no hand-off between threads: a
+packet is read, parsed and queued for the application in one wake-up of the
+loop. Every reply from the application goes through `_send`, the one place
+that talks back to paho.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import itertools
 import logging
+import socket
 import ssl
-import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
@@ -38,65 +40,178 @@ Application = Callable[[Any, Any, Any], Coroutine[Any, Any, None]]
 UNSUPPORTED_PROTOCOL = {132, 1}
 HEALTH_CHECK = "mqtt_broker"  # in /readyz and bridge_dependency_up
 STOPPING_CHECK = "stopping"  # not ready while draining: nothing new should be routed here
-# Events the server itself puts on the application's queue from the loop: they take no
-# place of the flow control (see `_queue`).
+# Events the server itself puts on the application's queue: they take no place of the
+# flow control (see `_queue`).
 LOOP_EVENTS = frozenset({"mqtt.published", "mqtt.drain"})
 RECEIVE_MAXIMUM = 1000
-# Events waiting for the application, at most. When the queue is full, paho's network
-# thread waits in its callback, so it stops reading the socket and the broker holds what
-# it would send (QoS 1/2 queue up for the session; QoS 0 is the broker's to drop): the
-# flow control uvicorn does for HTTP, for MQTT. Seconds between checks for a shutdown
-# while waiting:
+# Events waiting for the application, at most. When the queue is full the server stops
+# reading the socket, so the broker holds what it would send (QoS 1/2 queue up for the
+# session; QoS 0 is the broker's to drop): the flow control uvicorn does for HTTP, for
+# MQTT. Reading resumes once the application has taken half of them.
 MAX_QUEUED = 1000
-SLOT_WAIT = 0.5
+# Seconds for a TCP connect and TLS handshake; between keep-alive checks (paho's loop_misc).
+CONNECT_TIMEOUT = 10.0
+TICK = 1.0
+# loop_read calls per wake-up before other work on the loop gets a turn.
+READ_TURN = 64
 
 
 class MqttServerError(Exception):
     """The server cannot go on (the application failed or gave an impossible reply)."""
 
 
-class _Handoff:
-    """Calls from paho's thread run on the loop, in order, with one wake-up per burst.
+class _BrokerSocket:
+    """The broker connection as paho sees it: `recv` and `send` on a non-blocking socket.
 
-    `call_soon_threadsafe` for each PUBLISH and each PUBACK wrote to the loop's
-    self-pipe and woke it once per packet (a tenth of runmqtt under a burst, in a
-    profile). Here the thread appends to a deque and schedules a drain only when
-    none is pending; the drain runs everything appended until then, including
-    what arrives while it runs. Its size is bounded by the server's flow control
-    (MAX_QUEUED messages) plus the acknowledgements of at most paho's in-flight
-    publishes.
+    paho reads a packet's fixed header one byte per `recv`, which on a plain socket is
+    three or four system calls per packet; here one `recv` of up to READ_SIZE bytes
+    serves them all. `send` only appends to a buffer that `flush` writes once per loop
+    turn: the PUBACKs of a stored batch leave in one write instead of one each. The
+    buffer is bounded: over WRITE_LIMIT, `send` says "would block" and paho keeps its
+    packets until the socket drains. `hold` makes `recv` say "would block" too: the
+    flow control stops paho at a packet boundary, whatever it was asked to read.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._calls: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = (
-            collections.deque()
-        )
-        self._scheduled = False
+    READ_SIZE = 65536
+    WRITE_LIMIT = 1 << 20
 
-    def call(self, func: Callable[..., None], *args: Any) -> None:
-        """From paho's thread. Appended before the flag is read: if a drain is pending
-        (flag set), it has not started popping yet and will run this call."""
-        self._calls.append((func, args))
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon_threadsafe(self._drain)
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._rbuf = b""
+        self._rpos = 0
+        self._wbuf = bytearray()
+        self.drained = False  # the last recv found nothing more to read
+        self.hold = False
 
-    def _drain(self) -> None:
-        # Cleared first: a call appended from now on schedules a drain of its own
-        # (at worst an empty one), so none is left waiting.
-        self._scheduled = False
-        calls = self._calls
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def setblocking(self, flag: bool) -> None:
+        self.sock.setblocking(flag)
+
+    def pending(self) -> int:
+        return len(self._rbuf) - self._rpos
+
+    def recv(self, size: int) -> bytes:
+        if self.hold:
+            raise BlockingIOError("the application's queue is full")
+        if self._rpos < len(self._rbuf):
+            chunk = self._rbuf[self._rpos:self._rpos + size]
+            self._rpos += len(chunk)
+            return chunk
         try:
-            while calls:
-                func, args = calls.popleft()
-                func(*args)
-        finally:
-            # A call that raised is the loop's to log, as with call_soon_threadsafe;
-            # the calls behind it still run, in the next drain.
-            if calls and not self._scheduled:
-                self._scheduled = True
-                self._loop.call_soon(self._drain)
+            data = self.sock.recv(self.READ_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            self.drained = True
+            raise
+        if len(data) <= size:
+            self._rbuf, self._rpos = b"", 0
+            return data
+        self._rbuf, self._rpos = data, size
+        return data[:size]
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
+        if len(self._wbuf) >= self.WRITE_LIMIT:
+            raise BlockingIOError("the write buffer is full")
+        self._wbuf += data
+        return len(data)
+
+    @property
+    def unsent(self) -> int:
+        return len(self._wbuf)
+
+    def flush(self) -> bool:
+        """Write what the buffer holds; True once all of it is with the kernel."""
+        while self._wbuf:
+            try:
+                sent = self.sock.send(self._wbuf)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                return False
+            del self._wbuf[:sent]
+        return True
+
+    def abort(self) -> None:
+        """The connection is broken: make the next read see it (paho then reports it)."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        try:
+            self.flush()  # a DISCONNECT written just before, at best
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class _Client(paho.Client):
+    """paho's client, given a socket this server connected instead of connecting itself
+    (paho's own connect blocks for the TCP connect and the TLS handshake)."""
+
+    prepared: _BrokerSocket | None = None
+
+    def _create_socket(self) -> Any:
+        sock, self.prepared = self.prepared, None
+        if sock is None:
+            raise ConnectionError("no connected socket to hand to paho")
+        return sock
+
+
+async def _wait_fd(fd: int, write: bool) -> None:
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    add, remove = (loop.add_writer, loop.remove_writer) if write else (loop.add_reader, loop.remove_reader)
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    add(fd, wake)
+    try:
+        await ready
+    finally:
+        remove(fd)
+
+
+async def open_broker_socket(host: str, port: int, tls: bool) -> _BrokerSocket:
+    """A non-blocking TCP connection (TLS handshake done, with the system's trust store and
+    the host name checked), without blocking the loop."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    error: OSError = OSError(f"no address for {host}")
+    for family, kind, proto, _name, address in infos:
+        raw = socket.socket(family, kind, proto)
+        try:
+            raw.setblocking(False)
+            await loop.sock_connect(raw, address)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not tls:
+                return _BrokerSocket(raw)
+            context = ssl.create_default_context()
+            wrapped = context.wrap_socket(raw, server_hostname=host, do_handshake_on_connect=False)
+            try:
+                while True:
+                    try:
+                        wrapped.do_handshake()
+                        return _BrokerSocket(wrapped)
+                    except ssl.SSLWantReadError:
+                        await _wait_fd(wrapped.fileno(), write=False)
+                    except ssl.SSLWantWriteError:
+                        await _wait_fd(wrapped.fileno(), write=True)
+            except BaseException:
+                wrapped.close()
+                raise
+        except ssl.SSLError:
+            raw.close()
+            raise  # a certificate or protocol error: another address would not help
+        except OSError as exc:
+            raw.close()
+            error = exc
+        except BaseException:
+            raw.close()
+            raise
+    raise error
 
 
 class MqttServer:
@@ -113,22 +228,27 @@ class MqttServer:
         # ack_id -> (connection generation, mid, qos): an ack for a message of an
         # earlier connection is dropped; the broker redelivers it on the new one.
         self._unacked: dict[int, tuple[int, int, int]] = {}
-        # Bounded by MAX_QUEUED events from paho's thread: see there. Those handed over
-        # (`_put`, written by paho's thread only) less those the application took (`_taken`,
-        # written by the loop only): a count two threads share without a lock. `_room` wakes
-        # paho's thread when it waits for a place. `mqtt.published` events take no place
-        # (paho calls on_publish holding a lock that the application's next publish needs:
-        # it must never wait); there are at most as many as the publishes with a
-        # `publish_id` the application has in flight, its own bound.
+        # Bounded: at most MAX_QUEUED events from the broker (`_waiting` of them now), then
+        # reading stops (`_paused`) until the application has taken half. `mqtt.published`
+        # and `mqtt.drain` take no place: there are at most as many of the first as the
+        # publishes with a `publish_id` the application has in flight, its own bound.
         self._queue: asyncio.Queue[IncomingEvent] = asyncio.Queue()
+        self._waiting = 0
+        self._paused = False
         self._drained = asyncio.Event()
-        self._put = 0
-        self._taken = 0
-        self._room = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._handoff: _Handoff | None = None
-        self._client: paho.Client | None = None
+        self._client: _Client | None = None
+        self._keeper: asyncio.Task[None] | None = None
         self._fallback: asyncio.Task[None] | None = None
+        # The connection now open, with the client it belongs to (which, while a replaced
+        # client says goodbye, is not always `_client`).
+        self._sock: _BrokerSocket | None = None
+        self._sock_client: _Client | None = None
+        self._lost: asyncio.Event | None = None
+        self._writing = False  # a writer is registered: the kernel's buffer was full
+        self._flush_due = False
+        self._in_write = False
+        self._accepted = False  # the broker accepted the connection now open (CONNACK)
         # The broker's Maximum Packet Size (MQTT 5 CONNACK): a larger PUBLISH would make the
         # broker drop the connection, and paho would send it again after every reconnect.
         self._max_packet: int | None = None
@@ -141,7 +261,6 @@ class MqttServer:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._handoff = _Handoff(self._loop)
         scope: MqttScope = {
             "type": "mqtt",
             "asgi": {"version": "3.0"},
@@ -185,7 +304,7 @@ class MqttServer:
 
     def _start_client(self) -> None:
         config = self.config
-        client = paho.Client(
+        client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
             protocol=self._protocol,
@@ -193,7 +312,6 @@ class MqttServer:
             manual_ack=True,
             # Persistent session on 3.1.1 (5 uses clean_start below).
             clean_session=None if self._protocol == paho.MQTTv5 else False,
-            reconnect_on_failure=True,
         )
         paho_logger = logging.getLogger("paho")
         if paho_logger.isEnabledFor(logging.DEBUG):
@@ -202,14 +320,13 @@ class MqttServer:
             client.enable_logger(paho_logger)
         if config.username is not None:
             client.username_pw_set(config.username, config.password)
-        if config.tls:
-            client.tls_set_context(ssl.create_default_context())
-        client.reconnect_delay_set(min_delay=1, max_delay=config.reconnect_max)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         client.on_publish = self._on_publish
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_want_write
         properties = None
         kwargs: dict[str, Any] = {}
         if self._protocol == paho.MQTTv5:
@@ -218,13 +335,13 @@ class MqttServer:
             # Unacknowledged messages the broker may send ahead: room for full write batches.
             properties.ReceiveMaximum = RECEIVE_MAXIMUM
             kwargs["clean_start"] = False
+        # Only records where and how to connect: the connecting is `_keep_connected`'s.
         client.connect_async(
             config.host, config.port, keepalive=config.keepalive, properties=properties, **kwargs
         )
         HEALTH.starting(HEALTH_CHECK, "connecting")  # ready once subscribed (see _on_subscribe)
-        # Set before paho's thread starts: callbacks from any other (replaced) client are ignored.
-        self._client = client
-        client.loop_start()
+        self._client = client  # callbacks from any other (replaced) client are ignored
+        self._keeper = asyncio.create_task(self._keep_connected(client))
         logger.info("connecting to %s as %s", config.broker, config.client_id)
 
     async def _stop_client(self) -> None:
@@ -235,9 +352,18 @@ class MqttServer:
         for _topic, publish_id in self._inflight.values():
             self._report(publish_id, "lost", "the broker client was replaced before an answer")
         self._inflight.clear()
-        client.disconnect()
-        # loop_stop joins paho's thread: not on the event loop.
-        await asyncio.to_thread(client.loop_stop)
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
+            self._keeper = None
+        sock = self._sock
+        if sock is not None and self._sock_client is client:
+            client.disconnect()
+            self._flush()  # writes the DISCONNECT; paho then closes the socket
+            if self._sock is sock:
+                client.on_socket_close = None
+                self._detach()
+                sock.close()
 
     async def _fall_back_to_311(self) -> None:
         logger.warning("%s does not speak MQTT 5; using MQTT 3.1.1", self.config.broker)
@@ -245,31 +371,143 @@ class MqttServer:
         self._protocol = paho.MQTTv311
         self._start_client()
 
-    # --- paho's thread: only enqueue --------------------------------------------
+    # --- the connection: connect, read, write, keep alive, reconnect ---------------
 
-    def _call(self, func: Callable[..., None], *args: Any) -> None:
-        assert self._handoff is not None
-        self._handoff.call(func, *args)
+    async def _keep_connected(self, client: _Client) -> None:
+        """Connect; tick paho's keep-alive while connected; after a drop or a failed attempt,
+        wait (1 s, doubling up to `reconnect_max`; 1 s again after a connection the broker
+        accepted) and connect again. Until the client is replaced or stopped."""
+        config = self.config
+        delay = 1.0
+        failures = 0
+        while client is self._client:
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    sock = await open_broker_socket(config.host, config.port, config.tls)
+            except (OSError, TimeoutError) as exc:
+                failures += 1
+                reason = str(exc) or type(exc).__name__
+                # Logged once per streak (and per new reason) by the health check.
+                logger.debug("cannot connect to %s: %s (attempt %s)", config.broker, reason, failures)
+                HEALTH.failing(HEALTH_CHECK, f"cannot connect: {reason}")
+            else:
+                if client is not self._client:
+                    sock.close()
+                    return
+                if failures > 1:
+                    logger.info("reached %s after %s attempts", config.broker, failures)
+                failures = 0
+                lost = self._lost = asyncio.Event()
+                self._accepted = False
+                client.prepared = sock
+                self._sock, self._sock_client = sock, client
+                self._writing = False
+                sock.hold = self._paused
+                assert self._loop is not None
+                self._loop.add_reader(sock.fileno(), self._on_readable)
+                client.reconnect()  # queues the CONNECT on this socket
+                self._schedule_flush()
+                while not lost.is_set():
+                    try:
+                        await asyncio.wait_for(lost.wait(), TICK)
+                    except TimeoutError:
+                        client.loop_misc()  # PINGREQ when due; a broker silent too long is a drop
+                if self._accepted:
+                    delay = 1.0
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, float(config.reconnect_max))
 
-    def _queue_from_thread(self, client: paho.Client, func: Callable[..., None], *args: Any) -> bool:
-        """Enqueue an event once the queue has room (waiting here stops paho reading).
+    def _detach(self) -> None:
+        sock, self._sock, self._sock_client = self._sock, None, None
+        if sock is None:
+            return
+        assert self._loop is not None
+        fd = sock.fileno()
+        self._loop.remove_reader(fd)
+        if self._writing:
+            self._loop.remove_writer(fd)
+            self._writing = False
+        if self._lost is not None:
+            self._lost.set()
 
-        False when `client` was replaced meanwhile (shutdown, fallback): the event is
-        dropped, and an unacknowledged message comes again on the next connection.
-        """
-        while self._put - self._taken >= MAX_QUEUED:
-            self._room.clear()
-            # Checked again after clearing: a place freed in between set nothing.
-            if self._put - self._taken < MAX_QUEUED:
-                break
-            self._room.wait(SLOT_WAIT)
-            if client is not self._client:
-                return False
-        if client is not self._client:
-            return False
-        self._put += 1
-        self._call(func, *args)
-        return True
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        """paho closes its socket (a drop, a protocol error, our DISCONNECT): just before."""
+        if sock is self._sock:
+            self._detach()
+
+    def _on_readable(self) -> None:
+        client, sock = self._sock_client, self._sock
+        if client is None or sock is None or self._paused:
+            return
+        sock.drained = False
+        for _ in range(READ_TURN):
+            if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return  # paho closed the connection and said why (on_disconnect)
+            if sock.drained or self._paused or self._sock is not sock:
+                return
+        # Bytes may wait in the socket's buffer, where the selector does not see them.
+        assert self._loop is not None
+        self._loop.call_soon(self._on_readable)
+
+    def _on_want_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        """paho queued a packet: written at the end of this loop turn, with the others."""
+        if not self._in_write:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_due and not self._writing:
+            self._flush_due = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        client, sock = self._sock_client, self._sock
+        if client is None or sock is None:
+            return
+        self._in_write = True
+        try:
+            client.loop_write()  # paho's packets into the buffer, a QoS 0 on_publish each
+        finally:
+            self._in_write = False
+        if self._sock is not sock:
+            return  # closed: a DISCONNECT written, or an error
+        try:
+            done = sock.flush()
+        except OSError as exc:
+            logger.info("writing to %s failed: %s", self.config.broker, exc)
+            sock.abort()  # the reader sees the broken connection; paho reports it
+            return
+        blocked = not done or client.want_write()
+        if blocked != self._writing:
+            assert self._loop is not None
+            if blocked:
+                self._loop.add_writer(sock.fileno(), self._flush)
+            else:
+                self._loop.remove_writer(sock.fileno())
+            self._writing = blocked
+
+    def _pause(self) -> None:
+        self._paused = True
+        if self._sock is not None:
+            self._sock.hold = True
+            assert self._loop is not None
+            self._loop.remove_reader(self._sock.fileno())
+
+    def _resume(self) -> None:
+        self._paused = False
+        if self._sock is not None:
+            self._sock.hold = False
+            assert self._loop is not None
+            self._loop.add_reader(self._sock.fileno(), self._on_readable)
+            self._loop.call_soon(self._on_readable)  # what the buffer already holds
+
+    def _take_place(self) -> None:
+        self._waiting += 1
+        if self._waiting >= MAX_QUEUED and not self._paused:
+            self._pause()
+
+    # --- paho's callbacks (on the loop, from loop_read and loop_write) ------------
 
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
@@ -280,25 +518,23 @@ class MqttServer:
             if reason.value in UNSUPPORTED_PROTOCOL and self.config.protocol == "auto" and (
                 self._protocol == paho.MQTTv5
             ):
-                self._call(self._schedule_fallback)
+                self._schedule_fallback()
                 return
             logger.error("broker %s refused the connection: %s", self.config.broker, reason)
             HEALTH.failing(HEALTH_CHECK, f"refused: {reason}")
             return
-        max_packet = getattr(properties, "MaximumPacketSize", None) if properties else None
-        self._call(self._set_max_packet, max_packet)
+        self._max_packet = getattr(properties, "MaximumPacketSize", None) if properties else None
+        self._accepted = True
         self._generation += 1
         protocol = 5 if self._protocol == paho.MQTTv5 else 4
         logger.info(
             "connected to %s (MQTT %s, session present: %s)",
             self.config.broker, "5" if protocol == 5 else "3.1.1", flags.session_present,
         )
-        self._queue_from_thread(
-            client,
-            self._enqueue,
-            {"type": "mqtt.connect", "session_present": bool(flags.session_present), "protocol": protocol},
+        self._enqueue(
+            {"type": "mqtt.connect", "session_present": bool(flags.session_present), "protocol": protocol}
         )
-        self._call(self.connected.set)
+        self.connected.set()
 
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
@@ -311,8 +547,8 @@ class MqttServer:
         self._generation += 1
         logger.warning("disconnected from %s: %s; reconnecting", self.config.broker, reason)
         HEALTH.failing(HEALTH_CHECK, f"disconnected: {reason}")
-        self._call(self.connected.clear)
-        self._queue_from_thread(client, self._enqueue, {"type": "mqtt.disconnect", "reason": str(reason)})
+        self.connected.clear()
+        self._enqueue({"type": "mqtt.disconnect", "reason": str(reason)})
 
     def _on_subscribe(
         self, client: paho.Client, userdata: Any, mid: int, reasons: list[ReasonCode], properties: Any
@@ -329,7 +565,7 @@ class MqttServer:
         self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any
     ) -> None:
         if client is self._client:
-            self._call(self._published, mid, reason)
+            self._published(mid, reason)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         if client is not self._client:
@@ -339,7 +575,7 @@ class MqttServer:
             topic = message.topic
         except UnicodeDecodeError:
             # Brokers should refuse such topics; if one passes it, the application refuses
-            # it (invalid_topic) instead of paho's thread dying on it.
+            # it (invalid_topic) instead of the server failing on it.
             topic = bytes(message._topic).decode("utf-8", "replace")
         event: MessageEvent = {
             "type": "mqtt.message",
@@ -351,25 +587,27 @@ class MqttServer:
             "properties": props.json() if props is not None and props.names else {},
             "ack_id": None,
         }
-        self._queue_from_thread(client, self._enqueue_message, event, self._generation, message.mid)
+        self.received += 1
+        if message.qos > 0:
+            ack_id = next(self._ack_ids)
+            self._unacked[ack_id] = (self._generation, message.mid, message.qos)
+            event["ack_id"] = ack_id
+        self._enqueue(event)
 
-    # --- the loop's side ------------------------------------------------------------
+    # --- the application's side ------------------------------------------------------
 
     def _schedule_fallback(self) -> None:
         if self._fallback is None:
             self._fallback = asyncio.create_task(self._fall_back_to_311())
 
     async def _receive(self) -> IncomingEvent:
-        """The application's `receive`: the next event, freeing its place for paho's thread."""
+        """The application's `receive`: the next event, freeing its place in the queue."""
         event = await self._queue.get()
         if event["type"] not in LOOP_EVENTS:
-            self._taken += 1
-            if not self._room.is_set():
-                self._room.set()  # paho's thread may be waiting for this place
+            self._waiting -= 1
+            if self._paused and self._waiting <= MAX_QUEUED // 2:
+                self._resume()
         return event
-
-    def _set_max_packet(self, size: int | None) -> None:
-        self._max_packet = size
 
     def _published(self, mid: int, reason: ReasonCode) -> None:
         topic, publish_id = self._inflight.pop(mid, ("?", None))
@@ -393,14 +631,7 @@ class MqttServer:
 
     def _enqueue(self, event: IncomingEvent) -> None:
         self._queue.put_nowait(event)
-
-    def _enqueue_message(self, event: MessageEvent, generation: int, mid: int) -> None:
-        self.received += 1
-        if event["qos"] > 0:
-            ack_id = next(self._ack_ids)
-            self._unacked[ack_id] = (generation, mid, event["qos"])
-            event["ack_id"] = ack_id
-        self._queue.put_nowait(event)
+        self._take_place()
 
     async def _send(self, event: dict[str, Any]) -> None:
         """Every reply of the application: checked here, then handed to paho."""
