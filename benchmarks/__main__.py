@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "var" / "bench")
     parser.add_argument("--targets", default="", help="comma-separated: only targets whose name contains one")
     parser.add_argument("--profile", action="store_true",
-                        help="sample the servers with py-spy during the first burst (var/bench/profiles/)")
+                        help="sample the servers with py-spy during the first burst and steady run (var/bench/profiles/)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers and load to separate CPUs")
     parser.add_argument("--connections", default="",
                         help="idle scenario: comma-separated socket counts (default 2000 quick; 10000,20000)")

@@ -89,8 +89,10 @@ def _target(stack: Stack, target: str) -> dict[str, Any]:
         seconds = opts.pick(5, 15)
         steadies = []
         for n in range(opts.runs):
-            got = _one_run(stack, audience, count=int(steady * seconds), rate=steady,
-                           tag=f"s{n}-{uuid.uuid4().hex[:6]}")
+            with Profile(opts, profiled.popen.pid if profiled and n == 0 else 0,
+                         f"mqtt_ingress-{target}-steady"):
+                got = _one_run(stack, audience, count=int(steady * seconds), rate=steady,
+                               tag=f"s{n}-{uuid.uuid4().hex[:6]}")
             say(f"  steady {steady:.0f} msg/s {n + 1}/{opts.runs}: p50 {got['p50_ms']} ms, p99 {got['p99_ms']} ms")
             steadies.append(got)
         pair = _two_runmqtt(stack, audience, env, burst) if target.startswith("bridge") else None

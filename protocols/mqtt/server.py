@@ -249,6 +249,7 @@ class MqttServer:
         self._flush_due = False
         self._in_write = False
         self._accepted = False  # the broker accepted the connection now open (CONNACK)
+        self._failures = 0  # connection attempts failed in a row
         # The broker's Maximum Packet Size (MQTT 5 CONNACK): a larger PUBLISH would make the
         # broker drop the connection, and paho would send it again after every reconnect.
         self._max_packet: int | None = None
@@ -379,43 +380,59 @@ class MqttServer:
         accepted) and connect again. Until the client is replaced or stopped."""
         config = self.config
         delay = 1.0
-        failures = 0
+        self._failures = 0
         while client is self._client:
             try:
-                async with asyncio.timeout(CONNECT_TIMEOUT):
-                    sock = await open_broker_socket(config.host, config.port, config.tls)
-            except (OSError, TimeoutError) as exc:
-                failures += 1
-                reason = str(exc) or type(exc).__name__
-                # Logged once per streak (and per new reason) by the health check.
-                logger.debug("cannot connect to %s: %s (attempt %s)", config.broker, reason, failures)
-                HEALTH.failing(HEALTH_CHECK, f"cannot connect: {reason}")
-            else:
-                if client is not self._client:
-                    sock.close()
-                    return
-                if failures > 1:
-                    logger.info("reached %s after %s attempts", config.broker, failures)
-                failures = 0
-                lost = self._lost = asyncio.Event()
-                self._accepted = False
-                client.prepared = sock
-                self._sock, self._sock_client = sock, client
-                self._writing = False
-                sock.hold = self._paused
-                assert self._loop is not None
-                self._loop.add_reader(sock.fileno(), self._on_readable)
-                client.reconnect()  # queues the CONNECT on this socket
-                self._schedule_flush()
-                while not lost.is_set():
-                    try:
-                        await asyncio.wait_for(lost.wait(), TICK)
-                    except TimeoutError:
-                        client.loop_misc()  # PINGREQ when due; a broker silent too long is a drop
-                if self._accepted:
+                if await self._connect_once(client):
                     delay = 1.0
+            except Exception:
+                # A bug, not the network: said with its traceback; the connection (if any)
+                # goes, and this loop goes on, so the edge never stays unconnected.
+                logger.exception("the connection to %s failed unexpectedly", config.broker)
+                HEALTH.failing(HEALTH_CHECK, "connection failed unexpectedly (see the log)")
+                if self._sock is not None and self._sock_client is client:
+                    self._break(self._sock)
+            if client is not self._client:
+                return
             await asyncio.sleep(delay)
             delay = min(delay * 2, float(config.reconnect_max))
+
+    async def _connect_once(self, client: _Client) -> bool:
+        """One connection, from the TCP connect to its loss; True if the broker accepted it."""
+        config = self.config
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                sock = await open_broker_socket(config.host, config.port, config.tls)
+        except (OSError, TimeoutError) as exc:
+            self._failures += 1
+            reason = str(exc) or type(exc).__name__
+            # Logged once per streak (and per new reason) by the health check.
+            logger.debug("cannot connect to %s: %s (attempt %s)", config.broker, reason, self._failures)
+            HEALTH.failing(HEALTH_CHECK, f"cannot connect: {reason}")
+            return False
+        if client is not self._client:
+            sock.close()
+            return False
+        if self._failures > 1:
+            logger.info("reached %s after %s attempts", config.broker, self._failures)
+        self._failures = 0
+        lost = self._lost = asyncio.Event()
+        self._accepted = False
+        client.prepared = sock
+        self._sock, self._sock_client = sock, client
+        self._writing = False
+        sock.hold = self._paused
+        assert self._loop is not None
+        if not self._paused:
+            self._loop.add_reader(sock.fileno(), self._on_readable)
+        client.reconnect()  # queues the CONNECT on this socket
+        self._schedule_flush()
+        while not lost.is_set():
+            try:
+                await asyncio.wait_for(lost.wait(), TICK)
+            except TimeoutError:
+                client.loop_misc()  # PINGREQ when due; a broker silent too long is a drop
+        return self._accepted
 
     def _detach(self) -> None:
         sock, self._sock, self._sock_client = self._sock, None, None
@@ -430,6 +447,17 @@ class MqttServer:
         if self._lost is not None:
             self._lost.set()
 
+    def _break(self, sock: _BrokerSocket) -> None:
+        """Give up this connection after a failure paho did not handle: it is closed here,
+        said to the application like any drop, and `_keep_connected` connects again."""
+        client = self._sock_client
+        if sock is not self._sock or client is None:
+            return
+        self._detach()
+        sock.close()
+        if client is self._client:
+            self._on_disconnect(client, None, None, ReasonCode(PacketTypes.DISCONNECT, "Unspecified error"), None)
+
     def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         """paho closes its socket (a drop, a protocol error, our DISCONNECT): just before."""
         if sock is self._sock:
@@ -441,7 +469,15 @@ class MqttServer:
             return
         sock.drained = False
         for _ in range(READ_TURN):
-            if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            try:
+                rc = client.loop_read()
+            except Exception:
+                # A bug, in a callback or in paho: paho's half-read packet state is now
+                # unknown, so the connection goes (and the message comes again after it).
+                logger.exception("reading from %s failed; reconnecting", self.config.broker)
+                self._break(sock)
+                return
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return  # paho closed the connection and said why (on_disconnect)
             if sock.drained or self._paused or self._sock is not sock:
                 return
@@ -468,6 +504,10 @@ class MqttServer:
         self._in_write = True
         try:
             client.loop_write()  # paho's packets into the buffer, a QoS 0 on_publish each
+        except Exception:
+            logger.exception("writing to %s failed; reconnecting", self.config.broker)
+            self._break(sock)
+            return
         finally:
             self._in_write = False
         if self._sock is not sock:
@@ -584,7 +624,7 @@ class MqttServer:
             "qos": message.qos,
             "retain": bool(message.retain),
             "dup": bool(message.dup),
-            "properties": props.json() if props is not None and props.names else {},
+            "properties": _properties(props),
             "ack_id": None,
         }
         self.received += 1
@@ -695,6 +735,18 @@ class MqttServer:
             self._report(publish_id, "accepted", "QoS 0: handed to the client")
         else:  # QoS 0 while not connected: paho drops it
             self._report(publish_id, "lost", paho.error_string(info.rc))
+
+
+# What every paho Properties object holds before any property is set: `json()` walks all
+# 27 property names per message, so a PUBLISH with none (the usual case) skips it.
+_UNSET_PROPERTIES = frozenset(vars(Properties(PacketTypes.PUBLISH)))
+
+
+def _properties(props: Properties | None) -> dict[str, Any]:
+    if props is None or vars(props).keys() <= _UNSET_PROPERTIES:
+        return {}
+    data: dict[str, Any] = props.json()
+    return data
 
 
 def _packet_size(topic: str, payload: bytes, qos: int) -> int:

@@ -91,3 +91,20 @@ def test_packet_size_and_shorten() -> None:
     cut = shorten("x" * 33000)
     assert len(cut) < 250 and cut.endswith("(33000 characters)")
     assert shorten("short") == "short"
+
+
+def test_message_properties_are_given_when_set_and_empty_when_none_are() -> None:
+    from paho.mqtt.properties import Properties
+
+    from protocols.mqtt.server import _properties
+
+    props = Properties(PacketTypes.PUBLISH)
+    assert _properties(props) == {} and _properties(None) == {}
+    props.MessageExpiryInterval = 30
+    props.CorrelationData = b"\x01\x02"
+    props.UserProperty = ("id", "m-1")
+    assert _properties(props) == {
+        "MessageExpiryInterval": 30, "CorrelationData": "0102", "UserProperty": [("id", "m-1")],
+    }
+    props.clear()
+    assert _properties(props) == {}
