@@ -31,7 +31,7 @@ class CheckState:
 
 
 class Health:
-    """A thread-safe map of check name to its latest state (paho's network thread reports too)."""
+    """A thread-safe map of check name to its latest state (any thread may report)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
