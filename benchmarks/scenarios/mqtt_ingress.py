@@ -75,12 +75,13 @@ def _target(stack: Stack, target: str) -> dict[str, Any]:
         return load
 
     audience = listeners()
+    profiled_pid = profiled.popen.pid if profiled else 0  # the first burst and steady run, with --profile
     try:
         # Warm-up: devices registered (bridge: on first use), every process connected and subscribed.
         _one_run(stack, audience, count=DEVICES * 5, rate=0, tag=f"warm-{uuid.uuid4().hex[:6]}")
         bursts = []
         for n in range(opts.runs):
-            with Profile(opts, profiled.popen.pid if profiled and n == 0 else 0, f"mqtt_ingress-{target}"):
+            with Profile(opts, profiled_pid if n == 0 else 0, f"mqtt_ingress-{target}"):
                 got = _one_run(stack, audience, count=burst, rate=0, tag=f"b{n}-{uuid.uuid4().hex[:6]}")
             say(f"  burst {n + 1}/{opts.runs}: {got['rate']} msg/s ({got['delivered']}/{burst} delivered)")
             bursts.append(got)
@@ -89,8 +90,7 @@ def _target(stack: Stack, target: str) -> dict[str, Any]:
         seconds = opts.pick(5, 15)
         steadies = []
         for n in range(opts.runs):
-            with Profile(opts, profiled.popen.pid if profiled and n == 0 else 0,
-                         f"mqtt_ingress-{target}-steady"):
+            with Profile(opts, profiled_pid if n == 0 else 0, f"mqtt_ingress-{target}-steady"):
                 got = _one_run(stack, audience, count=int(steady * seconds), rate=steady,
                                tag=f"s{n}-{uuid.uuid4().hex[:6]}")
             say(f"  steady {steady:.0f} msg/s {n + 1}/{opts.runs}: p50 {got['p50_ms']} ms, p99 {got['p99_ms']} ms")

@@ -89,9 +89,6 @@ class _BrokerSocket:
     def setblocking(self, flag: bool) -> None:
         self.sock.setblocking(flag)
 
-    def pending(self) -> int:
-        return len(self._rbuf) - self._rpos
-
     def recv(self, size: int) -> bytes:
         if self.hold:
             raise BlockingIOError("the application's queue is full")
