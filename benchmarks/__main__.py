@@ -37,6 +37,9 @@ def main() -> None:
                         help="idle scenario: comma-separated socket counts (default 2000 quick; 10000,20000)")
     parser.add_argument("--bridge-env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for the bridge's processes (repeatable), for A/B runs: XMPP_WINDOW=40")
+    parser.add_argument("--steady-rate", type=float, default=0.0, metavar="MSG_PER_S",
+                        help="mqtt_ingress: the steady stream at this rate instead of half the burst's "
+                             "(the same offered load for A/B runs)")
     args = parser.parse_args()
     if any("=" not in x for x in args.bridge_env):
         parser.error("--bridge-env takes NAME=VALUE")
@@ -49,7 +52,8 @@ def main() -> None:
                    only=only, server_cpus=servers, load_cpus=load, profile=args.profile,
                    targets=tuple(x for x in args.targets.split(",") if x),
                    connections=tuple(int(x) for x in args.connections.split(",") if x),
-                   bridge_env=tuple(tuple(x.split("=", 1)) for x in args.bridge_env))  # type: ignore[misc]
+                   bridge_env=tuple(tuple(x.split("=", 1)) for x in args.bridge_env),  # type: ignore[misc]
+                   steady_rate=args.steady_rate)
     opts.out.mkdir(parents=True, exist_ok=True)
     machine = _machine(opts)
     say(f"machine: {machine['cpu']}, {machine['cpus']} CPUs; servers on {machine['server_cpus']}, "

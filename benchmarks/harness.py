@@ -39,6 +39,7 @@ class Options:
     targets: tuple[str, ...] = ()
     connections: tuple[int, ...] = ()  # `--connections`: the idle scenario's sizes
     bridge_env: tuple[tuple[str, str], ...] = ()  # `--bridge-env`: settings for the bridge's processes
+    steady_rate: float = 0.0  # `--steady-rate`: mqtt_ingress's steady stream at this rate, not half the burst's
 
     def wants(self, target: str) -> bool:
         """`--targets`: only targets whose name contains one of these."""

@@ -86,7 +86,7 @@ def _target(stack: Stack, target: str) -> dict[str, Any]:
             say(f"  burst {n + 1}/{opts.runs}: {got['rate']} msg/s ({got['delivered']}/{burst} delivered)")
             bursts.append(got)
         rate = median_row(bursts, ["rate"])["rate"] or 1.0
-        steady = max(10.0, round(rate / 2))
+        steady = opts.steady_rate or max(10.0, round(rate / 2))
         seconds = opts.pick(5, 15)
         steadies = []
         for n in range(opts.runs):

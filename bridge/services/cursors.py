@@ -41,13 +41,20 @@ def edge_cursor_lease(
     messages = edge_cursor_pending(cursor=cursor, limit=limit)
     if not messages:
         return []
+    return messages if edge_cursor_lease_from(cursor=cursor, owner=owner, seconds=seconds) else []
+
+
+def edge_cursor_lease_from(*, cursor: EdgeCursor, owner: str, seconds: float) -> bool:
+    """Lease what follows `cursor` (as the caller read it) to `owner`: one UPDATE.
+
+    False if another process holds a live lease, or the cursor moved since it
+    was read (a holder delivered meanwhile): the caller then has nothing to deliver.
+    """
     now = timezone.now()
     free = Q(lease_owner="") | Q(lease_owner=owner) | Q(lease_until__lt=now)
-    # Also on `seq`: a holder that delivered since we read the cursor makes this fail too.
-    won = EdgeCursor.objects.filter(free, pk=cursor.pk, seq=cursor.seq).update(
+    return bool(EdgeCursor.objects.filter(free, pk=cursor.pk, seq=cursor.seq).update(
         lease_owner=owner, lease_until=now + timedelta(seconds=seconds)
-    )
-    return messages if won else []
+    ))
 
 
 def edge_cursor_lease_renew(*, edge: str, room_id: int, owner: str, seconds: float) -> bool:

@@ -40,6 +40,7 @@ class Outcome:
 
     topic: str
     envelope: Envelope | None = None
+    room_id: int | None = None  # the envelope's room
     # (room slugs, who, state) when a status changed someone's presence.
     presence: tuple[list[str], Sender, str] | None = None
     error: BridgeError | None = None
@@ -143,7 +144,7 @@ def ingest_batch(*, topics: Topics, messages: list[tuple[str, bytes]]) -> list[O
                 if isinstance(result, BridgeError):
                     outcome.error = result
                 else:
-                    outcome.envelope = result.envelope
+                    outcome.envelope, outcome.room_id = result.envelope, room_pk
     return outcomes
 
 

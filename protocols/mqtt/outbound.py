@@ -12,6 +12,7 @@ the command's `published_at`, at most once (a command may act on the world).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -27,6 +28,7 @@ from bridge.services.cursors import (
     edge_cursor_delivered,
     edge_cursor_get,
     edge_cursor_lease,
+    edge_cursor_lease_from,
     edge_cursor_lease_renew,
 )
 from bridge.services.devices import (
@@ -39,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 EDGE = "mqtt"
 CLAIM_LIMIT = 500
+# (room id, after seq, up to seq) -> those envelopes in order, or None (see room_claim).
+Recent = Callable[[int, int, int], "list[Envelope] | None"]
 
 
 @dataclass
@@ -66,16 +70,30 @@ def rooms_track(*, known: set[str], started: datetime) -> list[str]:
     return slugs
 
 
-def room_claim(*, slug: str, owner: str, lease: float) -> Claimed:
+def room_claim(*, slug: str, owner: str, lease: float, recent: Recent | None = None) -> Claimed:
     """Lease the room's unpublished messages to `owner`, and claim the commands some of
-    them give devices; nothing if another process holds the room's lease."""
+    them give devices; nothing if another process holds the room's lease.
+
+    `recent(room_id, after, upto)` gives the envelopes of seq after+1..upto when this
+    process has them all in memory (it stored them), else None. Then the range is
+    leased with one UPDATE and not read back, unless one of them is a chat command
+    (those go the long way, which decides and claims the command).
+    """
     room = Room.objects.filter(slug=slug).first()
     claimed = Claimed()
     if room is None:
         return claimed
     claimed.room_id, claimed.private = room.pk, room.private
-    if room.last_seq <= edge_cursor_get(edge=EDGE, room=room).seq:
+    cursor = edge_cursor_get(edge=EDGE, room=room)
+    if room.last_seq <= cursor.seq:
         return claimed  # nothing after the cursor: no transaction (most sweeps and wake-ups)
+    if recent is not None:
+        upto = min(room.last_seq, cursor.seq + CLAIM_LIMIT)
+        envelopes = recent(room.pk, cursor.seq, upto)
+        if envelopes is not None and not any(parse_chat_command(e["text"]) for e in envelopes):
+            if edge_cursor_lease_from(cursor=cursor, owner=owner, seconds=lease):
+                claimed.envelopes, claimed.more = envelopes, upto < room.last_seq
+            return claimed
     # The lease and the commands found in the range commit together. A range leased
     # again (its holder died) finds its commands already claimed: they are not resent.
     with transaction.atomic():

@@ -54,6 +54,11 @@ CONNECT_TIMEOUT = 10.0
 TICK = 1.0
 # loop_read calls per wake-up before other work on the loop gets a turn.
 READ_TURN = 64
+# What a two-byte PUBACK means (MQTT 5: reason Success, no properties), built once and
+# shared by every such acknowledgement (nothing downstream changes them).
+PUBACK_SUCCESS = ReasonCode(PacketTypes.PUBACK)
+PUBACK_NO_PROPERTIES = Properties(PacketTypes.PUBACK)
+_SUCCESS_NAME = str(PUBACK_SUCCESS)
 
 
 class MqttServerError(Exception):
@@ -153,6 +158,19 @@ class _Client(paho.Client):
         if sock is None:
             raise ConnectionError("no connected socket to hand to paho")
         return sock
+
+    def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
+        """A PUBACK of two bytes (success, no properties: what a broker sends for nearly every
+        publish) without the `ReasonCode` and two `Properties` paho builds for each; in a
+        steady stream this runs once per room message published. Anything else is paho's."""
+        packet = self._in_packet["packet"]
+        if cmd != "PUBACK" or len(packet) != 2:
+            return super()._handle_pubackcomp(cmd)
+        mid = (packet[0] << 8) | packet[1]
+        with self._out_message_mutex:
+            if mid in self._out_messages:
+                return self._do_on_publish(mid, PUBACK_SUCCESS, PUBACK_NO_PROPERTIES)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
 async def _wait_fd(fd: int, write: bool) -> None:
@@ -655,7 +673,7 @@ class MqttServer:
             self._report(publish_id, "refused", str(reason))
         else:
             self.published += 1
-            self._report(publish_id, "accepted", str(reason))
+            self._report(publish_id, "accepted", _SUCCESS_NAME if reason is PUBACK_SUCCESS else str(reason))
 
     def _report(self, publish_id: int | None, outcome: Outcome, reason: str) -> None:
         """Tell the application what became of a publish it gave an id (see PublishedEvent)."""

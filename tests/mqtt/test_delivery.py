@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from bridge.models import EdgeCursor, Identity
+from bridge.envelope import Envelope, message_envelope
+from bridge.models import EdgeCursor, Identity, Message
 from bridge.services.cursors import (
     edge_cursor_delivered,
     edge_cursor_get,
@@ -21,6 +23,8 @@ from bridge.services.cursors import (
 from bridge.services.identities import identity_for_user
 from bridge.services.messages import amessage_post, message_post
 from bridge.services.rooms import room_create
+from protocols.mqtt import outbound
+from protocols.mqtt.delivery import RecentlyStored
 from protocols.mqtt.testing import MqttCommunicator
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -125,3 +129,81 @@ async def test_a_drain_waits_for_the_answers_of_what_is_in_flight(bridge: MqttCo
                              "qos": 1, "retain": False, "dup": False, "properties": {}, "ack_id": 999})
     assert await bridge.receive_nothing(timeout=0.3)
     assert 999 not in bridge.acked
+
+
+def _envelopes_of(room: str) -> dict[int, Envelope]:
+    return {m.seq: message_envelope(m) for m in Message.objects.filter(room__slug=room).select_related("sender", "room")}
+
+
+def test_a_claim_takes_what_this_process_just_stored_without_reading_it_back() -> None:
+    room = room_create(slug="hall")
+    outbound.rooms_track(known=set(), started=timezone.now() - timedelta(days=1))
+    EdgeCursor.objects.filter(edge="mqtt", room=room).update(seq=0)
+    for i in range(3):
+        _post("hall", f"m{i}")
+    stored = _envelopes_of("hall")
+    recent = RecentlyStored()
+    recent.add((room.pk, stored[seq]) for seq in (1, 2, 3))
+    asked: list[tuple[int, int, int]] = []
+
+    def spy(room_id: int, after: int, upto: int) -> list[Envelope] | None:
+        asked.append((room_id, after, upto))
+        return recent.range(room_id, after, upto)
+
+    claimed = outbound.room_claim(slug="hall", owner="bridge-1", lease=30, recent=spy)
+    assert asked == [(room.pk, 0, 3)]
+    assert claimed.envelopes == [stored[1], stored[2], stored[3]]  # what the database holds
+    assert not claimed.more
+    # The range is leased as the long way leases it: another process gets nothing meanwhile.
+    assert outbound.room_claim(slug="hall", owner="bridge-2", lease=30, recent=recent.range).envelopes == []
+    assert outbound.room_claim(slug="hall", owner="bridge-2", lease=30).envelopes == []
+    assert outbound.room_delivered(room_id=room.pk, owner="bridge-1", to_seq=3)
+    assert EdgeCursor.objects.get(edge="mqtt", room=room).seq == 3
+
+
+def test_a_claim_reads_the_range_when_part_of_it_is_not_in_memory_or_is_a_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    read_back: list[int] = []
+    long_way = outbound.edge_cursor_lease
+
+    def counting(**kwargs: Any) -> list[Message]:
+        read_back.append(1)
+        return long_way(**kwargs)
+
+    monkeypatch.setattr(outbound, "edge_cursor_lease", counting)
+    room = room_create(slug="hall")
+    outbound.rooms_track(known=set(), started=timezone.now() - timedelta(days=1))
+    EdgeCursor.objects.filter(edge="mqtt", room=room).update(seq=0)
+    for i in range(3):
+        _post("hall", f"m{i}")
+    stored = _envelopes_of("hall")
+    recent = RecentlyStored()
+    recent.add((room.pk, stored[seq]) for seq in (1, 3))  # 2 came from another process
+    claimed = outbound.room_claim(slug="hall", owner="bridge-1", lease=30, recent=recent.range)
+    assert [e["seq"] for e in claimed.envelopes] == [1, 2, 3]
+    assert claimed.envelopes == [stored[1], stored[2], stored[3]]
+    assert read_back == [1]
+    assert outbound.room_delivered(room_id=room.pk, owner="bridge-1", to_seq=3)
+
+    # A chat command in the range goes the long way, which decides whether it commands a device.
+    _post("hall", "/cmd sensor-1 reboot")
+    stored = _envelopes_of("hall")
+    recent.add([(room.pk, stored[4])])
+    claimed = outbound.room_claim(slug="hall", owner="bridge-1", lease=30, recent=recent.range)
+    assert [e["seq"] for e in claimed.envelopes] == [4]
+    assert claimed.envelopes == [stored[4]]
+    assert read_back == [1, 1]
+
+
+def test_what_is_remembered_is_bounded_and_kept_apart_by_room() -> None:
+    recent = RecentlyStored(size=4)
+
+    def envelope(seq: int) -> Envelope:
+        return {"id": str(seq), "seq": seq, "room": "r", "origin": "mqtt", "sender": {"kind": "device", "name": "d"},
+                "text": "t", "data": None, "created": "2026-01-01T00:00:00+00:00"}
+    recent.add((1, envelope(seq)) for seq in range(1, 7))
+    assert recent.range(1, 2, 6) == [envelope(s) for s in (3, 4, 5, 6)]
+    assert recent.range(1, 1, 6) is None  # 2 was pushed out: read from the database
+    # A room deleted and made again with the same slug has a new id: nothing of the old one.
+    assert recent.range(2, 2, 6) is None
