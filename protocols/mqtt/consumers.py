@@ -201,9 +201,6 @@ class BridgeConsumer(LayerMember, MqttConsumer):
             if outcomes is None:
                 continue  # rolled back, nothing acknowledged: the same batch again
             self._batch = []
-            self.rooms_out.stored(
-                (o.room_id, o.envelope) for o in outcomes if o.envelope is not None and o.room_id is not None
-            )
             # The batch's messages in one group message per room, not one per message: the
             # rooms' sockets first (they wait for it), then the broker's acknowledgements.
             await messages_fanout([o.envelope for o in outcomes if o.envelope is not None])
@@ -281,9 +278,7 @@ class BridgeConsumer(LayerMember, MqttConsumer):
         """
         pairs = [(m["topic"], m["payload"]) for m in batch]
         try:
-            outcomes: list[Outcome] = await database_sync_to_async(ingest_batch)(
-                topics=self.topics, messages=pairs
-            )
+            outcomes: list[Outcome] = await database_sync_to_async(self._ingest)(pairs)
             self._retry_pause = RETRY_MIN
             HEALTH.ok(DATABASE)
             return outcomes
@@ -308,6 +303,15 @@ class BridgeConsumer(LayerMember, MqttConsumer):
             logger.exception("refusing a message the bridge could not handle, on %s", pairs[0][0])
             return [Outcome(topic=pairs[0][0], error=BridgeError(
                 "The bridge could not handle this message.", code="internal_error"))]
+
+    def _ingest(self, pairs: list[tuple[str, bytes]]) -> list[Outcome]:
+        """In the database thread: store, then (committed) let the publisher know what, before
+        its next claim, which waits behind this in the same thread."""
+        outcomes = ingest_batch(topics=self.topics, messages=pairs)
+        self.rooms_out.stored(
+            (o.room_id, o.envelope) for o in outcomes if o.envelope is not None and o.room_id is not None
+        )
+        return outcomes
 
     async def _tell(self, outcome: Outcome) -> None:
         if outcome.error is not None:

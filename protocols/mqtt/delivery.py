@@ -50,7 +50,8 @@ class RecentlyStored:
     of committed rows come here, and a row never changes after its commit, so a
     range found here whole is what the database holds; anything missing (stored by
     another process, or pushed out: at most RECENT_MAX are kept) is read as before.
-    `add` runs on the loop, `range` in the database thread: single dict operations.
+    Both run in the database thread, `add` right after the commit: a claim queued
+    behind a store finds what it stored.
     """
 
     def __init__(self, size: int = RECENT_MAX) -> None:
