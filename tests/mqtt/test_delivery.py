@@ -13,7 +13,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from bridge.envelope import Envelope, message_envelope
-from bridge.models import EdgeCursor, Identity, Message
+from bridge.models import EdgeCursor, Identity, Message, Room
 from bridge.services.cursors import (
     edge_cursor_delivered,
     edge_cursor_get,
@@ -135,13 +135,18 @@ def _envelopes_of(room: str) -> dict[int, Envelope]:
     return {m.seq: message_envelope(m) for m in Message.objects.filter(room__slug=room).select_related("sender", "room")}
 
 
-def test_a_claim_takes_what_this_process_just_stored_without_reading_it_back() -> None:
+def _hall_with_three_messages() -> tuple[Room, dict[int, Envelope]]:
+    """Room "hall" with its MQTT cursor at 0 and messages 1-3 stored: the room, their envelopes."""
     room = room_create(slug="hall")
     outbound.rooms_track(known=set(), started=timezone.now() - timedelta(days=1))
     EdgeCursor.objects.filter(edge="mqtt", room=room).update(seq=0)
     for i in range(3):
         _post("hall", f"m{i}")
-    stored = _envelopes_of("hall")
+    return room, _envelopes_of("hall")
+
+
+def test_a_claim_takes_what_this_process_just_stored_without_reading_it_back() -> None:
+    room, stored = _hall_with_three_messages()
     recent = RecentlyStored()
     recent.add((room.pk, stored[seq]) for seq in (1, 2, 3))
     asked: list[tuple[int, int, int]] = []
@@ -172,12 +177,7 @@ def test_a_claim_reads_the_range_when_part_of_it_is_not_in_memory_or_is_a_comman
         return long_way(**kwargs)
 
     monkeypatch.setattr(outbound, "edge_cursor_lease", counting)
-    room = room_create(slug="hall")
-    outbound.rooms_track(known=set(), started=timezone.now() - timedelta(days=1))
-    EdgeCursor.objects.filter(edge="mqtt", room=room).update(seq=0)
-    for i in range(3):
-        _post("hall", f"m{i}")
-    stored = _envelopes_of("hall")
+    room, stored = _hall_with_three_messages()
     recent = RecentlyStored()
     recent.add((room.pk, stored[seq]) for seq in (1, 3))  # 2 came from another process
     claimed = outbound.room_claim(slug="hall", owner="bridge-1", lease=30, recent=recent.range)
