@@ -6,6 +6,8 @@
     proxy.blackhole()                   # connections stay open, nothing gets through (a frozen peer)
     proxy.cut()                         # every open connection is closed now (a network drop)
     proxy.refuse()                      # cut, and close new connections at once (a server down)
+    proxy.refuse(cut=False)             # close new connections at once; open ones run until
+                                        # their server ends them, delivering what it sent
     proxy.heal()                        # pass everything again
     proxy.stop()
 
@@ -34,6 +36,7 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, name="tcp-proxy", daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._closing: set[asyncio.StreamWriter] = set()  # flushing what they hold, then closed
 
     # --- from the test's thread ---------------------------------------------------
 
@@ -56,9 +59,15 @@ class TcpProxy:
     def heal(self) -> None:
         self._delay, self._blackhole, self._refuse = 0.0, False, False
 
-    def refuse(self) -> None:
+    def refuse(self, *, cut: bool = True) -> None:
         self._refuse = True
-        self.cut()
+        if cut:
+            self.cut()
+
+    @property
+    def open_connections(self) -> int:
+        """Connections the proxy still passes (ended by their server or a cut: not counted)."""
+        return len(self._writers) // 2
 
     def cut(self) -> None:
         asyncio.run_coroutine_threadsafe(self._cut(), self._loop).result(10)
@@ -72,6 +81,9 @@ class TcpProxy:
         if self._server is not None:
             self._server.close()
         await self._cut()
+        for writer in self._closing:  # a peer that never read what was left for it
+            writer.transport.abort()
+        self._closing.clear()
 
     async def _cut(self) -> None:
         for writer in list(self._writers):
@@ -96,9 +108,16 @@ class TcpProxy:
         await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         for task in pumps:
             task.cancel()
+        ended_by_a_peer = client_writer in self._writers  # a cut aborted them already
         for writer in (client_writer, server_writer):
             self._writers.discard(writer)
-            writer.transport.abort()
+            if ended_by_a_peer:
+                # As the kernel would: what one side wrote before it went still reaches the
+                # other (a process killed with -9 still has its sent bytes delivered).
+                writer.close()
+                self._closing.add(writer)
+            else:
+                writer.transport.abort()
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, OSError):
