@@ -31,6 +31,7 @@ MESSAGES, RATE, FAULT_AT, OUTAGE, API_POSTS = 1500, 100.0, 500, 5.0, 20
 def test_the_broker_killed_and_restarted_mid_stream(tmp_path: Path) -> None:
     with deployment(tmp_path, mqtt_proxy=True, MQTT_RECONNECT_MAX="2") as dep:
         assert dep.mqtt_proxy is not None
+        bridge_link = dep.mqtt_proxy
         device_link = TcpProxy(target_port=dep.broker.port)
         device_link.start()
         watcher = RoomWatcher(dep.broker.port)
@@ -51,9 +52,9 @@ def test_the_broker_killed_and_restarted_mid_stream(tmp_path: Path) -> None:
                 # everything (see the pass condition): links held down until then. What the
                 # broker wrote before it died still arrives, as it would without the proxies
                 # (cutting them lost a message the broker had acknowledged to the device).
-                dep.mqtt_proxy.refuse(cut=False)
+                bridge_link.refuse(cut=False)
                 device_link.refuse(cut=False)
-                wait_until(lambda: dep.mqtt_proxy.open_connections == 0 and device_link.open_connections == 0,
+                wait_until(lambda: bridge_link.open_connections == 0 and device_link.open_connections == 0,
                            timeout=10, what="the links to the dead broker closed")
                 statuses = [
                     request(f"{dep.web}/api/rooms/lobby/messages", method="POST",
