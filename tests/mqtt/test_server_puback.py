@@ -1,11 +1,12 @@
-"""The MQTT server's own handling of PUBACKs that accept a publish, paho's for everything else."""
+"""The MQTT server's own handling of PUBACKs that accept a publish (paho's for everything else),
+and of its window of unanswered publishes."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from protocols.mqtt.server import PUBACK_SUCCESS, _Client
 
@@ -52,3 +53,42 @@ def test_a_puback_with_a_reason_or_properties_goes_to_paho() -> None:
     mid = client.publish("rooms/lobby/messages", b"b", qos=1).mid
     _acked(client, mid.to_bytes(2, "big") + bytes([0x10, 5, 0x1F, 0, 2]) + b"hi")
     assert str(seen[-1][1]) == "No matching subscribers" and mid not in client._out_messages
+
+
+def _sending(window: int) -> tuple[_Client, list[int]]:
+    """A client whose sends are recorded (no socket), with a window of `window`."""
+    client, _seen = _client(paho.MQTTv5)
+    sent: list[int] = []
+
+    def send(mid: int, *_args: Any, **_kwargs: Any) -> MQTTErrorCode:
+        sent.append(mid)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    client._send_publish = send  # type: ignore[method-assign]
+    client._max_inflight_messages = window
+    return client, sent
+
+
+def test_publishes_held_back_by_a_full_window_go_as_answers_come() -> None:
+    client, sent = _sending(2)
+    mids = [client.publish("rooms/lobby/messages", b"m", qos=1).mid for _ in range(5)]
+    assert sent == mids[:2]
+    for answered, expected in zip(mids, ([*mids[:3]], mids[:4], mids, mids, mids), strict=True):
+        _acked(client, answered.to_bytes(2, "big"))
+        assert sent == expected
+    assert not client._out_messages and client._inflight_messages == 0
+
+
+def test_a_reconnect_resends_no_more_than_the_new_window() -> None:
+    client, sent = _sending(500)
+    mids = [client.publish("rooms/lobby/messages", b"m", qos=1).mid for _ in range(5)]
+    assert sent == mids  # all unanswered when the connection dropped
+    client._messages_reconnect_reset_out()  # what paho does before it connects again
+    client.fit_window(2)  # a broker with a Receive Maximum of 2 accepted the connection
+    states = [client._out_messages[mid].state for mid in mids]
+    assert states == [paho.mqtt_ms_publish] * 2 + [paho.mqtt_ms_queued] * 3
+    assert client._max_inflight_messages == 2
+    # A broker that takes more: raised again, nothing held back.
+    client._messages_reconnect_reset_out()
+    client.fit_window(500)
+    assert [client._out_messages[mid].state for mid in mids] == [paho.mqtt_ms_publish] * 5
