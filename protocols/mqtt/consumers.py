@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import DatabaseError, OperationalError
 from django.utils import timezone
 
-from bridge import instruments, layer
+from bridge import instruments, layer, writelock
 from bridge.exceptions import BridgeError
 from bridge.health import HEALTH
 from bridge.layer import LayerMember
@@ -307,7 +307,8 @@ class BridgeConsumer(LayerMember, MqttConsumer):
     def _ingest(self, pairs: list[tuple[str, bytes]]) -> list[Outcome]:
         """In the database thread: store, then (committed) let the publisher know what, before
         its next claim, which waits behind this in the same thread."""
-        outcomes = ingest_batch(topics=self.topics, messages=pairs)
+        with writelock.held():
+            outcomes = ingest_batch(topics=self.topics, messages=pairs)
         self.rooms_out.stored(
             (o.room_id, o.envelope) for o in outcomes if o.envelope is not None and o.room_id is not None
         )

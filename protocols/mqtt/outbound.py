@@ -19,6 +19,7 @@ from datetime import datetime
 from django.conf import settings
 from django.db import transaction
 
+from bridge import writelock
 from bridge.access import actor_of, check_chat_command
 from bridge.envelope import Envelope, message_envelope
 from bridge.exceptions import BridgeError
@@ -91,12 +92,14 @@ def room_claim(*, slug: str, owner: str, lease: float, recent: Recent | None = N
         upto = min(room.last_seq, cursor.seq + CLAIM_LIMIT)
         envelopes = recent(room.pk, cursor.seq, upto)
         if envelopes is not None and not any(parse_chat_command(e["text"]) for e in envelopes):
-            if edge_cursor_lease_from(cursor=cursor, owner=owner, seconds=lease):
+            with writelock.held():
+                leased = edge_cursor_lease_from(cursor=cursor, owner=owner, seconds=lease)
+            if leased:
                 claimed.envelopes, claimed.more = envelopes, upto < room.last_seq
             return claimed
     # The lease and the commands found in the range commit together. A range leased
     # again (its holder died) finds its commands already claimed: they are not resent.
-    with transaction.atomic():
+    with writelock.held(), transaction.atomic():
         messages = edge_cursor_lease(edge=EDGE, room=room, owner=owner, seconds=lease, limit=CLAIM_LIMIT)
         claimed.more = len(messages) == CLAIM_LIMIT
         command_ids = [c.pk for c in (_command_from(m) for m in messages) if c is not None]
@@ -139,12 +142,14 @@ def _command_from(message: Message) -> DeviceCommand | None:
 
 
 def room_lease_renew(*, room_id: int, owner: str, lease: float) -> bool:
-    return edge_cursor_lease_renew(edge=EDGE, room_id=room_id, owner=owner, seconds=lease)
+    with writelock.held():
+        return edge_cursor_lease_renew(edge=EDGE, room_id=room_id, owner=owner, seconds=lease)
 
 
 def room_delivered(*, room_id: int, owner: str, to_seq: int) -> bool:
     """The broker has everything up to `to_seq`: move the cursor, give the lease back."""
-    return edge_cursor_delivered(edge=EDGE, room_id=room_id, owner=owner, to_seq=to_seq)
+    with writelock.held():
+        return edge_cursor_delivered(edge=EDGE, room_id=room_id, owner=owner, to_seq=to_seq)
 
 
 def commands_claim() -> list[CommandOut]:
