@@ -182,6 +182,9 @@ class _Client(paho.Client):
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
+    def message_callback_add(self, sub: str, callback: Any) -> None:
+        raise NotImplementedError("the server's client has one on_message (see _handle_publish)")
+
     def fit_window(self, size: int) -> None:
         """Keep at most `size` publishes unanswered on the connection just accepted (called
         from on_connect: before paho sends again what the last connection left unanswered).
@@ -232,7 +235,12 @@ class _Client(paho.Client):
         message.retain = bool(header & 0x01)
         message.payload = bytes(packet[start + 1:])
         message.timestamp = paho.time_func()
-        self._handle_on_message(message)
+        # paho's _handle_on_message first looks for per-topic callbacks in a topic tree
+        # (message_callback_add), which this server never registers: straight to on_message.
+        on_message = self._on_message
+        if on_message is not None:
+            with self._in_callback_mutex:
+                on_message(self, self._userdata, message)
         if qos and not self._manual_ack:
             return self._send_puback(message.mid)
         return MQTTErrorCode.MQTT_ERR_SUCCESS

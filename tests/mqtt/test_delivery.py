@@ -24,8 +24,9 @@ from bridge.services.identities import identity_for_user
 from bridge.services.messages import amessage_post, message_post
 from bridge.services.rooms import room_create
 from protocols.mqtt import outbound
-from protocols.mqtt.delivery import RecentlyStored
+from protocols.mqtt.delivery import RecentlyStored, RoomDelivery
 from protocols.mqtt.testing import MqttCommunicator
+from protocols.mqtt.topics import Topics
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -207,3 +208,21 @@ def test_what_is_remembered_is_bounded_and_kept_apart_by_room() -> None:
     assert recent.range(1, 1, 6) is None  # 2 was pushed out: read from the database
     # A room deleted and made again with the same slug has a new id: nothing of the old one.
     assert recent.range(2, 2, 6) is None
+
+
+async def test_the_lease_is_renewed_while_answers_trickle_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Answers one by one, each a little sooner than a renewal is due: the lease is still
+    renewed on time (a clock for the whole wait, not one per answer), and the outcomes
+    come back in the order published, whatever order they were answered in."""
+    renewals: list[int] = []
+    monkeypatch.setattr(outbound, "room_lease_renew", lambda **kw: renewals.append(kw["room_id"]) or True)
+    delivery = RoomDelivery(owner="bridge-1", topics=Topics(prefix=""), publish=None,  # type: ignore[arg-type]
+                            lease=0.3, publish_private=True)  # renewed every 0.1 s
+    loop = asyncio.get_running_loop()
+    futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in range(5)]
+    for n, at in enumerate((0.08, 0.24, 0.16, 0.32, 0.40)):  # the third before the second
+        loop.call_later(at, futures[n].set_result, {"outcome": "accepted", "n": n})
+    outcomes = await delivery._answers(7, futures)
+    assert [o["n"] for o in outcomes] == [0, 1, 2, 3, 4]
+    # Due at 0.1, 0.2 and 0.3 s; a clock per answer would have renewed once (at 0.18 s).
+    assert len(renewals) >= 2 and set(renewals) == {7}
