@@ -15,6 +15,7 @@ floor, mosquitto to one plain paho subscriber.
 from __future__ import annotations
 
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,13 @@ from typing import Any
 from benchmarks.harness import Load, Options, Profile, median_row, say
 from benchmarks.stacks import DEVICE_PASSWORD, Stack
 from tests.support.mosquitto import BRIDGE_PASSWORD, BRIDGE_USER
+from tests.support.processes import query
 
 DEVICES = 10
 LISTENERS = 5
 KEYS = ("rate", "p50_ms", "p99_ms", "steady_rate", "delivered")
 PAIR_CLIENT_ID = "bridge-bench-2"
+SETTLE_TIMEOUT = 120.0  # seconds for the bridge's MQTT publisher to catch up after a run
 
 
 def run(opts: Options) -> list[dict[str, Any]]:
@@ -79,11 +82,15 @@ def _target(stack: Stack, target: str) -> dict[str, Any]:
     try:
         # Warm-up: devices registered (bridge: on first use), every process connected and subscribed.
         _one_run(stack, audience, count=DEVICES * 5, rate=0, tag=f"warm-{uuid.uuid4().hex[:6]}")
+        settle = _settler(env) if target.startswith("bridge") else (lambda: None)
+        settle()
         bursts = []
         for n in range(opts.runs):
             with Profile(opts, profiled_pid if n == 0 else 0, f"mqtt_ingress-{target}"):
                 got = _one_run(stack, audience, count=burst, rate=0, tag=f"b{n}-{uuid.uuid4().hex[:6]}")
-            say(f"  burst {n + 1}/{opts.runs}: {got['rate']} msg/s ({got['delivered']}/{burst} delivered)")
+            got["drain_s"] = settle()
+            drained = f"; the room's messages back out on MQTT {got['drain_s']} s later" if got["drain_s"] else ""
+            say(f"  burst {n + 1}/{opts.runs}: {got['rate']} msg/s ({got['delivered']}/{burst} delivered){drained}")
             bursts.append(got)
         rate = median_row(bursts, ["rate"])["rate"] or 1.0
         steady = opts.steady_rate or max(10.0, round(rate / 2))
@@ -93,15 +100,16 @@ def _target(stack: Stack, target: str) -> dict[str, Any]:
             with Profile(opts, profiled_pid if n == 0 else 0, f"mqtt_ingress-{target}-steady"):
                 got = _one_run(stack, audience, count=int(steady * seconds), rate=steady,
                                tag=f"s{n}-{uuid.uuid4().hex[:6]}")
+            settle()
             say(f"  steady {steady:.0f} msg/s {n + 1}/{opts.runs}: p50 {got['p50_ms']} ms, p99 {got['p99_ms']} ms")
             steadies.append(got)
         pair = _two_runmqtt(stack, audience, env, burst) if target.startswith("bridge") else None
     finally:
         audience.close()
-    row = median_row(bursts, ["rate", "delivered"])
+    row = median_row(bursts, ["rate", "delivered", "drain_s"])
     latency = median_row(steadies, ["p50_ms", "p99_ms"])
     result = {
-        "rate": row["rate"], "delivered": row["delivered"], "burst": burst,
+        "rate": row["rate"], "delivered": row["delivered"], "burst": burst, "drain_s": row.get("drain_s"),
         "steady_rate": steady, "p50_ms": latency["p50_ms"], "p99_ms": latency["p99_ms"],
         "sample_ms": latency.get("sample_ms", []), "runs": {"burst": row["runs"], "steady": latency["runs"]},
     }
@@ -121,13 +129,40 @@ def _two_runmqtt(stack: Stack, audience: Any, env: dict[str, str], burst: int) -
     opts = stack.opts
     stack.bridge_runmqtt(env, client_id=PAIR_CLIENT_ID)  # returns once subscribed
     _one_run(stack, audience, count=DEVICES * 5, rate=0, tag=f"warm2-{uuid.uuid4().hex[:6]}")
+    settle = _settler(env)
+    settle()
     runs = []
     for n in range(opts.runs):
         got = _one_run(stack, audience, count=burst, rate=0, tag=f"p{n}-{uuid.uuid4().hex[:6]}")
+        settle()
         say(f"  two runmqtt, burst {n + 1}/{opts.runs}: {got['rate']} msg/s "
             f"({got['delivered']}/{burst} delivered)")
         runs.append(got)
     return median_row(runs, ["rate"])
+
+
+def _settler(env: dict[str, str]) -> Any:
+    """A wait for the bridge's MQTT publisher to catch up: every room's MQTT cursor at the
+    room's last message (seconds waited, None if it did not within SETTLE_TIMEOUT).
+
+    A run's listeners are done when the WebSocket frames are in; the publisher then
+    still sends the room's messages back out on rooms/<room>/messages (after a 10,000
+    burst, seconds of work). Each run starts once it has, so that no run measures the
+    one before it (the first steady run after the bursts did, in part)."""
+    url = env["DATABASE_URL"]
+    behind = ("SELECT COUNT(*) FROM bridge_edgecursor c JOIN bridge_room r ON r.id = c.room_id "
+              "WHERE c.edge = 'mqtt' AND c.seq < r.last_seq")
+
+    def settle() -> float | None:
+        started = time.monotonic()
+        while query(url, behind)[0][0]:
+            if time.monotonic() - started > SETTLE_TIMEOUT:
+                say(f"  the MQTT publisher had not caught up after {SETTLE_TIMEOUT:.0f} s; going on")
+                return None
+            time.sleep(0.05)
+        return round(time.monotonic() - started, 2)
+
+    return settle
 
 
 def _one_run(stack: Stack, audience: Any, *, count: int, rate: float, tag: str) -> dict[str, Any]:
