@@ -215,8 +215,9 @@ class _Client(paho.Client):
     def _handle_publish(self) -> MQTTErrorCode:
         """An MQTT 5 PUBLISH at QoS 0 or 1 without properties (what devices send) without
         the `Properties` paho builds and parses for each (two dicts and a few dozen list
-        lookups: 13 us of paho's 15 us per message, a few % of `runmqtt` in a steady
-        stream); its `properties` is None. Anything else, and anything short, is paho's."""
+        lookups: paho decoded one in 13.4 us, this reads one in 1.6 us, timed alone; a few
+        % of `runmqtt` in a steady stream); its `properties` is None. Anything else, and
+        anything short, is paho's."""
         packet = self._in_packet["packet"]
         header = self._in_packet["command"]
         qos = (header & 0x06) >> 1
