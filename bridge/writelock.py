@@ -35,12 +35,10 @@ def _lock_path() -> str | None:
 
 
 def _descriptor(path: str) -> int:
-    held: dict[str, int] = getattr(_local, "fds", None) or {}
-    _local.fds = held
-    fd = held.get(path)
-    if fd is None:
-        fd = held[path] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    return fd
+    fds: dict[str, int] = _local.__dict__.setdefault("fds", {})
+    if path not in fds:
+        fds[path] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    return fds[path]
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from __future__ import annotations
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def _target(stack: Stack, target: str) -> dict[str, Any]:
     try:
         # Warm-up: devices registered (bridge: on first use), every process connected and subscribed.
         _one_run(stack, audience, count=DEVICES * 5, rate=0, tag=f"warm-{uuid.uuid4().hex[:6]}")
-        settle = _settler(env) if target.startswith("bridge") else (lambda: None)
+        settle: Callable[[], float | None] = _settler(env) if target.startswith("bridge") else (lambda: None)
         settle()
         bursts = []
         for n in range(opts.runs):
@@ -141,7 +142,7 @@ def _two_runmqtt(stack: Stack, audience: Any, env: dict[str, str], burst: int) -
     return median_row(runs, ["rate"])
 
 
-def _settler(env: dict[str, str]) -> Any:
+def _settler(env: dict[str, str]) -> Callable[[], float | None]:
     """A wait for the bridge's MQTT publisher to catch up: every room's MQTT cursor at the
     room's last message (seconds waited, None if it did not within SETTLE_TIMEOUT).
 

@@ -136,20 +136,11 @@ class RoomDelivery:
 
     async def _answers(self, room_id: int, futures: list[asyncio.Future[PublishedEvent]]) -> list[PublishedEvent]:
         """Every outcome, however long the broker takes (paho resends after a reconnect);
-        the lease is renewed meanwhile, so no other process takes the room from a live one.
-
-        Waited for one at a time, in order: the broker answers QoS 1 publishes in the
-        order it received them, so by the time the first is answered most of the rest
-        are too, and `asyncio.wait` over all 500 (a callback added to and removed from
-        each, every round) was 5-9 % of `runmqtt` in a steady stream."""
-        loop = asyncio.get_running_loop()
-        renew_at = loop.time() + self.lease / 3
-        for future in futures:
-            while not future.done():
-                await asyncio.wait((future,), timeout=max(0.0, renew_at - loop.time()))
-                if future.done() or loop.time() < renew_at:
-                    continue
-                renew_at = loop.time() + self.lease / 3
+        the lease is renewed meanwhile, so no other process takes the room from a live one."""
+        pending = set(futures)
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=self.lease / 3)
+            if pending:
                 try:
                     held = await database_sync_to_async(outbound.room_lease_renew)(
                         room_id=room_id, owner=self.owner, lease=self.lease

@@ -181,7 +181,6 @@ class _Client(paho.Client):
                 return self._do_on_publish(mid, reason, PUBACK_NO_PROPERTIES)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
-
     def message_callback_add(self, sub: str, callback: Any) -> None:
         raise NotImplementedError("the server's client has one on_message (see _handle_publish)")
 
