@@ -9,6 +9,7 @@ from typing import Any
 COLUMNS: dict[str, list[tuple[str, str]]] = {
     "mqtt_ingress": [("target", "target"), ("rate", "stored + fanned out, msg/s (burst)"),
                      ("steady_rate", "steady msg/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
+                     ("cpu_us_per_msg", "MQTT process CPU us/msg (steady)"),
                      ("rate_two", "two runmqtt, msg/s (burst)"), ("two_vs_one", "two / one")],
     "fanout": [("target", "target"), ("clients", "clients"), ("processes", "server procs"),
                ("max_per_s", "most deliveries/s"), ("kept_up_to", "kept up to (offered/s)"),

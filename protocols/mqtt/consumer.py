@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import itertools
 import logging
-from collections.abc import Coroutine
+from asyncio import FIRST_COMPLETED
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from channels.consumer import AsyncConsumer
+from channels.exceptions import StopConsumer
+from channels.layers import get_channel_layer
 
 from protocols.mqtt.events import (
+    RECEIVE_NOWAIT,
     ConnectEvent,
     DisconnectEvent,
     DrainEvent,
@@ -22,6 +28,10 @@ from protocols.mqtt.events import (
 )
 
 logger = logging.getLogger(__name__)
+
+# Events already queued by the server that are dispatched in a row, at most, before the
+# channel layer's next message gets its turn.
+DISPATCH_TURN = 64
 
 
 class MqttConsumer(AsyncConsumer):
@@ -49,7 +59,7 @@ class MqttConsumer(AsyncConsumer):
         self._background = set()
         self._failure: BaseException | None = None
         try:
-            await super().__call__(scope, receive, send)
+            await self._serve(scope, receive, send)
         except asyncio.CancelledError:
             if self._failure is not None:
                 # A background task failed: the server must see a failure, not a shutdown.
@@ -60,6 +70,60 @@ class MqttConsumer(AsyncConsumer):
                 task.cancel()
             for future in self._confirmations.values():
                 future.cancel()
+
+    async def _serve(self, scope: Any, receive: Any, send: Any) -> None:
+        """What Channels' `AsyncConsumer.__call__` does, with a cheaper event loop.
+
+        Channels waits for the next event with one new task and one `asyncio.wait`
+        per event (`await_many_dispatch`): 9-11 % of runmqtt's busy samples in three
+        profiles, at one event per device message and one per broker answer. With
+        the server's RECEIVE_NOWAIT, what is already queued is dispatched in a row
+        (at most DISPATCH_TURN, then the channel layer gets its turn), and the
+        task and the wait are paid once per wake-up instead.
+        """
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        layer_receive = None
+        if self.channel_layer is not None:
+            self.channel_name = await self.channel_layer.new_channel()
+            self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
+            layer_receive = self.channel_receive
+        self.base_send = send
+        receive_nowait = (scope.get("extensions") or {}).get(RECEIVE_NOWAIT)
+        try:
+            await self._dispatch_events(receive, receive_nowait, layer_receive)
+        except StopConsumer:
+            pass
+
+    async def _dispatch_events(
+        self,
+        receive: Callable[[], Awaitable[Any]],
+        receive_nowait: Callable[[], Any] | None,
+        layer_receive: Callable[[], Awaitable[Any]] | None,
+    ) -> None:
+        server = asyncio.ensure_future(receive())
+        layer = asyncio.ensure_future(layer_receive()) if layer_receive is not None else None
+        try:
+            while True:
+                await asyncio.wait((server,) if layer is None else (server, layer), return_when=FIRST_COMPLETED)
+                if server.done():
+                    await self.dispatch(server.result())
+                    if receive_nowait is not None:
+                        for _ in range(DISPATCH_TURN):
+                            event = receive_nowait()
+                            if event is None:
+                                break
+                            await self.dispatch(event)
+                    server = asyncio.ensure_future(receive())
+                if layer is not None and layer_receive is not None and layer.done():
+                    await self.dispatch(layer.result())
+                    layer = asyncio.ensure_future(layer_receive())
+        finally:
+            for task in (server, layer):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     # --- events from the server ---------------------------------------------
 

@@ -31,6 +31,12 @@ from __future__ import annotations
 from typing import Any, Literal, NotRequired, TypedDict
 
 
+# A scope extension of this server: `scope["extensions"][RECEIVE_NOWAIT]()` returns the
+# next event if one is queued, else None, without awaiting. `MqttConsumer` dispatches
+# what is already queued with it, instead of one task and one `asyncio.wait` per event.
+RECEIVE_NOWAIT = "bridge.mqtt.receive_nowait"
+
+
 class MqttScope(TypedDict):
     type: Literal["mqtt"]
     asgi: dict[str, str]
@@ -39,6 +45,8 @@ class MqttScope(TypedDict):
     broker: str
     # 5 or 4 (MQTT 3.1.1), as negotiated.
     protocol: int
+    # Server extensions, by name (RECEIVE_NOWAIT).
+    extensions: NotRequired[dict[str, Any]]
 
 
 class ConnectEvent(TypedDict):

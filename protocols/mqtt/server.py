@@ -28,7 +28,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from bridge.health import HEALTH
 from protocols.mqtt.config import MqttConfig
-from protocols.mqtt.events import IncomingEvent, MessageEvent, MqttScope, PublishedEvent
+from protocols.mqtt.events import RECEIVE_NOWAIT, IncomingEvent, MessageEvent, MqttScope, PublishedEvent
 from protocols.mqtt.topics import shorten
 
 logger = logging.getLogger(__name__)
@@ -356,6 +356,7 @@ class MqttServer:
             "client_id": self.config.client_id,
             "broker": self.config.broker,
             "protocol": 5 if self._protocol == paho.MQTTv5 else 4,
+            "extensions": {RECEIVE_NOWAIT: self._receive_nowait},
         }
         app: asyncio.Task[None] = asyncio.create_task(self.application(scope, self._receive, self._send))
         HEALTH.starting(HEALTH_CHECK, "connecting")  # not ready until the broker's CONNACK; not a failure
@@ -739,7 +740,17 @@ class MqttServer:
 
     async def _receive(self) -> IncomingEvent:
         """The application's `receive`: the next event, freeing its place in the queue."""
-        event = await self._queue.get()
+        return self._taken(await self._queue.get())
+
+    def _receive_nowait(self) -> IncomingEvent | None:
+        """The scope's RECEIVE_NOWAIT: the next event if one is queued, else None."""
+        try:
+            event = self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+        return self._taken(event)
+
+    def _taken(self, event: IncomingEvent) -> IncomingEvent:
         if event["type"] not in LOOP_EVENTS:
             self._waiting -= 1
             if self._paused and self._waiting <= MAX_QUEUED // 2:

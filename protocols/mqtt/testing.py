@@ -10,7 +10,7 @@ from typing import Any
 from asgiref.testing import ApplicationCommunicator
 from channels.db import database_sync_to_async
 
-from protocols.mqtt.events import MqttScope
+from protocols.mqtt.events import RECEIVE_NOWAIT, MqttScope
 
 
 class MqttCommunicator(ApplicationCommunicator):
@@ -30,6 +30,8 @@ class MqttCommunicator(ApplicationCommunicator):
             "client_id": client_id,
             "broker": "test",
             "protocol": protocol,
+            # As the server does: the consumer dispatches what is queued without awaiting.
+            "extensions": {RECEIVE_NOWAIT: self._receive_nowait},
         }
         super().__init__(application, scope)
         self.protocol = protocol
@@ -39,6 +41,12 @@ class MqttCommunicator(ApplicationCommunicator):
         self.acked: set[int] = set()
         self.outcome: str | None = "accepted"
         self.drained = False
+
+    def _receive_nowait(self) -> Any:
+        try:
+            return self.input_queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
 
     async def connect(self, *, session_present: bool = False, timeout: float = 2) -> list[str]:  # noqa: ASYNC109
         """Send `mqtt.connect`; returns the topic filters the application subscribed to."""
