@@ -268,7 +268,7 @@ async def message_fanout(envelope: Envelope) -> None:
                     envelope["room"], envelope["seq"])
 
 
-async def messages_fanout(envelopes: Sequence[Envelope]) -> None:
+async def messages_fanout(envelopes: Sequence[Envelope], texts: Sequence[str | None] | None = None) -> None:
     """Tell every edge about several stored messages: one `room.messages` per room.
 
     One channel-layer round trip per room instead of one per message (each costs
@@ -276,13 +276,18 @@ async def messages_fanout(envelopes: Sequence[Envelope]) -> None:
     messages needs. Each envelope is JSON-encoded here, once, so a receiver that
     forwards it (a WebSocket) does not encode it again per socket. The event:
     `{"type": "room.messages", "room": slug, "messages": [{"seq", "json"}, ...]}`,
-    ascending `seq`, each seq once. Best effort, like `message_fanout`.
+    ascending `seq`, each seq once. Best effort, like `message_fanout`. `texts[i]`,
+    when given, is envelopes[i] already encoded (the MQTT edge publishes it too).
     """
-    by_room: dict[str, dict[int, Envelope]] = {}
-    for envelope in envelopes:
-        by_room.setdefault(envelope["room"], {})[envelope["seq"]] = envelope
+    by_room: dict[str, dict[int, tuple[Envelope, str | None]]] = {}
+    given = texts if texts is not None else [None] * len(envelopes)
+    for envelope, text in zip(envelopes, given, strict=True):
+        by_room.setdefault(envelope["room"], {})[envelope["seq"]] = (envelope, text)
     for slug, messages in by_room.items():
-        items = [{"seq": seq, "json": json.dumps(messages[seq])} for seq in sorted(messages)]
+        items = []
+        for seq in sorted(messages):
+            envelope, text = messages[seq]
+            items.append({"seq": seq, "json": text if text is not None else json.dumps(envelope)})
         event = {"type": "room.messages", "room": slug, "messages": items}
         with timed(FANOUT_SECONDS):
             sent = await layer.group_send(room_group(slug), event)

@@ -48,6 +48,7 @@ class MqttConsumer(AsyncConsumer):
     # False: the subclass calls `ack` itself once a message is safe (batching writers).
     auto_ack = True
     _background: set[asyncio.Task[None]]
+    channel_receive: Callable[[], Awaitable[dict[str, Any]]]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

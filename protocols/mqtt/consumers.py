@@ -203,7 +203,8 @@ class BridgeConsumer(LayerMember, MqttConsumer):
             self._batch = []
             # The batch's messages in one group message per room, not one per message: the
             # rooms' sockets first (they wait for it), then the broker's acknowledgements.
-            await messages_fanout([o.envelope for o in outcomes if o.envelope is not None])
+            stored = [(o.envelope, o.json) for o in outcomes if o.envelope is not None]
+            await messages_fanout([envelope for envelope, _ in stored], [text for _, text in stored])
             for message in batch:
                 await self.ack(message)
             for outcome in outcomes:
@@ -309,9 +310,13 @@ class BridgeConsumer(LayerMember, MqttConsumer):
         its next claim, which waits behind this in the same thread."""
         with writelock.held():
             outcomes = ingest_batch(topics=self.topics, messages=pairs)
-        self.rooms_out.stored(
-            (o.room_id, o.envelope) for o in outcomes if o.envelope is not None and o.room_id is not None
-        )
+        stored = []
+        for outcome in outcomes:
+            if outcome.envelope is not None:
+                outcome.json = json.dumps(outcome.envelope)
+                if outcome.room_id is not None:
+                    stored.append((outcome.room_id, outcome.envelope, outcome.json))
+        self.rooms_out.stored(stored)
         return outcomes
 
     async def _tell(self, outcome: Outcome) -> None:

@@ -51,17 +51,18 @@ class RecentlyStored:
     range found here whole is what the database holds; anything missing (stored by
     another process, or pushed out: at most RECENT_MAX are kept) is read as before.
     Both run in the database thread, `add` right after the commit: a claim queued
-    behind a store finds what it stored.
+    behind a store finds what it stored. Each envelope's JSON, encoded once for the
+    room's sockets, is kept beside it and published as it is (`text`).
     """
 
     def __init__(self, size: int = RECENT_MAX) -> None:
         self.size = size
-        self._items: OrderedDict[tuple[int, int], Envelope] = OrderedDict()
+        self._items: OrderedDict[tuple[int, int], tuple[Envelope, str]] = OrderedDict()
 
-    def add(self, stored: Iterable[tuple[int, Envelope]]) -> None:
+    def add(self, stored: Iterable[tuple[int, Envelope, str]]) -> None:
         items = self._items
-        for room_id, envelope in stored:
-            items[(room_id, envelope["seq"])] = envelope
+        for room_id, envelope, text in stored:
+            items[(room_id, envelope["seq"])] = (envelope, text)
         while len(items) > self.size:
             items.popitem(last=False)
 
@@ -69,11 +70,18 @@ class RecentlyStored:
         found = []
         get = self._items.get
         for seq in range(after + 1, upto + 1):
-            envelope = get((room_id, seq))
-            if envelope is None:
+            item = get((room_id, seq))
+            if item is None:
                 return None
-            found.append(envelope)
+            found.append(item[0])
         return found
+
+    def text(self, room_id: int, envelope: Envelope) -> str:
+        """`envelope` as JSON: the text kept with it if it came from here, else encoded now."""
+        item = self._items.get((room_id, envelope["seq"]))
+        if item is not None and item[0] is envelope:
+            return item[1]
+        return json.dumps(envelope)
 
 
 @dataclass
@@ -102,8 +110,9 @@ class RoomDelivery:
         self.publish_private = publish_private
         self.recent = RecentlyStored()
 
-    def stored(self, stored: Iterable[tuple[int, Envelope]]) -> None:
-        """(room id, envelope) of messages this process just committed: see RecentlyStored."""
+    def stored(self, stored: Iterable[tuple[int, Envelope, str]]) -> None:
+        """(room id, envelope, its JSON) of messages this process just committed: see
+        RecentlyStored."""
         self.recent.add(stored)
 
     async def deliver(self, slug: str) -> Delivered:
@@ -115,7 +124,8 @@ class RoomDelivery:
             return Delivered(commands=claimed.commands)
         envelopes = claimed.envelopes if self.publish_private or not claimed.private else []
         topic = self.topics.room_messages(slug)
-        futures = [await self.publish(topic, json.dumps(envelope)) for envelope in envelopes]
+        text = self.recent.text
+        futures = [await self.publish(topic, text(claimed.room_id, envelope)) for envelope in envelopes]
         outcomes = await self._answers(claimed.room_id, futures)
         delivered_to = claimed.envelopes[-1]["seq"]
         accepted = 0

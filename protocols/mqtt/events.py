@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from typing import Any, Literal, NotRequired, TypedDict
 
-
 # A scope extension of this server: `scope["extensions"][RECEIVE_NOWAIT]()` returns the
 # next event if one is queued, else None, without awaiting. `MqttConsumer` dispatches
 # what is already queued with it, instead of one task and one `asyncio.wait` per event.

@@ -41,6 +41,9 @@ class Outcome:
     topic: str
     envelope: Envelope | None = None
     room_id: int | None = None  # the envelope's room
+    # The envelope as JSON, encoded once (by the consumer, after the commit): the room's
+    # sockets and its MQTT topic are sent these same bytes.
+    json: str | None = None
     # (room slugs, who, state) when a status changed someone's presence.
     presence: tuple[list[str], Sender, str] | None = None
     error: BridgeError | None = None

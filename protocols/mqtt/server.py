@@ -28,7 +28,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from bridge.health import HEALTH
 from protocols.mqtt.config import MqttConfig
-from protocols.mqtt.events import RECEIVE_NOWAIT, IncomingEvent, MessageEvent, MqttScope, PublishedEvent
+from protocols.mqtt.events import (
+    RECEIVE_NOWAIT,
+    IncomingEvent,
+    MessageEvent,
+    MqttScope,
+    PublishedEvent,
+)
 from protocols.mqtt.topics import shorten
 
 logger = logging.getLogger(__name__)

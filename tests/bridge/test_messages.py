@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
 from bridge.exceptions import InvalidInput, RoomNotFound, TooLarge
@@ -123,3 +126,29 @@ def test_store_many_keeps_order_refuses_per_message_and_stores_each_key_once(roo
     assert list(Message.objects.order_by("seq").values_list("seq", "text")) == [(1, "earlier"), (2, "one"), (3, "two")]
     room.refresh_from_db()
     assert room.last_seq == 3
+
+
+async def test_a_batch_fans_out_per_room_in_seq_order_with_the_texts_it_was_given() -> None:
+    from channels.layers import get_channel_layer
+
+    from bridge.names import room_group
+    from bridge.services.messages import messages_fanout
+
+    layer = get_channel_layer()
+    assert layer is not None
+    channels = {slug: await layer.new_channel() for slug in ("a", "b")}
+    for slug, channel in channels.items():
+        await layer.group_add(room_group(slug), channel)
+
+    def envelope(room: str, seq: int) -> Any:
+        return {"id": f"{room}{seq}", "seq": seq, "room": room, "text": f"t{seq}"}
+
+    envelopes = [envelope("a", 2), envelope("b", 1), envelope("a", 1), envelope("a", 2)]
+    # The MQTT edge encoded them already: sent as given; one without a text is encoded here.
+    await messages_fanout(envelopes, ["a2 as encoded", None, "a1 as encoded", "a2 as encoded"])
+    got_a = await layer.receive(channels["a"])
+    got_b = await layer.receive(channels["b"])
+    assert got_a["messages"] == [{"seq": 1, "json": "a1 as encoded"}, {"seq": 2, "json": "a2 as encoded"}]
+    assert [json.loads(m["json"]) for m in got_b["messages"]] == [envelope("b", 1)]
+    with pytest.raises(ValueError):  # a text per envelope, or none at all
+        await messages_fanout(envelopes, ["one"])

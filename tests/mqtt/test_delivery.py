@@ -149,7 +149,7 @@ def _hall_with_three_messages() -> tuple[Room, dict[int, Envelope]]:
 def test_a_claim_takes_what_this_process_just_stored_without_reading_it_back() -> None:
     room, stored = _hall_with_three_messages()
     recent = RecentlyStored()
-    recent.add((room.pk, stored[seq]) for seq in (1, 2, 3))
+    recent.add((room.pk, stored[seq], json.dumps(stored[seq])) for seq in (1, 2, 3))
     asked: list[tuple[int, int, int]] = []
 
     def spy(room_id: int, after: int, upto: int) -> list[Envelope] | None:
@@ -180,7 +180,7 @@ def test_a_claim_reads_the_range_when_part_of_it_is_not_in_memory_or_is_a_comman
     monkeypatch.setattr(outbound, "edge_cursor_lease", counting)
     room, stored = _hall_with_three_messages()
     recent = RecentlyStored()
-    recent.add((room.pk, stored[seq]) for seq in (1, 3))  # 2 came from another process
+    recent.add((room.pk, stored[seq], json.dumps(stored[seq])) for seq in (1, 3))  # 2 came from another process
     claimed = outbound.room_claim(slug="hall", owner="bridge-1", lease=30, recent=recent.range)
     assert [e["seq"] for e in claimed.envelopes] == [1, 2, 3]
     assert claimed.envelopes == [stored[1], stored[2], stored[3]]
@@ -190,7 +190,7 @@ def test_a_claim_reads_the_range_when_part_of_it_is_not_in_memory_or_is_a_comman
     # A chat command in the range goes the long way, which decides whether it commands a device.
     _post("hall", "/cmd sensor-1 reboot")
     stored = _envelopes_of("hall")
-    recent.add([(room.pk, stored[4])])
+    recent.add([(room.pk, stored[4], json.dumps(stored[4]))])
     claimed = outbound.room_claim(slug="hall", owner="bridge-1", lease=30, recent=recent.range)
     assert [e["seq"] for e in claimed.envelopes] == [4]
     assert claimed.envelopes == [stored[4]]
@@ -203,11 +203,24 @@ def test_what_is_remembered_is_bounded_and_kept_apart_by_room() -> None:
     def envelope(seq: int) -> Envelope:
         return {"id": str(seq), "seq": seq, "room": "r", "origin": "mqtt", "sender": {"kind": "device", "name": "d"},
                 "text": "t", "data": None, "created": "2026-01-01T00:00:00+00:00"}
-    recent.add((1, envelope(seq)) for seq in range(1, 7))
+    recent.add((1, envelope(seq), json.dumps(envelope(seq))) for seq in range(1, 7))
     assert recent.range(1, 2, 6) == [envelope(s) for s in (3, 4, 5, 6)]
     assert recent.range(1, 1, 6) is None  # 2 was pushed out: read from the database
     # A room deleted and made again with the same slug has a new id: nothing of the old one.
     assert recent.range(2, 2, 6) is None
+
+
+def test_an_envelope_taken_from_memory_is_published_as_the_text_kept_with_it() -> None:
+    recent = RecentlyStored()
+    kept = {"id": "1", "seq": 1, "room": "r", "origin": "mqtt", "sender": {"kind": "device", "name": "d"},
+            "text": "t", "data": None, "created": "2026-01-01T00:00:00+00:00"}
+    recent.add([(1, kept, "the text encoded once")])  # type: ignore[list-item]
+    [taken] = recent.range(1, 0, 1) or []
+    assert recent.text(1, taken) == "the text encoded once"
+    # The same seq read back from the database (another object) or of another room: encoded now.
+    read_back = dict(kept)
+    assert json.loads(recent.text(1, read_back)) == kept  # type: ignore[arg-type]
+    assert json.loads(recent.text(2, taken)) == kept
 
 
 async def test_the_lease_is_renewed_while_answers_trickle_in(monkeypatch: pytest.MonkeyPatch) -> None:
