@@ -5,17 +5,27 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 from django.utils import timezone
 
+from bridge import sql
 from bridge.models import EdgeCursor, Message, Room
+
+
+def _edge_room() -> str:
+    """The condition for one (edge, room) cursor: two parameters, the edge and the room id."""
+    return f"{sql.column(EdgeCursor, 'edge')} = %s AND {sql.column(EdgeCursor, 'room')} = %s"
+
+
+# The columns `edge_cursor_get` reads (`lease_until` and `updated` are loaded if asked for).
+_CURSOR_FIELDS = ["id", "edge", "room_id", "seq", "lease_owner"]
 
 
 def edge_cursor_get(*, edge: str, room: Room, start_at_end: bool = True) -> EdgeCursor:
     """The cursor, created on first use at the room's current end (or at 0)."""
-    cursor = EdgeCursor.objects.filter(edge=edge, room=room).first()
-    if cursor is not None:
-        return cursor
+    # Hand-written (see bridge/sql.py): every claim of every edge reads it.
+    row = sql.fetchone(f"SELECT {sql.columns(EdgeCursor, _CURSOR_FIELDS)} FROM {sql.table(EdgeCursor)} WHERE {_edge_room()}", [edge, room.pk])
+    if row is not None:
+        return sql.from_row(EdgeCursor, _CURSOR_FIELDS, row)
     try:
         with transaction.atomic():
             seq = Room.objects.values_list("last_seq", flat=True).get(pk=room.pk) if start_at_end else 0
@@ -51,19 +61,22 @@ def edge_cursor_lease_from(*, cursor: EdgeCursor, owner: str, seconds: float) ->
     was read (a holder delivered meanwhile): the caller then has nothing to deliver.
     """
     now = timezone.now()
-    free = Q(lease_owner="") | Q(lease_owner=owner) | Q(lease_until__lt=now)
-    return bool(EdgeCursor.objects.filter(free, pk=cursor.pk, seq=cursor.seq).update(
-        lease_owner=owner, lease_until=now + timedelta(seconds=seconds)
+    owner_col, until_col = sql.column(EdgeCursor, "lease_owner"), sql.column(EdgeCursor, "lease_until")
+    return bool(sql.execute(
+        f"UPDATE {sql.table(EdgeCursor)} SET {owner_col} = %s, {until_col} = %s"
+        f" WHERE ({owner_col} = '' OR {owner_col} = %s OR {until_col} < %s)"
+        f" AND {sql.column(EdgeCursor, 'id')} = %s AND {sql.column(EdgeCursor, 'seq')} = %s",
+        [owner, sql.when(now + timedelta(seconds=seconds)), owner, sql.when(now), cursor.pk, cursor.seq],
     ))
 
 
 def edge_cursor_lease_renew(*, edge: str, room_id: int, owner: str, seconds: float) -> bool:
     """Extend `owner`'s lease; False if it lapsed and someone else holds the room now."""
-    return bool(
-        EdgeCursor.objects.filter(edge=edge, room_id=room_id, lease_owner=owner).update(
-            lease_until=timezone.now() + timedelta(seconds=seconds)
-        )
-    )
+    return bool(sql.execute(
+        f"UPDATE {sql.table(EdgeCursor)} SET {sql.column(EdgeCursor, 'lease_until')} = %s"
+        f" WHERE {_edge_room()} AND {sql.column(EdgeCursor, 'lease_owner')} = %s",
+        [sql.when(timezone.now() + timedelta(seconds=seconds)), edge, room_id, owner],
+    ))
 
 
 def edge_cursor_delivered(*, edge: str, room_id: int, owner: str, to_seq: int) -> bool:
@@ -72,10 +85,15 @@ def edge_cursor_delivered(*, edge: str, room_id: int, owner: str, to_seq: int) -
     False if the lease had lapsed to another process meanwhile: it may deliver
     some of the range again (what it delivers is never lost).
     """
+    cursors, seq = sql.table(EdgeCursor), sql.column(EdgeCursor, "seq")
+    owner_col = sql.column(EdgeCursor, "lease_owner")
     with transaction.atomic():
-        EdgeCursor.objects.filter(edge=edge, room_id=room_id, seq__lt=to_seq).update(seq=to_seq)
-        held = EdgeCursor.objects.filter(edge=edge, room_id=room_id, lease_owner=owner).update(
-            lease_owner="", lease_until=None
+        sql.execute(f"UPDATE {cursors} SET {seq} = %s WHERE {_edge_room()} AND {seq} < %s",
+                    [to_seq, edge, room_id, to_seq])
+        held = sql.execute(
+            f"UPDATE {cursors} SET {owner_col} = '', {sql.column(EdgeCursor, 'lease_until')} = NULL"
+            f" WHERE {_edge_room()} AND {owner_col} = %s",
+            [edge, room_id, owner],
         )
     return bool(held)
 

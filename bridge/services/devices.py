@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from bridge import jsontext, layer
+from bridge import jsontext, layer, sql
 from bridge.exceptions import BridgeError, Forbidden, InvalidInput, NotFound, TooLarge
 from bridge.metrics import flatten
 from bridge.models import Device, DeviceCommand, Identity, Message, Room, Telemetry
@@ -117,20 +117,52 @@ def devices_for_messages(*, device_ids: Collection[str]) -> dict[str, Device]:
     return {d.device_id: d for d in found}
 
 
-def device_rooms_for_posts(*, pairs: Collection[tuple[str, str]]) -> dict[tuple[str, str], Room]:
-    """(device id, room slug) pairs whose device may post into the room, in one query: the
-    batch form of the first check of `device_room_for_post`. A pair missing from the
-    answer goes through `device_room_for_post` (register mode, or the refusal)."""
-    # Names that cannot be a room or a device never reach the query (a lone surrogate
-    # cannot even be encoded for it); their one-by-one path refuses them.
+# What `device_posts_allowed` reads of each row; the other fields (timestamps, counters)
+# are loaded if asked for.
+_POST_DEVICE = ["id", "device_id", "identity_id", "enabled", "status"]
+_POST_IDENTITY = ["id", "kind", "name", "user_id", "jid"]
+_POST_ROOM = ["id", "slug", "title", "private", "last_seq"]
+
+
+def device_posts_allowed(*, pairs: Collection[tuple[str, str]]) -> dict[tuple[str, str], tuple[Device, Room]]:
+    """(device id, room slug) pairs whose device is enabled and may post into the room,
+    with the device (its identity loaded) and the room, in one hand-written query (see
+    bridge/sql.py). For a batch of chat posts it answers what `devices_for_messages`
+    and a query of the allowed (device, room) pairs did, two ORM queries that cost more to build than
+    everything else the batch stored. A pair missing from the answer goes the
+    one-by-one way, which registers or refuses."""
     pairs = {(d, r) for d, r in pairs if is_device_id(d) and is_room_slug(r)}
     if not pairs:
         return {}
-    through = Device.post_rooms.through.objects.select_related("room", "device").filter(
-        device__device_id__in={d for d, _ in pairs}, room__slug__in={r for _, r in pairs}
+    through = Device.post_rooms.through
+    device_in, device_params = sql.in_texts(sorted({d for d, _ in pairs}))
+    room_in, room_params = sql.in_texts(sorted({r for _, r in pairs}))
+    rows = sql.fetchall(
+        f"SELECT {sql.columns(Device, _POST_DEVICE, 'd')}, {sql.columns(Identity, _POST_IDENTITY, 'i')},"
+        f" {sql.columns(Room, _POST_ROOM, 'r')}"
+        f" FROM {sql.table(through)} t"
+        f" JOIN {sql.table(Device)} d ON d.{sql.column(Device, 'id')} = t.{sql.column(through, 'device')}"
+        f" JOIN {sql.table(Identity)} i ON i.{sql.column(Identity, 'id')} = d.{sql.column(Device, 'identity')}"
+        f" JOIN {sql.table(Room)} r ON r.{sql.column(Room, 'id')} = t.{sql.column(through, 'room')}"
+        f" WHERE d.{sql.column(Device, 'enabled')} = %s AND d.{sql.column(Device, 'device_id')} {device_in}"
+        f" AND r.{sql.column(Room, 'slug')} {room_in}",
+        [True, *device_params, *room_params],
     )
-    allowed = {(t.device.device_id, t.room.slug): t.room for t in through}
-    return {pair: room for pair, room in allowed.items() if pair in pairs}
+    found: dict[tuple[str, str], tuple[Device, Room]] = {}
+    devices: dict[int, Device] = {}
+    rooms: dict[int, Room] = {}
+    identity_at, room_at = len(_POST_DEVICE), len(_POST_DEVICE) + len(_POST_IDENTITY)
+    for row in rows:
+        device = devices.get(row[0])
+        if device is None:
+            device = devices[row[0]] = sql.from_row(Device, _POST_DEVICE, row[:identity_at])
+            device.identity = sql.from_row(Identity, _POST_IDENTITY, row[identity_at:room_at])
+        room = rooms.get(row[room_at])
+        if room is None:
+            room = rooms[row[room_at]] = sql.from_row(Room, _POST_ROOM, row[room_at:])
+        if (device.device_id, room.slug) in pairs:
+            found[(device.device_id, room.slug)] = (device, room)
+    return found
 
 
 def device_rooms(*, device: Device) -> list[Room]:

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from bridge import layer
+from bridge import layer, sql
 from bridge.models import Task
 
 logger = logging.getLogger(__name__)
@@ -25,7 +25,12 @@ def task_schedule(
     Call it inside the transaction of whatever caused the task, then wake the
     workers after commit (`transaction.on_commit(tasks_wake)`).
     """
-    if Task.objects.filter(key=key, state=Task.State.PENDING).exists():
+    # Hand-written (see bridge/sql.py): every stored batch asks this.
+    if sql.fetchone(
+        f"SELECT 1 FROM {sql.table(Task)} WHERE {sql.column(Task, 'key')} = %s"
+        f" AND {sql.column(Task, 'state')} = %s LIMIT 1",
+        [key, Task.State.PENDING.value],
+    ):
         return False
     due = timezone.now() + (delay or timedelta(0))
     try:

@@ -22,8 +22,8 @@ from bridge.exceptions import BridgeError, InvalidInput, TooLarge
 from bridge.models import Device, Room
 from bridge.services.devices import (
     device_for_message,
+    device_posts_allowed,
     device_room_for_post,
-    device_rooms_for_posts,
     device_status_set,
     devices_for_messages,
     telemetry_store_many,
@@ -67,8 +67,9 @@ class _Lookups:
     """Devices and their rooms, looked up once per batch (a batch is mostly a few devices).
 
     `prefetch` answers the common case (known, enabled devices posting where they may)
-    for the whole batch in two queries; anything else takes the one-by-one path,
-    which registers, refuses or explains.
+    for the whole batch in one query, and the devices of readings and statuses in
+    another; anything else takes the one-by-one path, which registers, refuses or
+    explains.
     """
 
     def __init__(self) -> None:
@@ -77,19 +78,24 @@ class _Lookups:
 
     def prefetch(self, topics: Topics, messages: list[tuple[str, bytes]]) -> None:
         pairs: set[tuple[str, str]] = set()
-        device_ids: set[str] = set()
+        others: set[str] = set()
         for topic, _ in messages:
             try:
                 kind, device_id, room = topics.parse(topic)
             except BridgeError:
                 continue  # refused in its turn
-            if kind != "bridge":
-                device_ids.add(device_id)
             if kind == "post" and room is not None:
                 pairs.add((device_id, room))
-        if device_ids:
-            self.devices.update(devices_for_messages(device_ids=device_ids))
-        self.rooms.update(device_rooms_for_posts(pairs=pairs))
+            elif kind != "bridge":
+                others.add(device_id)
+        for (device_id, room), (device, room_obj) in device_posts_allowed(pairs=pairs).items():
+            self.devices[device_id] = device
+            self.rooms[(device_id, room)] = room_obj
+        # Readings and statuses get the whole device row, as do posts whose device was
+        # not found above (the one-by-one path decides about their rooms).
+        wanted = others | {device_id for device_id, _ in pairs if device_id not in self.devices}
+        if wanted:
+            self.devices.update(devices_for_messages(device_ids=wanted))
 
     def device(self, device_id: str) -> Device:
         if device_id not in self.devices:

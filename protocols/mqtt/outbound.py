@@ -25,6 +25,7 @@ from bridge.envelope import Envelope, message_envelope
 from bridge.exceptions import BridgeError
 from bridge.models import DeviceCommand, Message, Room
 from bridge.names import parse_chat_command
+from bridge.selectors import room_head
 from bridge.services.cursors import (
     edge_cursor_delivered,
     edge_cursor_get,
@@ -80,7 +81,7 @@ def room_claim(*, slug: str, owner: str, lease: float, recent: Recent | None = N
     leased with one UPDATE and not read back, unless one of them is a chat command
     (those go the long way, which decides and claims the command).
     """
-    room = Room.objects.filter(slug=slug).first()
+    room = room_head(slug=slug)
     claimed = Claimed()
     if room is None:
         return claimed

@@ -204,3 +204,36 @@ async def test_nothing_is_acknowledged_until_a_failing_commit_succeeds_and_each_
     assert failed == 2
     assert await database_sync_to_async(_rows)("lobby") == [(1, "one")]
     assert await database_sync_to_async(_rows)("kitchen") == [(1, "two")]
+
+
+@pytest.mark.django_db
+def test_the_posts_a_batch_may_make_are_found_in_one_query_with_what_the_store_reads(rooms: None) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from bridge.models import Device
+    from bridge.services.devices import device_posts_allowed
+
+    room_create(slug="hall", title="The hall", private=True)
+    device_register(device_id="sensor-2", post_rooms=["hall"], listen_rooms=["lobby"])
+    device_register(device_id="sensor-3", post_rooms=["lobby"])
+    Device.objects.filter(device_id="sensor-3").update(enabled=False)
+    asked = {("sensor-1", "lobby"), ("sensor-1", "hall"), ("sensor-2", "hall"), ("sensor-2", "lobby"),
+             ("sensor-3", "lobby"), ("stranger", "lobby"), ("sensor-1", "no such room"), ("bad id!", "lobby")}
+    with CaptureQueriesContext(connection) as captured:
+        found = device_posts_allowed(pairs=asked)
+        # What the store and the envelope read is there, without another query.
+        seen = {pair: (device.identity.kind, device.identity.name, device.pk, room.pk, room.slug, room.title,
+                       room.private, room.last_seq) for pair, (device, room) in found.items()}
+    assert len(captured.captured_queries) == 1
+    hall, lobby = Room.objects.get(slug="hall"), Room.objects.get(slug="lobby")
+    sensor_1, sensor_2 = (Device.objects.get(device_id=d) for d in ("sensor-1", "sensor-2"))
+    # Listening is not posting; a disabled device, an unknown one, a bad id: not found here.
+    assert seen == {
+        ("sensor-1", "lobby"): ("device", "sensor-1", sensor_1.pk, lobby.pk, "lobby", "", False, 0),
+        ("sensor-2", "hall"): ("device", "sensor-2", sensor_2.pk, hall.pk, "hall", "The hall", True, 0),
+    }
+    # The fields it did not read load when asked for, as with the ORM's deferred fields.
+    device, room = found[("sensor-2", "hall")]
+    assert room.created == hall.created and device.created == sensor_2.created
+    assert device_posts_allowed(pairs=set()) == {}

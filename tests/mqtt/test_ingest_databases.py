@@ -58,3 +58,20 @@ def test_batches_store_each_message_once_in_order_on_both_databases(
     assert large["again_same"] and large["again_stored"] == large["stored"]
     assert large["clash"] == "IntegrityError"
     assert large["after_clash"] == large["stored"]
+
+    # The publisher's hand-written statements: posts only where a device may post (not
+    # where it only listens), the lease held against another process, renewed only by its
+    # holder, given back with the cursor moved forward (never back), taken when lapsed.
+    claims = seen["claims"]
+    assert claims["allowed"] == [
+        ["sensor-1", "hall", "device", "sensor-1", False, True, True],
+        ["sensor-9", "attic", "device", "sensor-9", True, True, True],
+    ]
+    assert claims["first"] == [[1, "one"], [2, "two"], True]
+    assert claims["held"]
+    assert claims["renewed"] == [True, False]
+    assert claims["delivered"] and not claims["not_back"]  # the second: no lease left to give back
+    assert claims["cursor"] == [2, "", None]
+    assert claims["taken"] == ["three"]
+    assert claims["lapsed"] == ["three"]
+    assert claims["missing_room"] == [0, []]

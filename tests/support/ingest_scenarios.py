@@ -92,6 +92,55 @@ def _scenarios() -> dict[str, Any]:
     again = [seqs(ingest_batch(topics=topics, messages=batch)) for _ in range(2)]
     seen["retried"] = {"lobby": rows("lobby"), "kitchen": rows("kitchen"), "outcomes": again}
     seen["large"] = _large_batch(topics, post)
+    seen["claims"] = _claims(topics, post)
+    return seen
+
+
+def _claims(topics: Any, post: Any) -> dict[str, Any]:
+    """The publisher's statements (hand-written, bridge/sql.py) on this database: who may
+    post where, a claim from memory and from the database, the lease held against another
+    process, renewed, lapsed and given back, the cursor moved only forward."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from bridge.models import EdgeCursor, Room
+    from bridge.services.devices import device_posts_allowed, device_register
+    from bridge.services.rooms import room_create
+    from protocols.mqtt import outbound
+    from protocols.mqtt.delivery import RecentlyStored
+    from protocols.mqtt.ingest import ingest_batch
+
+    seen: dict[str, Any] = {}
+    room_create(slug="attic", private=True)
+    device_register(device_id="sensor-9", post_rooms=["attic"], listen_rooms=["hall"])
+    allowed = device_posts_allowed(pairs={("sensor-9", "attic"), ("sensor-9", "hall"), ("sensor-1", "attic"),
+                                          ("sensor-1", "hall"), ("nobody", "hall")})
+    seen["allowed"] = sorted(
+        [d, r, device.identity.kind, device.identity.name, room.private, room.title == "", room.pk == Room.objects.get(slug=r).pk]
+        for (d, r), (device, room) in allowed.items()
+    )
+    outbound.rooms_track(known=set(), started=timezone.now() - timedelta(days=1))
+    outcomes = ingest_batch(topics=topics, messages=[
+        ("devices/sensor-9/rooms/attic", b"one"), ("devices/sensor-9/rooms/attic", b"two")])
+    recent = RecentlyStored()
+    recent.add((o.room_id, o.envelope, json.dumps(o.envelope)) for o in outcomes if o.envelope)
+    first = outbound.room_claim(slug="attic", owner="b1", lease=30, recent=recent.range)
+    seen["first"] = [[e["seq"], e["text"]] for e in first.envelopes] + [first.private]
+    seen["held"] = outbound.room_claim(slug="attic", owner="b2", lease=30).envelopes == []
+    seen["renewed"] = [outbound.room_lease_renew(room_id=first.room_id, owner=o, lease=30) for o in ("b1", "b2")]
+    seen["delivered"] = outbound.room_delivered(room_id=first.room_id, owner="b1", to_seq=2)
+    seen["not_back"] = outbound.room_delivered(room_id=first.room_id, owner="b1", to_seq=1)
+    cursor = EdgeCursor.objects.get(edge="mqtt", room_id=first.room_id)
+    seen["cursor"] = [cursor.seq, cursor.lease_owner, cursor.lease_until]
+    ingest_batch(topics=topics, messages=[("devices/sensor-9/rooms/attic", b"three")])
+    taken = outbound.room_claim(slug="attic", owner="b2", lease=30)  # from the database
+    seen["taken"] = [e["text"] for e in taken.envelopes]
+    EdgeCursor.objects.filter(pk=cursor.pk).update(lease_until=timezone.now() - timedelta(seconds=1))
+    lapsed = outbound.room_claim(slug="attic", owner="b1", lease=30)
+    seen["lapsed"] = [e["text"] for e in lapsed.envelopes]
+    missing = outbound.room_claim(slug="cellar", owner="b1", lease=30)
+    seen["missing_room"] = [missing.room_id, missing.envelopes]
     return seen
 
 
