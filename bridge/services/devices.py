@@ -128,9 +128,11 @@ def device_posts_allowed(*, pairs: Collection[tuple[str, str]]) -> dict[tuple[st
     """(device id, room slug) pairs whose device is enabled and may post into the room,
     with the device (its identity loaded) and the room, in one hand-written query (see
     bridge/sql.py). For a batch of chat posts it answers what `devices_for_messages`
-    and a query of the allowed (device, room) pairs did, two ORM queries that cost more to build than
-    everything else the batch stored. A pair missing from the answer goes the
-    one-by-one way, which registers or refuses."""
+    and a query of the allowed (device, room) pairs did: two ORM queries that cost
+    more to build than everything else the batch stored. A pair missing from the
+    answer goes the one-by-one way, which registers or refuses."""
+    # Names that cannot be a room or a device never reach the query (a lone surrogate
+    # cannot even be encoded for it); their one-by-one path refuses them.
     pairs = {(d, r) for d, r in pairs if is_device_id(d) and is_room_slug(r)}
     if not pairs:
         return {}
