@@ -84,9 +84,7 @@ def fetchall(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
 
 def fetchcol(sql: str, params: Sequence[Any]) -> list[Any]:
     """The first column of every row."""
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return [row[0] for row in cursor.fetchall()]
+    return [row[0] for row in fetchall(sql, params)]
 
 
 def for_update() -> str:

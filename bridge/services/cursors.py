@@ -23,7 +23,10 @@ _CURSOR_FIELDS = ["id", "edge", "room_id", "seq", "lease_owner"]
 def edge_cursor_get(*, edge: str, room: Room, start_at_end: bool = True) -> EdgeCursor:
     """The cursor, created on first use at the room's current end (or at 0)."""
     # Hand-written (see bridge/sql.py): every claim of every edge reads it.
-    row = sql.fetchone(f"SELECT {sql.columns(EdgeCursor, _CURSOR_FIELDS)} FROM {sql.table(EdgeCursor)} WHERE {_edge_room()}", [edge, room.pk])
+    row = sql.fetchone(
+        f"SELECT {sql.columns(EdgeCursor, _CURSOR_FIELDS)} FROM {sql.table(EdgeCursor)} WHERE {_edge_room()}",
+        [edge, room.pk],
+    )
     if row is not None:
         return sql.from_row(EdgeCursor, _CURSOR_FIELDS, row)
     try:

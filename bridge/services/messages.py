@@ -255,18 +255,18 @@ def _by_keys(room: Room, keys: list[str]) -> dict[str, Message]:
     the keys it finds are read with their senders through the ORM."""
     condition, params = sql.in_texts(keys)
     key_column = sql.column(Message, "idempotency_key")
-    keys = sql.fetchcol(
+    present = sql.fetchcol(
         f"SELECT {key_column} FROM {sql.table(Message)} WHERE {sql.column(Message, 'room')} = %s"
         f" AND {key_column} {condition}",
         [room.pk, *params],
     )
-    if not keys:
+    if not present:
         return {}
-    wanted: Any = keys
-    if connection.vendor == "postgresql" and len(keys) >= ARRAY_FROM:
+    wanted: Any = present
+    if connection.vendor == "postgresql" and len(present) >= ARRAY_FROM:
         # One array parameter, not a placeholder per key: psycopg scans a long statement
         # in Python on every call to number its placeholders (see message_insert._copy).
-        wanted = RawSQL("SELECT unnest(%s::text[])", [keys])
+        wanted = RawSQL("SELECT unnest(%s::text[])", [present])
     found = Message.objects.select_related("sender").filter(room=room, idempotency_key__in=wanted)
     return {m.idempotency_key: m for m in found.order_by() if m.idempotency_key is not None}
 
