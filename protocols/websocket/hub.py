@@ -8,7 +8,10 @@ removed when the last one leaves, and one receive loop (supervised: `loop:web.hu
 in /readyz) that builds each frame once and offers it to every local socket of
 the room (`Subscriber`, each with its own bounded `Outlet`). Each frame is also
 serialized once (`text_frame`), so that a socket that takes writes gets those
-bytes in one transport write.
+bytes in one transport write; the frames of a batch stored together (one
+`room.messages` of consecutive seqs) are joined once and written to each
+socket that is at the batch's start in one write (one system call per socket
+per batch, not per message).
 
 Events are routed by what they carry: `room.message` by its message's `room`;
 `room.messages`, `room.presence`, `devices.telemetry` by `room`; `access.changed`
@@ -23,7 +26,7 @@ import functools
 import json
 import logging
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +45,10 @@ logger = logging.getLogger(__name__)
 MESSAGE_FRAME = '{"type": "message", "message": %s}'
 # Core Redis layer forgets a group member after `group_expiry` (a day): renew well before.
 RENEW_INTERVAL = 3600.0
+# A batch's frames written to a socket in one go, at most (bytes): a socket takes a run
+# only while its transport is below its high-water mark, so this bounds how far past it
+# one write can go, as one frame does when they go one by one.
+RUN_BYTES = 65536
 
 
 @dataclass(eq=False)
@@ -211,14 +218,21 @@ class RoomHub(LayerMember):
             logger.warning("hub: dropped a malformed %r event (%s: %s)", kind, type(exc).__name__, exc)
 
     def _offer_messages(self, room: str, messages: Iterable[tuple[int, str]]) -> None:
-        """Each (seq, text) to the room's sockets, in order; one pass per message."""
+        """Each (seq, text) to the room's sockets, in order. A run of consecutive seqs (a
+        batch stored together) goes to each socket that is at its start as one write."""
         subs = self._room(room)
+        if not subs:
+            return
         written = 0
-        for seq, text in messages:
-            if subs:
-                frame = text_frame(text)
+        for run in _runs(messages):
+            if len(run) == 1:
+                seq, text, frame = run[0]
                 for sub in subs:
                     written += sub.offer_message(seq, text, frame)
+            else:
+                joined = b"".join(frame for _, _, frame in run)
+                for sub in subs:
+                    written += sub.offer_run(run, joined)
         delivered("web", written)
 
     def _offer_frames(self, room: str, text: str) -> None:
@@ -231,3 +245,19 @@ class RoomHub(LayerMember):
     def _room(self, slug: str) -> tuple[Subscriber, ...]:
         feed = self.rooms.get(slug)
         return tuple(feed.subscribers) if feed is not None else ()
+
+
+def _runs(messages: Iterable[tuple[int, str]]) -> Iterator[list[tuple[int, str, bytes]]]:
+    """(seq, text, frame) in runs of consecutive seqs, each at most RUN_BYTES of frames
+    (one message may be more): what one socket is written in one go."""
+    run: list[tuple[int, str, bytes]] = []
+    size = 0
+    for seq, text in messages:
+        frame = text_frame(text)
+        if run and (seq != run[-1][0] + 1 or size + len(frame) > RUN_BYTES):
+            yield run
+            run, size = [], 0
+        run.append((seq, text, frame))
+        size += len(frame)
+    if run:
+        yield run

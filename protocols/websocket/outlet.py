@@ -18,6 +18,8 @@ client does not read must never hold up the others:
   pass over its sockets is one transport write each; when the writer declines
   (the transport is paused, the socket closing, compression on) it is the
   ordinary send above, with its waiting, backlog and timeout.
+  `offer_bytes(frames)` is the same for several frames joined (a batch): all
+  written at once, or nothing (then the caller offers them one by one).
 - `Outlet.write(text)` is the consumer's own frames (history, acks, errors):
   queued behind the others and awaited until written, so history is read from
   the database a page at a time as the client takes it.
@@ -113,6 +115,12 @@ class Outlet:
             return True
         self._start(text)
         return self.gone is None
+
+    def offer_bytes(self, frames: bytes) -> bool:
+        """Serialized frames written now, or nothing written and False: nothing is queued, the
+        server has a frame writer and it takes them (the caller then offers them one by one)."""
+        return (self.gone is None and self._task is None and self._write_frame is not None
+                and self._write_frame(frames))
 
     async def write(self, text: str) -> None:
         """Write after everything queued; returns once written. Raises ClientGone."""

@@ -154,8 +154,8 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             extensions[FRAME_WRITER] = self.write_frame
 
     def write_frame(self, frame: bytes) -> bool:
-        """Write a `text_frame` now if a `websocket.send` would have written it without
-        waiting: the handshake answered, the connection open with no extension that
+        """Write a `text_frame` (or several joined) now if a `websocket.send` would have
+        written it without waiting: the handshake answered, the connection open with no extension that
         rewrites frames (compression) and no fragmented message under way, no close
         sent, and the transport not paused (below its high-water mark). False, writing
         nothing, otherwise."""

@@ -19,7 +19,7 @@ import asyncio
 import enum
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from bridge.instruments import delivered
@@ -92,6 +92,18 @@ class Subscriber:
         elif self.state is State.SYNCING:
             self._hold(seq, text)
         return False
+
+    def offer_run(self, run: Sequence[tuple[int, str, bytes]], joined: bytes) -> int:
+        """Consecutive messages (seq, text, frame), `joined` their frames: written in one go
+        when this socket is live at the run's start and its outlet writes at once; else one by
+        one (repeats skipped, a gap caught up). How many were written now."""
+        if self.state is State.LIVE and run[0][0] == self.last_seq + 1 and self.outlet.offer_bytes(joined):
+            self.last_seq = run[-1][0]
+            return len(run)
+        written = 0
+        for seq, text, frame in run:
+            written += self.offer_message(seq, text, frame)
+        return written
 
     def offer_frame(self, text: str, frame: bytes | None = None) -> None:
         """A frame without a place in the stream (presence, telemetry): at most once."""

@@ -11,6 +11,7 @@ import pytest
 from channels.layers import get_channel_layer
 
 from bridge.names import devices_group, room_access_group, room_group, user_access_group
+from protocols.websocket import hub as hub_module
 from protocols.websocket.hub import MESSAGE_FRAME, RoomHub
 from protocols.websocket.outlet import ClientGone, Outlet
 from protocols.websocket.server import text_frame
@@ -41,7 +42,7 @@ class FakeSocket:
         if self.stuck:
             return False
         self.written.append(frame)
-        self.frames.append(frame[2:].decode() if frame[1] < 126 else frame[4:].decode())
+        self.frames.extend(unframe(frame))
         return True
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -66,6 +67,21 @@ class FakeSocket:
 
     def seqs(self) -> list[int]:
         return [json.loads(f)["message"]["seq"] for f in self.frames if '"type": "message"' in f]
+
+
+def unframe(data: bytes) -> list[str]:
+    """The texts of the unmasked text frames in `data`, which holds whole frames only."""
+    texts = []
+    while data:
+        assert data[0] == 0x81, data[:2]
+        size, start = data[1], 2
+        if size == 126:
+            size, start = int.from_bytes(data[2:4], "big"), 4
+        elif size == 127:
+            size, start = int.from_bytes(data[2:10], "big"), 10
+        texts.append(data[start:start + size].decode())
+        data = data[start + size:]
+    return texts
 
 
 def message_event(seq: int, room: str = "lobby") -> dict[str, Any]:
@@ -293,3 +309,73 @@ async def test_a_socket_whose_writer_declines_queues_in_order_and_is_still_let_g
     assert reads_again.seqs() == [1, 2, 3, 4] and len(reads_again.written) == 1
     await until(lambda: never_reads.gone, "the stuck socket let go")
     assert "stayed full for 0.3 s" in never_reads.gone[0]
+
+
+def batch_event(seqs: list[int], room: str = "lobby", text: str = "m") -> dict[str, Any]:
+    """A `room.messages` event as `messages_fanout` sends it."""
+    return {"type": "room.messages", "room": room,
+            "messages": [{"seq": seq, "json": json.dumps({"seq": seq, "room": room, "text": f"{text}{seq}"})}
+                         for seq in seqs]}
+
+
+async def test_a_batch_of_consecutive_messages_is_joined_once_and_is_one_write_per_socket(hub: RoomHub) -> None:
+    sockets = [FakeSocket(writer=True) for _ in range(3)]
+    plain = FakeSocket()  # no frame writer: one send per message, as before
+    for sock in [*sockets, plain]:
+        await hub.subscribe(sock.subscriber())
+        sock.sub.go_live()
+    hub.route(message_event(1))
+    hub.route(batch_event([2, 3, 4, 5]))
+    assert [s.seqs() for s in [*sockets, plain]] == [[1, 2, 3, 4, 5]] * 4
+    assert [len(s.written) for s in sockets] == [2, 2, 2]
+    assert sockets[0].written[1] == b"".join(text_frame(frame(seq)) for seq in (2, 3, 4, 5))
+    assert sockets[0].written[1] is sockets[2].written[1]  # joined once for every socket
+    assert [s.sub.last_seq for s in [*sockets, plain]] == [5] * 4
+    assert all(s.catch_ups == 0 for s in [*sockets, plain])
+
+
+async def test_a_socket_not_at_the_start_of_a_batch_takes_it_one_by_one(hub: RoomHub) -> None:
+    ahead, behind = FakeSocket(writer=True), FakeSocket(writer=True)
+    for sock in (ahead, behind):
+        await hub.subscribe(sock.subscriber())
+        sock.sub.go_live()
+    ahead.sub.last_seq = 2  # already wrote 1 and 2 (its history)
+    behind.database = {1: frame(1)}  # 1 was dropped on its way here: only the database has it
+    hub.route(batch_event([2, 3, 4]))
+    assert ahead.seqs() == [3, 4] and len(ahead.written) == 2  # the repeat skipped, the rest one by one
+    await until(lambda: behind.sub.state is State.LIVE and behind.catch_ups, "caught up")
+    assert behind.seqs() == [1, 2, 3, 4]  # the gap filled first, then the batch, in order
+
+
+async def test_a_batch_waits_for_a_syncing_socket_and_for_a_blocked_one_in_order(hub: RoomHub) -> None:
+    syncing, blocked = FakeSocket(writer=True), FakeSocket(writer=True, stuck=True, limit=100)
+    await hub.subscribe(syncing.subscriber())
+    await hub.subscribe(blocked.subscriber())
+    blocked.sub.go_live()
+    hub.route(message_event(1))  # the blocked socket's send waits; it is queued behind
+    hub.route(batch_event([2, 3, 4]))
+    assert syncing.frames == [] and blocked.written == [] and blocked.outlet.blocked
+    syncing.sub.go_live()  # its history written: what was held follows
+    assert syncing.seqs() == [1, 2, 3, 4]
+    blocked.stuck = False
+    blocked.unstick.set()
+    await until(lambda: not blocked.outlet.blocked, "the queue written")
+    assert blocked.seqs() == [1, 2, 3, 4]
+    hub.route(batch_event([5, 6]))  # nothing queued any more: one write again
+    assert blocked.seqs() == [1, 2, 3, 4, 5, 6] and len(blocked.written) == 1
+
+
+async def test_a_batch_splits_where_its_seqs_break_and_where_its_frames_grow_past_a_run(hub: RoomHub) -> None:
+    sock = FakeSocket(writer=True)
+    await hub.subscribe(sock.subscriber())
+    sock.sub.go_live()
+    sock.database = {3: frame(3), 4: frame(4)}
+    hub.route(batch_event([1, 2, 5, 6]))  # 3 and 4 come from the database, in between
+    await until(lambda: sock.sub.state is State.LIVE and sock.catch_ups, "caught up")
+    assert sock.seqs() == [1, 2, 3, 4, 5, 6]
+    assert [len(unframe(w)) for w in sock.written] == [2]  # 5 and 6 were held, then written one by one
+    big = "x" * (hub_module.RUN_BYTES // 4)
+    hub.route(batch_event(list(range(7, 12)), text=big))  # five frames of a little over a quarter of a run each
+    assert [len(unframe(w)) for w in sock.written[-2:]] == [3, 2]
+    assert max(len(w) for w in sock.written) <= hub_module.RUN_BYTES
+    assert sock.seqs() == list(range(1, 12))
