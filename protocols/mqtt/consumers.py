@@ -39,10 +39,6 @@ logger = logging.getLogger(__name__)
 # the broker keeps up to RECEIVE_MAXIMUM (1000) unacknowledged, so the next batch
 # arrives while one is stored.
 BATCH = 500
-# Seconds the writer and the publisher wait after a wake-up for more of a burst to arrive.
-# Each database round trip costs a connection and a commit; under load this turns
-# hundreds of them per second into a few. It adds at most this much latency.
-LINGER = 0.01
 # Messages received and not yet taken by the writer, at most (see `receive`).
 MAX_INBOX = 1000
 # Events whose handlers never touch the database: once per device message, per publish
@@ -81,6 +77,11 @@ class BridgeConsumer(LayerMember, MqttConsumer):
         self._inbox, self._inbox_ready, self._inbox_room = [], asyncio.Event(), asyncio.Event()
         self._inbox_since = 0.0  # loop time when the oldest message in the inbox arrived
         self._single_writer_database = settings.DATABASES["default"]["ENGINE"].endswith("sqlite3")
+        # Seconds the writer and the publisher wait after a wake-up for more of a burst to
+        # arrive (MQTT_LINGER_MS). Each database round trip costs a connection and a commit;
+        # under load this turns hundreds of them per second into a few. It adds at most this
+        # much latency.
+        self._linger = settings.MQTT_LINGER_MS / 1000
         self._online = asyncio.Event()
         self._commands_due = True
         self._started = timezone.now()
@@ -226,9 +227,9 @@ class BridgeConsumer(LayerMember, MqttConsumer):
             # though: writers in other processes wait for its lock by sleeping in growing steps
             # (up to 100 ms), and commits back to back starved them (two runmqtt sharing the
             # subscription: 4,100 -> 1,900 msg/s). There the pause is the other's turn.
-            pause = LINGER
+            pause = self._linger
             if not self._single_writer_database:
-                pause = self._inbox_since + LINGER - asyncio.get_running_loop().time()
+                pause = self._inbox_since + self._linger - asyncio.get_running_loop().time()
             if pause > 0:
                 await asyncio.sleep(pause)
         if self._draining:
@@ -372,7 +373,7 @@ class BridgeConsumer(LayerMember, MqttConsumer):
                 await asyncio.wait_for(self._wake.wait(), timeout=settings.MQTT_SWEEP_INTERVAL)
             except TimeoutError:
                 sweep = True
-            await asyncio.sleep(LINGER)  # let wake-ups coalesce: one claim for many messages
+            await asyncio.sleep(self._linger)  # let wake-ups coalesce: one claim for many messages
             await self._online.wait()
             if self._draining:
                 await _parked()

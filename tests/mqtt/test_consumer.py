@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -317,3 +318,31 @@ async def test_private_rooms_reach_mqtt_only_where_the_broker_keeps_them_to_memb
     else:
         assert await bridge.receive_nothing(timeout=0.5)
         assert "rooms/vault/messages" not in [e["topic"] for e in bridge.published]
+
+
+async def test_messages_arriving_within_the_linger_are_stored_in_one_transaction(
+    transactional_db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from protocols.mqtt.consumers import BridgeConsumer
+    from tests.mqtt.conftest import _setup
+
+    await database_sync_to_async(_setup)()
+    batches: list[int] = []
+    store = BridgeConsumer._store
+
+    async def recording(self: BridgeConsumer, batch: list) -> object:  # type: ignore[type-arg]
+        batches.append(len(batch))
+        return await store(self, batch)
+
+    monkeypatch.setattr(BridgeConsumer, "_store", recording)
+    with override_settings(MQTT_LINGER_MS=500):
+        communicator = MqttCommunicator(application)
+        await communicator.connect()
+        for n in range(3):  # QoS 0: not waiting for each to be stored
+            await communicator.deliver("devices/sensor-1/rooms/lobby", f"m{n}", qos=0)
+            await asyncio.sleep(0.05)  # time enough for a writer that does not linger to take each
+        for _ in range(3):
+            await communicator.receive_publish(topic="rooms/lobby/messages")
+        await communicator.close()
+    assert batches == [3]
+    assert [text for _, _, text in await database_sync_to_async(_messages)()] == ["m0", "m1", "m2"]

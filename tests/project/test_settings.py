@@ -22,6 +22,8 @@ from tests.support.processes import REPO, bridge_env
         ({"REDIS_URL": "redis://localhost", "REDIS_SOCKET_TIMEOUT": "5"}, "REDIS_SOCKET_TIMEOUT must be at least 10"),
         ({"REDIS_CHANNEL_LAYER": "kafka"}, "REDIS_CHANNEL_LAYER must be 'core' or 'pubsub'"),
         ({"MQTT_PROTOCOL": "7"}, "MQTT_PROTOCOL must be"),
+        ({"MQTT_LINGER_MS": "-1"}, "MQTT_LINGER_MS must be at least 0"),
+        ({"MQTT_LINGER_MS": "5000"}, "MQTT_LINGER_MS is at most 1000"),
     ],
 )
 def test_a_bad_setting_is_a_clear_error_at_start(tmp_path: object, overrides: dict[str, str], expected: str) -> None:
