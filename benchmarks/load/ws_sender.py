@@ -16,6 +16,12 @@ from benchmarks.load.stats import stamp_text
 
 ACK_TIMEOUT = 120.0  # seconds after the last send
 JOIN_TIMEOUT = 10.0  # seconds for the bridge's presence frames after the handshake
+# Seconds between joining and the first message, for every target. A join is itself a
+# fan-out (the bridge tells the room the sender is online: one frame to each socket, a
+# pass of about 15 ms over 1,000); a message sent while that pass still runs waits for
+# it, and measures the join, not the rate (the first message of each 1,000-client step
+# was the slowest: 16-24 ms to its first socket where the others took 4-5 ms).
+SETTLE = 0.25
 
 
 async def main() -> None:
@@ -52,6 +58,7 @@ async def main() -> None:
             await asyncio.wait_for(joined.wait(), JOIN_TIMEOUT)
         except TimeoutError:
             pass
+    await asyncio.sleep(SETTLE)
     loop = asyncio.get_running_loop()
     started = loop.time()
     for n in range(args.count):
