@@ -77,10 +77,7 @@ class BridgeConsumer(LayerMember, MqttConsumer):
         self._inbox, self._inbox_ready, self._inbox_room = [], asyncio.Event(), asyncio.Event()
         self._inbox_since = 0.0  # loop time when the oldest message in the inbox arrived
         self._single_writer_database = settings.DATABASES["default"]["ENGINE"].endswith("sqlite3")
-        # Seconds the writer and the publisher wait after a wake-up for more of a burst to
-        # arrive (MQTT_LINGER_MS). Each database round trip costs a connection and a commit;
-        # under load this turns hundreds of them per second into a few. It adds at most this
-        # much latency.
+        # Seconds the writer and the publisher wait for more of a burst (see MQTT_LINGER_MS).
         self._linger = settings.MQTT_LINGER_MS / 1000
         self._online = asyncio.Event()
         self._commands_due = True

@@ -155,10 +155,10 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     def write_frame(self, frame: bytes) -> bool:
         """Write a `text_frame` (or several joined) now if a `websocket.send` would have
-        written it without waiting: the handshake answered, the connection open with no extension that
-        rewrites frames (compression) and no fragmented message under way, no close
-        sent, and the transport not paused (below its high-water mark). False, writing
-        nothing, otherwise."""
+        written it without waiting: the handshake answered, the connection open with no
+        extension that rewrites frames (compression) and no fragmented message under way,
+        no close sent, and the transport not paused (below its high-water mark). False,
+        writing nothing, otherwise."""
         conn = self.conn
         if (
             self.writable.is_set()
